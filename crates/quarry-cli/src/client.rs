@@ -1,0 +1,177 @@
+//! Client side of a run: start it on a transformer, follow its progress,
+//! then fetch its record and reports from the loader.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use quarry_core::{Error, Result, grpc};
+use quarry_proto::loader_service_client::LoaderServiceClient;
+use quarry_proto::transformer_service_client::TransformerServiceClient;
+use quarry_proto::{
+    GetRunRequest, ListRunsRequest, RunEvent, RunRecord, RunRequest, RunSummary, TopMetric,
+    TopUser, TopUsersRequest, run_event,
+};
+use tonic::transport::Channel;
+
+fn status_error(s: tonic::Status) -> Error {
+    Error::from_status(&s)
+}
+
+/// Runs the pipeline on a transformer; `on_event` sees every event.
+pub async fn run_pipeline(
+    transformer_url: &str,
+    request: RunRequest,
+    mut on_event: impl FnMut(&RunEvent),
+) -> Result<RunSummary> {
+    let channel = grpc::connect("transformer", transformer_url).await?;
+    let mut client =
+        TransformerServiceClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let mut events = client
+        .run(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(status_error)?;
+        on_event(&event);
+        if let Some(run_event::Event::Completed(summary)) = event.event {
+            return Ok(summary);
+        }
+    }
+    Err(Error::internal(
+        "the transformer ended the run without a result",
+    ))
+}
+
+pub struct LoaderClient(LoaderServiceClient<Channel>);
+
+impl LoaderClient {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let channel = grpc::connect("loader", url).await?;
+        Ok(Self(
+            LoaderServiceClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+        ))
+    }
+
+    pub async fn get_run(&mut self, run_id: &str) -> Result<RunRecord> {
+        self.0
+            .get_run(GetRunRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(status_error)
+    }
+
+    pub async fn list_runs(&mut self, limit: u32) -> Result<Vec<RunRecord>> {
+        self.0
+            .list_runs(ListRunsRequest { limit })
+            .await
+            .map(|r| r.into_inner().runs)
+            .map_err(status_error)
+    }
+
+    pub async fn top_users(
+        &mut self,
+        client_type: &str,
+        metric: TopMetric,
+        limit: u32,
+    ) -> Result<Vec<TopUser>> {
+        self.0
+            .top_users(TopUsersRequest {
+                client_type: client_type.to_string(),
+                metric: metric as i32,
+                limit,
+            })
+            .await
+            .map(|r| r.into_inner().users)
+            .map_err(status_error)
+    }
+}
+
+pub fn metric_name(metric: TopMetric) -> &'static str {
+    match metric {
+        TopMetric::Pnl => "total_pnl",
+        _ => "total_volume",
+    }
+}
+
+/// Writes `user_id,<metric>` rows.
+pub fn write_top_csv(path: &Path, metric: TopMetric, users: &[TopUser]) -> Result<()> {
+    let io = |e: std::io::Error| Error::config(format!("cannot write {}: {e}", path.display()));
+    let mut w = csv::Writer::from_path(path)
+        .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
+    let csv_err = |e: csv::Error| Error::config(format!("cannot write {}: {e}", path.display()));
+    w.write_record(["user_id", metric_name(metric)])
+        .map_err(csv_err)?;
+    for u in users {
+        w.write_record([&u.user_id, &u.value]).map_err(csv_err)?;
+    }
+    w.flush().map_err(io)
+}
+
+/// The files `quarry run` leaves in the output directory.
+pub struct Reports {
+    pub top_by_volume: Vec<TopUser>,
+    pub top_by_pnl: Vec<TopUser>,
+    pub record: RunRecord,
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads the run and the top users back from the warehouse (not from memory)
+/// and writes the report files.
+pub async fn write_reports(
+    loader: &mut LoaderClient,
+    run_id: &str,
+    output: &Path,
+    client_type: &str,
+    limit: u32,
+) -> Result<Reports> {
+    std::fs::create_dir_all(output)
+        .map_err(|e| Error::config(format!("cannot create {}: {e}", output.display())))?;
+    let record = loader.get_run(run_id).await?;
+    let top_by_volume = loader
+        .top_users(client_type, TopMetric::Volume, limit)
+        .await?;
+    let top_by_pnl = loader.top_users(client_type, TopMetric::Pnl, limit).await?;
+    let vol = output.join(format!("top_{client_type}_by_volume.csv"));
+    let pnl = output.join(format!("top_{client_type}_by_pnl.csv"));
+    write_top_csv(&vol, TopMetric::Volume, &top_by_volume)?;
+    write_top_csv(&pnl, TopMetric::Pnl, &top_by_pnl)?;
+    let quality = output.join("quality_report.json");
+    let json = quality_report(&record);
+    std::fs::write(
+        &quality,
+        serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
+    )
+    .map_err(|e| Error::config(format!("cannot write {}: {e}", quality.display())))?;
+    Ok(Reports {
+        top_by_volume,
+        top_by_pnl,
+        record,
+        files: vec![vol, pnl, quality],
+    })
+}
+
+/// The stored quality report of a run, with the run's own facts attached.
+pub fn quality_report(record: &RunRecord) -> serde_json::Value {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&record.quality_json).unwrap_or_else(|_| serde_json::json!({}));
+    let stats = record.stats.clone().unwrap_or_default();
+    json["run"] = serde_json::json!({
+        "run_id": record.run_id,
+        "status": record.status,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "rows_committed": record.rows_committed,
+        "timings_ms": {
+            "plan": stats.plan_ms,
+            "extract": stats.extract_ms,
+            "transform": stats.transform_ms,
+            "load": stats.load_ms,
+            "commit": stats.commit_ms,
+            "total": stats.total_ms,
+        },
+    });
+    json
+}

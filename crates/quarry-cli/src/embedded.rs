@@ -1,0 +1,86 @@
+//! Services started in-process on ephemeral loopback ports. The pipeline still
+//! goes through real gRPC and Flight: the same code paths as a deployment.
+
+use quarry_core::{Config, Result, grpc};
+use quarry_extractor::Extractor;
+use quarry_loader::Loader;
+use quarry_transformer::Transformer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct Cluster {
+    pub extractor_url: Option<String>,
+    pub transformer_url: Option<String>,
+    pub loader_url: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<()>>>,
+}
+
+fn url(listener: &tokio::net::TcpListener) -> Result<String> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| quarry_core::Error::internal(format!("local address: {e}")))?;
+    Ok(format!("http://{addr}"))
+}
+
+impl Cluster {
+    /// Starts the extractor, transformer and loader. The warehouse and the data
+    /// roots are checked before anything listens.
+    pub async fn start(config: &Config) -> Result<Self> {
+        Self::start_services(config, true).await
+    }
+
+    /// Starts only the loader (history and report commands).
+    pub async fn start_loader(config: &Config) -> Result<Self> {
+        Self::start_services(config, false).await
+    }
+
+    async fn start_services(config: &Config, pipeline: bool) -> Result<Self> {
+        let (stop, rx) = watch::channel(false);
+        let shutdown = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        };
+        let mut tasks = Vec::new();
+        let loader = Loader::open(&config.loader, &config.warehouse).await?;
+        let loader_listener = grpc::bind("127.0.0.1:0").await?;
+        let loader_url = url(&loader_listener)?;
+        tasks.push(tokio::spawn(loader.serve(loader_listener, shutdown())));
+        let (mut extractor_url, mut transformer_url) = (None, None);
+        if pipeline {
+            let extractor = Extractor::new(&config.extractor)?;
+            let listener = grpc::bind("127.0.0.1:0").await?;
+            let e_url = url(&listener)?;
+            tasks.push(tokio::spawn(extractor.serve(listener, shutdown())));
+
+            let mut tcfg = config.transformer.clone();
+            tcfg.extractor_url = e_url.clone();
+            tcfg.loader_url = loader_url.clone();
+            let listener = grpc::bind("127.0.0.1:0").await?;
+            transformer_url = Some(url(&listener)?);
+            tasks.push(tokio::spawn(
+                Transformer::new(tcfg).serve(listener, shutdown()),
+            ));
+            extractor_url = Some(e_url);
+        }
+        Ok(Self {
+            extractor_url,
+            transformer_url,
+            loader_url,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops every service and waits for them to finish.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.await
+                .map_err(|e| quarry_core::Error::internal(format!("service task: {e}")))??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! The `quarry` command's building blocks: the embedded runner (all services
+//! in-process on loopback ports, talking real gRPC) and the client calls that
+//! run a pipeline and fetch its reports.
+
+pub mod client;
+pub mod embedded;

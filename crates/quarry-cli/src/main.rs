@@ -1,0 +1,522 @@
+//! `quarry`: run the trades pipeline, serve its services, read its history.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
+use indicatif::{ProgressBar, ProgressStyle};
+use quarry_cli::client::{self, LoaderClient};
+use quarry_cli::embedded::Cluster;
+use quarry_core::{Config, grpc, logging};
+use quarry_proto::{
+    CsvOptions, RunEvent, RunOptions, RunRecord, RunRequest, SourceFormat, TopMetric, run_event,
+};
+use quarry_testkit::{GenOptions, generate};
+
+#[derive(Parser)]
+#[command(
+    name = "quarry",
+    version,
+    about = "Quarry: a trades ETL pipeline over Arrow Flight and gRPC"
+)]
+struct Cli {
+    /// TOML configuration file (see config/quarry.toml); QUARRY_SECTION__KEY variables override it.
+    #[arg(long, short, global = true, env = "QUARRY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline once: embedded (default) or on remote services.
+    Run(RunArgs),
+    /// Serve one service until Ctrl-C / SIGTERM.
+    Serve { service: Service },
+    /// List recent runs from pipeline_runs.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reports read from the warehouse.
+    Report {
+        #[command(subcommand)]
+        report: Report,
+    },
+    /// Write deterministic synthetic trades as CSV.
+    Gen {
+        #[arg(long)]
+        rows: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Share of invalid rows, spread over every rejection reason.
+        #[arg(long, default_value_t = 0.001)]
+        bad_share: f64,
+        #[arg(long, default_value_t = 10_000)]
+        users: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum Report {
+    /// Top users of a client type by total volume or PnL (exact decimals).
+    TopUsers {
+        #[arg(long, default_value = "bronze")]
+        client_type: String,
+        #[arg(long, value_enum, default_value_t = MetricArg::Volume)]
+        metric: MetricArg,
+        #[arg(long, default_value_t = 3)]
+        limit: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MetricArg {
+    Volume,
+    Pnl,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Service {
+    Extractor,
+    Transformer,
+    Loader,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Csv,
+    Parquet,
+    Ndjson,
+}
+
+/// Where history and reports come from: a remote loader or the local SQLite file.
+#[derive(clap::Args)]
+struct Target {
+    /// Loader URL (e.g. http://127.0.0.1:50053); without it the local SQLite database is read.
+    #[arg(long)]
+    loader: Option<String>,
+    /// SQLite database to read when no loader is given (default from config: agg_result.db).
+    #[arg(long)]
+    sqlite: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// File, directory or glob to read (default from config: data/trades.csv).
+    #[arg(long)]
+    source: Option<String>,
+    /// Input format; by default taken from each file's extension.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// CSV delimiter (one character).
+    #[arg(long)]
+    delimiter: Option<char>,
+    /// SQLite database of the embedded run (default from config: agg_result.db).
+    #[arg(long)]
+    sqlite: Option<PathBuf>,
+    /// Directory for the report files (default from config: output).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Run on remote services: the transformer's URL (e.g. http://127.0.0.1:50052).
+    #[arg(long)]
+    transformer: Option<String>,
+    /// With --transformer: the loader to read reports from (default: config transformer.loader_url).
+    #[arg(long, requires = "transformer")]
+    loader: Option<String>,
+    /// Drop exact duplicate rows (default from config: off).
+    #[arg(long)]
+    dedup: bool,
+    /// Skip loading raw rows into `trades` (aggregates and rejects only).
+    #[arg(long)]
+    no_raw_trades: bool,
+    /// No progress display.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    logging::init("warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(dispatch(cli)) {
+        eprintln!("quarry: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run(args) => run(&mut config, args).await,
+        Command::Serve { service } => serve(&config, service).await,
+        Command::Runs { limit, target } => {
+            with_loader(&mut config, target, |mut l| async move {
+                print_runs(&l.list_runs(limit).await?);
+                Ok(())
+            })
+            .await
+        }
+        Command::Report {
+            report:
+                Report::TopUsers {
+                    client_type,
+                    metric,
+                    limit,
+                    target,
+                },
+        } => {
+            let metric = match metric {
+                MetricArg::Volume => TopMetric::Volume,
+                MetricArg::Pnl => TopMetric::Pnl,
+            };
+            with_loader(&mut config, target, |mut l| async move {
+                let users = l.top_users(&client_type, metric, limit).await?;
+                println!("user_id,{}", client::metric_name(metric));
+                for u in users {
+                    println!("{},{}", u.user_id, u.value);
+                }
+                Ok(())
+            })
+            .await
+        }
+        Command::Gen {
+            rows,
+            out,
+            seed,
+            bad_share,
+            users,
+        } => {
+            if !(0.0..=1.0).contains(&bad_share) {
+                bail!("--bad-share must be between 0 and 1");
+            }
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            let opts = GenOptions {
+                rows,
+                seed,
+                bad_share,
+                users,
+            };
+            generate(&opts, &mut w).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {rows} trades to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: &Config, service: Service) -> anyhow::Result<()> {
+    logging::init("info");
+    match service {
+        Service::Extractor => {
+            let l = grpc::bind(&config.extractor.listen).await?;
+            quarry_extractor::serve(&config.extractor, l, grpc::shutdown_signal()).await?
+        }
+        Service::Transformer => {
+            let l = grpc::bind(&config.transformer.listen).await?;
+            quarry_transformer::serve(&config.transformer, l, grpc::shutdown_signal()).await?
+        }
+        Service::Loader => {
+            let l = grpc::bind(&config.loader.listen).await?;
+            quarry_loader::serve(
+                &config.loader,
+                &config.warehouse,
+                l,
+                grpc::shutdown_signal(),
+            )
+            .await?
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` against a remote loader, or against an in-process one over the local SQLite file.
+async fn with_loader<F, Fut>(config: &mut Config, target: Target, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(LoaderClient) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let Some(url) = target.loader {
+        return f(LoaderClient::connect(&url).await?).await;
+    }
+    if let Some(db) = target.sqlite {
+        config.warehouse.sqlite.path = db;
+    }
+    let db = &config.warehouse.sqlite.path;
+    if !db.exists() {
+        bail!(
+            "{} does not exist: run `quarry run` first or pass --sqlite / --loader",
+            db.display()
+        );
+    }
+    let cluster = Cluster::start_loader(config).await?;
+    let result = f(LoaderClient::connect(&cluster.loader_url).await?).await;
+    cluster.stop().await?;
+    result
+}
+
+/// The directory that bounds a source: its parent, or a glob's fixed prefix.
+fn source_root(source: &str) -> PathBuf {
+    let fixed: &str = match source.find(['*', '?', '[']) {
+        Some(i) => &source[..i],
+        None => source,
+    };
+    let p = Path::new(fixed);
+    let dir = if !fixed.ends_with('/') && (p.is_file() || fixed.len() < source.len()) {
+        p.parent().unwrap_or(Path::new("."))
+    } else {
+        p
+    };
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
+    let source = args
+        .source
+        .clone()
+        .unwrap_or_else(|| config.run.source.clone());
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| config.run.output_dir.clone());
+    let format = match args.format {
+        None => SourceFormat::Unspecified,
+        Some(FormatArg::Csv) => SourceFormat::Csv,
+        Some(FormatArg::Parquet) => SourceFormat::Parquet,
+        Some(FormatArg::Ndjson) => SourceFormat::Ndjson,
+    };
+    let request = RunRequest {
+        source: source.clone(),
+        format: format as i32,
+        csv: args.delimiter.map(|d| CsvOptions {
+            delimiter: d.to_string(),
+        }),
+        options: Some(RunOptions {
+            dedup: args.dedup.then_some(true),
+            load_raw_trades: args.no_raw_trades.then_some(false),
+        }),
+    };
+
+    let (transformer_url, loader_url, cluster) = match &args.transformer {
+        Some(url) => {
+            if args.sqlite.is_some() {
+                bail!(
+                    "--sqlite applies to embedded runs; a remote loader's warehouse is set in its own config"
+                );
+            }
+            let loader = args
+                .loader
+                .clone()
+                .unwrap_or_else(|| config.transformer.loader_url.clone());
+            (url.clone(), loader, None)
+        }
+        None => {
+            if let Some(db) = &args.sqlite {
+                config.warehouse.sqlite.path = db.clone();
+            }
+            if !source.contains("://") {
+                // Embedded: the user's own files are readable, wherever they are.
+                let root = source_root(&source);
+                if !root.exists() {
+                    bail!("source {source} does not exist");
+                }
+                config.extractor.data_roots.retain(|r| r.exists());
+                config.extractor.data_roots.push(root);
+            }
+            let cluster = Cluster::start(config).await?;
+            let t = cluster.transformer_url.clone().expect("pipeline cluster");
+            let l = cluster.loader_url.clone();
+            (t, l, Some(cluster))
+        }
+    };
+
+    let result = run_and_report(
+        config,
+        &transformer_url,
+        &loader_url,
+        request,
+        &output,
+        args.quiet,
+    )
+    .await;
+    if let Some(c) = cluster {
+        c.stop().await?;
+    }
+    result
+}
+
+async fn run_and_report(
+    config: &Config,
+    transformer_url: &str,
+    loader_url: &str,
+    request: RunRequest,
+    output: &Path,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let bar = if quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new_spinner();
+        b.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("template"));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    };
+    let summary = client::run_pipeline(transformer_url, request, |e: &RunEvent| match &e.event {
+        Some(run_event::Event::Started(s)) => {
+            bar.set_message(format!("run {} started", s.run_id));
+        }
+        Some(run_event::Event::Progress(p)) => {
+            let secs = (p.elapsed_ms as f64 / 1000.0).max(0.001);
+            bar.set_message(format!(
+                "{}: {} rows ({}/s), {} valid, {} rejected, files {}/{}",
+                p.stage,
+                p.rows_read,
+                human(p.rows_read as f64 / secs),
+                p.rows_valid,
+                p.rows_rejected,
+                p.files_done,
+                p.files_total
+            ));
+        }
+        _ => {}
+    })
+    .await;
+    bar.finish_and_clear();
+    let summary = summary?;
+    let mut loader = LoaderClient::connect(loader_url).await?;
+    let reports = client::write_reports(
+        &mut loader,
+        &summary.run_id,
+        output,
+        &config.run.top_client_type,
+        config.run.top_limit,
+    )
+    .await?;
+    print_summary(&reports.record, started.elapsed());
+    println!(
+        "\nTop {} {} users by volume:",
+        config.run.top_limit, config.run.top_client_type
+    );
+    for u in &reports.top_by_volume {
+        println!("  {:<12} {}", u.user_id, u.value);
+    }
+    println!(
+        "Top {} {} users by PnL:",
+        config.run.top_limit, config.run.top_client_type
+    );
+    for u in &reports.top_by_pnl {
+        println!("  {:<12} {}", u.user_id, u.value);
+    }
+    println!();
+    for f in &reports.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn print_summary(r: &RunRecord, wall: Duration) {
+    let s = r.stats.clone().unwrap_or_default();
+    let quality: serde_json::Value = serde_json::from_str(&r.quality_json).unwrap_or_default();
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let mut row = |k: &str, v: String| {
+        t.add_row(vec![
+            Cell::new(k),
+            Cell::new(v).set_alignment(CellAlignment::Right),
+        ]);
+    };
+    row("rows read", s.rows_in.to_string());
+    row("valid", s.rows_valid.to_string());
+    row("rejected", s.rows_rejected.to_string());
+    if let Some(reasons) = quality["rejected_by_reason"].as_object() {
+        for (reason, n) in reasons {
+            row(&format!("  {reason}"), n.to_string());
+        }
+    }
+    row("exact duplicates", s.rows_duplicate.to_string());
+    for (table, n) in &r.rows_committed {
+        row(&format!("{table} rows committed"), n.to_string());
+    }
+    let secs = wall.as_secs_f64().max(0.001);
+    row("wall time", format!("{secs:.2} s"));
+    row(
+        "throughput",
+        format!("{} rows/s", human(s.rows_in as f64 / secs)),
+    );
+    row(
+        "stage ms (plan/extract/transform/load/commit)",
+        format!(
+            "{}/{}/{}/{}/{}",
+            s.plan_ms, s.extract_ms, s.transform_ms, s.load_ms, s.commit_ms
+        ),
+    );
+    println!("Run {} {}", r.run_id, r.status);
+    println!("{t}");
+}
+
+fn print_runs(runs: &[RunRecord]) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec![
+        "run_id",
+        "started_at",
+        "status",
+        "rows_in",
+        "valid",
+        "rejected",
+        "total_ms",
+        "error",
+    ]);
+    for r in runs {
+        let s = r.stats.clone().unwrap_or_default();
+        let error = if r.error_category.is_empty() {
+            String::new()
+        } else {
+            let mut m = format!("{}: {}", r.error_category, r.error_message);
+            if m.len() > 80 {
+                m.truncate(m.char_indices().nth(77).map(|(i, _)| i).unwrap_or(m.len()));
+                m.push_str("...");
+            }
+            m
+        };
+        t.add_row(vec![
+            r.run_id.clone(),
+            r.started_at.clone(),
+            r.status.clone(),
+            s.rows_in.to_string(),
+            s.rows_valid.to_string(),
+            s.rows_rejected.to_string(),
+            s.total_ms.to_string(),
+            error,
+        ]);
+    }
+    println!("{t}");
+}

@@ -1,0 +1,353 @@
+//! Configuration: a TOML file plus `QUARRY_SECTION__KEY` environment overrides,
+//! validated before any network call. `config/quarry.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub extractor: ExtractorConfig,
+    pub transformer: TransformerConfig,
+    pub loader: LoaderConfig,
+    pub warehouse: WarehouseConfig,
+    pub run: RunConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractorConfig {
+    pub listen: String,
+    /// Directories the extractor may read; anything outside is refused.
+    pub data_roots: Vec<PathBuf>,
+    /// Rows per Arrow record batch.
+    pub batch_rows: usize,
+}
+
+impl Default for ExtractorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            data_roots: vec![PathBuf::from("data")],
+            batch_rows: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformerConfig {
+    pub listen: String,
+    pub extractor_url: String,
+    pub loader_url: String,
+    /// Splits (files) read and validated at the same time.
+    pub split_concurrency: usize,
+    /// Drop exact duplicate rows (after normalisation). Off: identical trades can be legitimate.
+    pub dedup: bool,
+    /// Load validated raw rows into `trades` (off: aggregates and rejects only).
+    pub load_raw_trades: bool,
+    pub progress_interval_ms: u64,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50052".into(),
+            extractor_url: "http://127.0.0.1:50051".into(),
+            loader_url: "http://127.0.0.1:50053".into(),
+            split_concurrency: 2,
+            dedup: false,
+            load_raw_trades: true,
+            progress_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderConfig {
+    pub listen: String,
+    /// How long BeginRun waits for another run's commit before refusing.
+    pub begin_timeout_secs: u64,
+    /// A run with no activity for this long is aborted (its driver is gone).
+    pub run_idle_timeout_secs: u64,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50053".into(),
+            begin_timeout_secs: 60,
+            run_idle_timeout_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarehouseKind {
+    #[default]
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarehouseConfig {
+    #[serde(rename = "type")]
+    pub kind: WarehouseKind,
+    pub sqlite: SqliteConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("agg_result.db"),
+        }
+    }
+}
+
+/// Defaults of `quarry run` and the report commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub source: String,
+    pub output_dir: PathBuf,
+    /// Client type of the top-users report files.
+    pub top_client_type: String,
+    pub top_limit: u32,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            source: "data/trades.csv".into(),
+            output_dir: PathBuf::from("output"),
+            top_client_type: "bronze".into(),
+            top_limit: 3,
+        }
+    }
+}
+
+/// Environment variables with this prefix and a `__` override config keys:
+/// `QUARRY_EXTRACTOR__BATCH_ROWS=1000` sets `[extractor] batch_rows`.
+pub const ENV_PREFIX: &str = "QUARRY_";
+
+impl Config {
+    /// Reads the file (if any), applies the process environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::config(format!("cannot read config file {}: {e}", p.display()))
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    Error::config(format!("config file {}: {}", p.display(), e.message()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue; // e.g. QUARRY_LOG_FORMAT: not a config key
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut root, &path, parse_env_value(&value))
+                .map_err(|e| Error::config(format!("environment variable {key}: {e}")))?;
+        }
+        let origin = path
+            .map(|p| format!("config file {}", p.display()))
+            .unwrap_or_else(|| "configuration".into());
+        let config: Config = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config(format!("{origin}: {}", e.message())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work, before anything starts.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::config(m));
+        for (key, addr) in [
+            ("extractor.listen", &self.extractor.listen),
+            ("transformer.listen", &self.transformer.listen),
+            ("loader.listen", &self.loader.listen),
+        ] {
+            if addr.parse::<SocketAddr>().is_err() {
+                return bad(format!(
+                    "{key} = {addr:?} is not an address like 127.0.0.1:50051"
+                ));
+            }
+        }
+        for (key, url) in [
+            ("transformer.extractor_url", &self.transformer.extractor_url),
+            ("transformer.loader_url", &self.transformer.loader_url),
+        ] {
+            check_url(key, url)?;
+        }
+        if self.extractor.data_roots.is_empty() {
+            return bad("extractor.data_roots is empty: the extractor could read nothing".into());
+        }
+        if !(1..=1 << 20).contains(&self.extractor.batch_rows) {
+            return bad(format!(
+                "extractor.batch_rows = {} must be between 1 and 1048576",
+                self.extractor.batch_rows
+            ));
+        }
+        if !(1..=64).contains(&self.transformer.split_concurrency) {
+            return bad(format!(
+                "transformer.split_concurrency = {} must be between 1 and 64",
+                self.transformer.split_concurrency
+            ));
+        }
+        if self.transformer.progress_interval_ms == 0 {
+            return bad("transformer.progress_interval_ms must be positive".into());
+        }
+        if self.loader.run_idle_timeout_secs == 0 {
+            return bad("loader.run_idle_timeout_secs must be positive".into());
+        }
+        if self.warehouse.sqlite.path.as_os_str().is_empty() {
+            return bad("warehouse.sqlite.path is empty".into());
+        }
+        if self.run.top_limit == 0 {
+            return bad("run.top_limit must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks a service URL (`http://host:port` or `https://…`).
+pub fn check_url(key: &str, url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(()),
+        _ => Err(Error::config(format!(
+            "{key} = {url:?} is not a URL like http://127.0.0.1:50051"
+        ))),
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // TOML literals (numbers, booleans, arrays, quoted strings) keep their type;
+    // anything else is a plain string.
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a section"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.warehouse.sqlite.path, PathBuf::from("agg_result.db"));
+        assert_eq!(c.run.source, "data/trades.csv");
+    }
+
+    #[test]
+    fn environment_overrides_typed_values() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("QUARRY_EXTRACTOR__BATCH_ROWS", "1000"),
+                ("QUARRY_EXTRACTOR__DATA_ROOTS", r#"["a", "b"]"#),
+                ("QUARRY_WAREHOUSE__SQLITE__PATH", "/tmp/x.db"),
+                ("QUARRY_TRANSFORMER__DEDUP", "true"),
+                ("QUARRY_LOG_FORMAT", "json"),
+                ("OTHER__THING", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.extractor.batch_rows, 1000);
+        assert_eq!(
+            c.extractor.data_roots,
+            vec![PathBuf::from("a"), PathBuf::from("b")]
+        );
+        assert_eq!(c.warehouse.sqlite.path, PathBuf::from("/tmp/x.db"));
+        assert!(c.transformer.dedup);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("q.toml");
+        std::fs::write(&f, "[loader]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap();
+        let e = Config::load_with_env(Some(&f), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listn") && e.contains("q.toml"), "{e}");
+
+        let e = Config::load_with_env(None, env(&[("QUARRY_LOADER__LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loader.listen"), "{e}");
+
+        let e = Config::load_with_env(None, env(&[("QUARRY_WAREHOUSE__TYPE", "oracle")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("oracle"), "{e}");
+    }
+}
+
+/// The command line of a service binary: `quarry-<service> [--config FILE]`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    version,
+    about = "A Quarry service; configuration: TOML file plus QUARRY_SECTION__KEY variables"
+)]
+pub struct ServiceArgs {
+    /// TOML configuration file (see config/quarry.toml).
+    #[arg(long, short, env = "QUARRY_CONFIG")]
+    pub config: Option<PathBuf>,
+}

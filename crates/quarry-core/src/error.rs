@@ -1,0 +1,176 @@
+//! Errors grouped by who is at fault, and their mapping to gRPC statuses.
+
+use std::fmt;
+
+/// Who is at fault; recorded with every failed run (`pipeline_runs.error_category`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCategory {
+    /// The input data or the request (missing column, unreadable file, path outside the data roots).
+    Input,
+    /// The configuration.
+    Config,
+    /// A warehouse or another service is unavailable or refused the operation.
+    Backend,
+    /// A data-quality check failed.
+    Quality,
+    /// A bug in Quarry.
+    Internal,
+}
+
+impl ErrorCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Input => "input",
+            Self::Config => "config",
+            Self::Backend => "backend",
+            Self::Quality => "quality",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "input" => Self::Input,
+            "config" => Self::Config,
+            "backend" => Self::Backend,
+            "quality" => Self::Quality,
+            "internal" => Self::Internal,
+            _ => return None,
+        })
+    }
+
+    /// The category of a failure reported by another service.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument | Code::PermissionDenied | Code::NotFound | Code::OutOfRange => {
+                Self::Input
+            }
+            Code::FailedPrecondition => Self::Config,
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Unauthenticated => Self::Backend,
+            _ => Self::Internal,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCategory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Bad input data or a bad request; never retried.
+    #[error("{0}")]
+    Input(String),
+    /// The request asks for something it may not have (e.g. a path outside the data roots).
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Config(String),
+    /// A backend failed. Transient failures may be retried; permanent ones never.
+    #[error("{message}")]
+    Backend { message: String, transient: bool },
+    #[error("{0}")]
+    Quality(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn input(msg: impl Into<String>) -> Self {
+        Self::Input(msg.into())
+    }
+    pub fn config(msg: impl Into<String>) -> Self {
+        Self::Config(msg.into())
+    }
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::Internal(msg.into())
+    }
+    pub fn backend(msg: impl Into<String>, transient: bool) -> Self {
+        Self::Backend {
+            message: msg.into(),
+            transient,
+        }
+    }
+
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Self::Input(_) | Self::PermissionDenied(_) => ErrorCategory::Input,
+            Self::Config(_) => ErrorCategory::Config,
+            Self::Backend { .. } => ErrorCategory::Backend,
+            Self::Quality(_) => ErrorCategory::Quality,
+            Self::Internal(_) => ErrorCategory::Internal,
+        }
+    }
+
+    /// Rebuilds an error from a status returned by another Quarry service.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let msg = status.message().to_string();
+        match status.code() {
+            tonic::Code::PermissionDenied => Self::PermissionDenied(msg),
+            tonic::Code::Unavailable => Self::backend(msg, true),
+            _ => match ErrorCategory::from_status(status) {
+                ErrorCategory::Input => Self::Input(msg),
+                ErrorCategory::Config => Self::Config(msg),
+                ErrorCategory::Backend => Self::backend(msg, false),
+                ErrorCategory::Quality => Self::Quality(msg),
+                ErrorCategory::Internal => Self::Internal(msg),
+            },
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Input(m) => tonic::Status::invalid_argument(m),
+            Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            Error::Config(m) => tonic::Status::failed_precondition(m),
+            Error::Backend {
+                message,
+                transient: true,
+            } => tonic::Status::unavailable(message),
+            Error::Backend { message, .. } => tonic::Status::aborted(message),
+            // Quality failures are a property of the data, reported like bad input.
+            Error::Quality(m) => tonic::Status::invalid_argument(m),
+            Error::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Self::Internal(format!("arrow: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_survive_a_status_round_trip() {
+        let cases = [
+            Error::input("x"),
+            Error::PermissionDenied("x".into()),
+            Error::config("x"),
+            Error::backend("x", true),
+            Error::backend("x", false),
+            Error::internal("x"),
+        ];
+        for e in cases {
+            let cat = e.category();
+            let status: tonic::Status = e.into();
+            assert_eq!(Error::from_status(&status).category(), cat, "{status:?}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Serving and reaching Quarry's gRPC services.
+//!
+//! Every server carries the standard `grpc.health.v1` service and gRPC server
+//! reflection next to its own services, so `grpcurl` and Kubernetes gRPC
+//! probes work against any of them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::ServingStatus;
+
+use crate::error::{Error, Result};
+
+/// Largest gRPC message a Quarry server or client accepts. Flight batches are
+/// split into ~2 MiB messages; this leaves room for large control messages.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Serves `routes` plus health and reflection on `listener` until `shutdown` resolves.
+/// `names` are the fully-qualified service names reported as SERVING.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    for name in names {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::internal(format!("reflection service: {e}")))?;
+    let addr = listener.local_addr().ok();
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::internal(format!("gRPC server on {addr:?} failed: {e}")))
+}
+
+/// Binds a listen address from config, with an error naming it.
+pub async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::config(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Connects to another Quarry service; `what` names it in errors.
+pub async fn connect(what: &str, url: &str) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::config(format!("{what} URL {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| Error::backend(format!("cannot reach the {what} at {url}: {e}"), true))
+}
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

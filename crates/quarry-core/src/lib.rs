@@ -1,0 +1,14 @@
+//! Shared building blocks of Quarry's services: configuration, errors,
+//! exact decimals, table schemas, and gRPC/Flight helpers.
+
+pub mod config;
+pub mod decimal;
+pub mod error;
+pub mod flight;
+pub mod grpc;
+pub mod logging;
+pub mod schema;
+
+pub use config::Config;
+pub use error::{Error, ErrorCategory, Result};
+pub use schema::Table;

@@ -1,0 +1,5 @@
+//! Deterministic synthetic trades (`quarry gen`) and helpers for tests.
+
+pub mod generate;
+
+pub use generate::{GenOptions, generate};

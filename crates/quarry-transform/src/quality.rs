@@ -1,0 +1,72 @@
+//! The data-quality report of a run, stored with it in `pipeline_runs` and
+//! written to `output/quality_report.json`.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::validate::{BatchStats, Field};
+
+/// One input file as the extractor described it.
+#[derive(Debug, Clone)]
+pub struct FileFacts {
+    pub file: String,
+    pub format: String,
+    pub size_bytes: u64,
+    pub extra_columns: Vec<String>,
+}
+
+pub struct QualityInput<'a> {
+    pub run_id: &'a str,
+    pub source: &'a str,
+    pub files: &'a [FileFacts],
+    pub stats: &'a BatchStats,
+    pub duplicates: u64,
+    pub dedup: bool,
+    pub agg_rows: u64,
+}
+
+pub fn report(q: &QualityInput<'_>) -> Value {
+    let s = q.stats;
+    let share = |n: u64| {
+        if s.rows_in == 0 {
+            0.0
+        } else {
+            n as f64 / s.rows_in as f64
+        }
+    };
+    let completeness: serde_json::Map<String, Value> = Field::ALL
+        .iter()
+        .map(|f| {
+            let missing = s.missing[*f as usize];
+            (
+                f.name().to_string(),
+                json!({ "missing": missing, "missing_share": share(missing), "complete_share": 1.0 - share(missing) }),
+            )
+        })
+        .collect();
+    let extra: BTreeSet<&str> = q
+        .files
+        .iter()
+        .flat_map(|f| f.extra_columns.iter().map(String::as_str))
+        .collect();
+    json!({
+        "run_id": q.run_id,
+        "source": q.source,
+        "files": q.files.iter().map(|f| json!({
+            "file": f.file,
+            "format": f.format,
+            "size_bytes": f.size_bytes,
+            "extra_columns": f.extra_columns,
+        })).collect::<Vec<_>>(),
+        "rows_in": s.rows_in,
+        "rows_valid": s.rows_valid,
+        "rows_rejected": s.rows_rejected(),
+        "rejected_by_reason": s.rejected_by_reason(),
+        "valid_share": share(s.rows_valid),
+        "duplicates": { "exact_duplicate_rows": q.duplicates, "dropped": q.dedup && q.duplicates > 0 },
+        "columns": { "missing": Vec::<String>::new(), "extra": extra },
+        "completeness": completeness,
+        "agg_trades_weekly_rows": q.agg_rows,
+    })
+}

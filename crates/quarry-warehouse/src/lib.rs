@@ -1,0 +1,131 @@
+//! The warehouse contract and its backends.
+//!
+//! A run writes Arrow batches into its tables while nothing is visible to
+//! readers; `commit` replaces exactly the partitions the run covers (the
+//! `trade_date`s of `trades`, the `week_start_date`s of `agg_trades_weekly`,
+//! the source files of `trades_rejected`) in one atomic step; `abort` leaves
+//! the warehouse as it was. Every run, succeeded or failed, is recorded in
+//! `pipeline_runs`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use quarry_core::config::{WarehouseConfig, WarehouseKind};
+use quarry_core::{ErrorCategory, Result, Table};
+pub use quarry_proto::{RunRecord, RunStats, WriteMode};
+
+pub mod sqlite;
+
+/// Opening facts of a run.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    pub run_id: String,
+    pub source: String,
+    pub options_json: String,
+}
+
+/// What a successful run commits with.
+#[derive(Debug, Clone)]
+pub struct RunCommit {
+    pub run_id: String,
+    /// Every file the run read: their earlier rejected rows are replaced.
+    pub source_files: Vec<String>,
+    pub stats: RunStats,
+    pub quality_json: String,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone)]
+pub struct RunFailure {
+    pub run_id: String,
+    pub category: ErrorCategory,
+    pub message: String,
+    pub stats: RunStats,
+    pub quality_json: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Volume,
+    Pnl,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopUsersQuery {
+    pub client_type: String,
+    pub metric: Metric,
+    pub limit: u32,
+}
+
+/// One line of a top-users report: the user and the exact decimal total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopUser {
+    pub user_id: String,
+    pub value: String,
+}
+
+#[async_trait]
+pub trait Warehouse: Send + Sync + 'static {
+    /// Backend name for logs and errors, e.g. `sqlite`.
+    fn kind(&self) -> &'static str;
+
+    /// Reaches the backend and creates missing tables; fails with one clear line.
+    async fn check_connectivity(&self) -> Result<()>;
+
+    /// Opens a run and records it as `running`.
+    async fn begin_run(&self, run: RunStart) -> Result<()>;
+
+    /// Stages one batch of `table` (in `table.schema()`) into an open run.
+    /// Returns the number of rows staged.
+    async fn write(
+        &self,
+        run_id: &str,
+        table: Table,
+        mode: WriteMode,
+        batch: RecordBatch,
+    ) -> Result<u64>;
+
+    /// Makes the run's data visible, replacing the partitions it covers, and
+    /// records it as `succeeded`. Returns the rows committed per table.
+    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>>;
+
+    /// Discards what the run staged (if anything) and records it as `failed`.
+    async fn abort(&self, failure: RunFailure) -> Result<()>;
+
+    /// The most recent runs first.
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>>;
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
+
+    /// Top users of a client type, summed exactly over all weeks and symbols;
+    /// ties broken by user_id ascending.
+    async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>>;
+}
+
+/// Opens the backend the configuration selects.
+pub fn open(config: &WarehouseConfig) -> Result<Arc<dyn Warehouse>> {
+    match config.kind {
+        WarehouseKind::Sqlite => Ok(Arc::new(sqlite::SqliteWarehouse::open(
+            &config.sqlite.path,
+        )?)),
+    }
+}
+
+/// Sorts per-user exact totals (scaled integers) into a top-N list.
+pub fn rank_top_users(
+    totals: impl IntoIterator<Item = (String, i128)>,
+    limit: u32,
+    scale: u32,
+) -> Vec<TopUser> {
+    let mut v: Vec<(String, i128)> = totals.into_iter().collect();
+    v.sort_by(|(ua, a), (ub, b)| b.cmp(a).then_with(|| ua.cmp(ub)));
+    v.into_iter()
+        .take(limit as usize)
+        .map(|(user_id, total)| TopUser {
+            user_id,
+            value: quarry_core::decimal::format_scaled(total, scale),
+        })
+        .collect()
+}

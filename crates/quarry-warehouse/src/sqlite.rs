@@ -1,0 +1,711 @@
+//! The embedded SQLite backend.
+//!
+//! One writer connection on its own thread, in WAL mode so readers keep
+//! seeing the last committed state during a run. A run is ONE write
+//! transaction: rows are inserted, tagged with the run id, straight into the
+//! final tables (no staging copy of big tables), and the commit deletes the
+//! superseded rows of the covered partitions in the same transaction.
+//! Decimals are stored as the REAL nearest to the exact value (SQLite has no
+//! decimal type); report sums are recomputed exactly from those values.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{
+    Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use quarry_core::decimal::{self, PNL_SCALE};
+use quarry_core::{Error, Result, Table};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Metric, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser, TopUsersQuery,
+    Warehouse, WriteMode, rank_top_users,
+};
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS trades (
+    timestamp   TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    client_type TEXT NOT NULL,
+    symbol      TEXT NOT NULL,
+    side        TEXT NOT NULL,
+    quantity    REAL NOT NULL,
+    price       REAL NOT NULL,
+    trade_date  TEXT NOT NULL,
+    run_id      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trades_by_trade_date ON trades (trade_date);
+CREATE TABLE IF NOT EXISTS trades_rejected (
+    timestamp   TEXT,
+    user_id     TEXT,
+    client_type TEXT,
+    symbol      TEXT,
+    side        TEXT,
+    quantity    TEXT,
+    price       TEXT,
+    reason      TEXT NOT NULL,
+    source_file TEXT NOT NULL,
+    source_row  INTEGER NOT NULL,
+    run_id      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trades_rejected_by_source_file ON trades_rejected (source_file);
+CREATE TABLE IF NOT EXISTS agg_trades_weekly (
+    week_start_date TEXT NOT NULL,
+    client_type     TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    symbol          TEXT NOT NULL,
+    total_volume    REAL NOT NULL,
+    total_pnl       REAL NOT NULL,
+    trade_count     INTEGER NOT NULL,
+    run_id          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS agg_trades_weekly_by_week ON agg_trades_weekly (week_start_date);
+CREATE TABLE IF NOT EXISTS pipeline_runs (
+    run_id         TEXT PRIMARY KEY,
+    source         TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    started_at     TEXT NOT NULL,
+    finished_at    TEXT,
+    rows_in        INTEGER,
+    rows_valid     INTEGER,
+    rows_rejected  INTEGER,
+    rows_duplicate INTEGER,
+    agg_rows       INTEGER,
+    plan_ms        INTEGER,
+    extract_ms     INTEGER,
+    transform_ms   INTEGER,
+    load_ms        INTEGER,
+    commit_ms      INTEGER,
+    total_ms       INTEGER,
+    rows_committed TEXT,
+    error_category TEXT,
+    error_message  TEXT,
+    quality        TEXT,
+    options        TEXT
+);
+CREATE INDEX IF NOT EXISTS pipeline_runs_by_start ON pipeline_runs (started_at);
+";
+
+fn db_err(what: &str, e: rusqlite::Error) -> Error {
+    // SQLITE_BUSY/LOCKED are worth a retry; everything else is permanent.
+    let transient = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    Error::backend(format!("sqlite: {what}: {e}"), transient)
+}
+
+enum Command {
+    Ping(oneshot::Sender<Result<()>>),
+    Begin(RunStart, oneshot::Sender<Result<()>>),
+    Write {
+        run_id: String,
+        table: Table,
+        mode: WriteMode,
+        batch: RecordBatch,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Commit(RunCommit, oneshot::Sender<Result<BTreeMap<String, u64>>>),
+    Abort(RunFailure, oneshot::Sender<Result<()>>),
+}
+
+pub struct SqliteWarehouse {
+    path: PathBuf,
+    commands: mpsc::Sender<Command>,
+}
+
+impl SqliteWarehouse {
+    /// Opens (creating if needed) the database and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .map_err(|e| db_err(&format!("cannot open database {}", path.display()), e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA cache_size = -65536;
+             PRAGMA busy_timeout = 10000;",
+        )
+        .map_err(|e| db_err(&format!("cannot configure database {}", path.display()), e))?;
+        conn.execute_batch(SCHEMA_SQL)
+            .map_err(|e| db_err(&format!("cannot create tables in {}", path.display()), e))?;
+        let (tx, rx) = mpsc::channel(16);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || Writer { conn, run: None }.serve(rx))
+            .map_err(|e| Error::internal(format!("cannot start the SQLite writer thread: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            commands: tx,
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::internal("the SQLite writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| Error::internal("the SQLite writer thread dropped a request"))?
+    }
+
+    /// Runs a read on its own read-only connection (WAL: it sees the last commit).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| db_err(&format!("cannot open database {}", path.display()), e))?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(|e| db_err("busy_timeout", e))?;
+            f(&conn).map_err(|e| db_err("query", e))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("SQLite reader panicked: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Warehouse for SqliteWarehouse {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn check_connectivity(&self) -> Result<()> {
+        self.call(Command::Ping).await
+    }
+
+    async fn begin_run(&self, run: RunStart) -> Result<()> {
+        self.call(|r| Command::Begin(run, r)).await
+    }
+
+    async fn write(
+        &self,
+        run_id: &str,
+        table: Table,
+        mode: WriteMode,
+        batch: RecordBatch,
+    ) -> Result<u64> {
+        let run_id = run_id.to_string();
+        self.call(|reply| Command::Write {
+            run_id,
+            table,
+            mode,
+            batch,
+            reply,
+        })
+        .await
+    }
+
+    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
+        self.call(|r| Command::Commit(commit, r)).await
+    }
+
+    async fn abort(&self, failure: RunFailure) -> Result<()> {
+        self.call(|r| Command::Abort(failure, r)).await
+    }
+
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        self.read(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM pipeline_runs ORDER BY started_at DESC, run_id DESC LIMIT ?1"
+            ))?;
+            st.query_map([limit], run_record)?.collect()
+        })
+        .await
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM pipeline_runs WHERE run_id = ?1"),
+                [run_id],
+                run_record,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
+        let q = query.clone();
+        let totals = self
+            .read(move |c| {
+                let column = match q.metric {
+                    Metric::Volume => "total_volume",
+                    Metric::Pnl => "total_pnl",
+                };
+                let mut st = c.prepare(&format!(
+                    "SELECT user_id, {column} FROM agg_trades_weekly WHERE client_type = ?1"
+                ))?;
+                let mut rows = st.query([&q.client_type])?;
+                // Summing REALs drifts; each stored value is read back as the
+                // decimal it stands for and summed exactly.
+                let mut totals: BTreeMap<String, i128> = BTreeMap::new();
+                while let Some(r) = rows.next()? {
+                    let v: f64 = r.get(1)?;
+                    let exact = decimal::from_f64(v, PNL_SCALE).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            1,
+                            rusqlite::types::Type::Real,
+                            format!("{column} {v} is not a decimal: {e:?}").into(),
+                        )
+                    })?;
+                    *totals.entry(r.get(0)?).or_default() += exact;
+                }
+                Ok(totals)
+            })
+            .await?;
+        Ok(rank_top_users(totals, query.limit, PNL_SCALE))
+    }
+}
+
+const RUN_COLUMNS: &str = "run_id, source, status, started_at, COALESCE(finished_at, ''), \
+     COALESCE(rows_in, 0), COALESCE(rows_valid, 0), COALESCE(rows_rejected, 0), COALESCE(rows_duplicate, 0), \
+     COALESCE(agg_rows, 0), COALESCE(plan_ms, 0), COALESCE(extract_ms, 0), COALESCE(transform_ms, 0), \
+     COALESCE(load_ms, 0), COALESCE(commit_ms, 0), COALESCE(total_ms, 0), COALESCE(rows_committed, '{}'), \
+     COALESCE(error_category, ''), COALESCE(error_message, ''), COALESCE(quality, ''), COALESCE(options, '')";
+
+fn run_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };
+    let committed: String = r.get(16)?;
+    Ok(RunRecord {
+        run_id: r.get(0)?,
+        source: r.get(1)?,
+        status: r.get(2)?,
+        started_at: r.get(3)?,
+        finished_at: r.get(4)?,
+        stats: Some(RunStats {
+            rows_in: u(5)?,
+            rows_valid: u(6)?,
+            rows_rejected: u(7)?,
+            rows_duplicate: u(8)?,
+            agg_rows: u(9)?,
+            plan_ms: u(10)?,
+            extract_ms: u(11)?,
+            transform_ms: u(12)?,
+            load_ms: u(13)?,
+            commit_ms: u(14)?,
+            total_ms: u(15)?,
+        }),
+        rows_committed: serde_json::from_str(&committed).unwrap_or_default(),
+        error_category: r.get(17)?,
+        error_message: r.get(18)?,
+        quality_json: r.get(19)?,
+        options_json: r.get(20)?,
+    })
+}
+
+fn now() -> String {
+    Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// What the open run has written so far.
+struct ActiveRun {
+    run_id: String,
+    began: Instant,
+    /// Partitions to replace at commit (days since the epoch).
+    trade_dates: BTreeSet<i32>,
+    weeks: BTreeSet<i32>,
+    /// Whether each table received rows in replace mode (vs append).
+    rejected_replace: bool,
+    rows: BTreeMap<Table, u64>,
+}
+
+struct Writer {
+    conn: Connection,
+    run: Option<ActiveRun>,
+}
+
+impl Writer {
+    fn serve(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                Command::Ping(reply) => {
+                    let r = self
+                        .conn
+                        .query_row("SELECT count(*) FROM pipeline_runs", [], |_| Ok(()))
+                        .map_err(|e| db_err("ping", e));
+                    let _ = reply.send(r);
+                }
+                Command::Begin(run, reply) => {
+                    let _ = reply.send(self.begin(run));
+                }
+                Command::Write {
+                    run_id,
+                    table,
+                    mode,
+                    batch,
+                    reply,
+                } => {
+                    let _ = reply.send(self.write(&run_id, table, mode, &batch));
+                }
+                Command::Commit(c, reply) => {
+                    let _ = reply.send(self.commit(c));
+                }
+                Command::Abort(f, reply) => {
+                    let _ = reply.send(self.abort(f));
+                }
+            }
+        }
+        // Channel closed: an open transaction is rolled back when the connection drops.
+    }
+
+    fn active(&mut self, run_id: &str) -> Result<&mut ActiveRun> {
+        match self.run.as_ref().map(|r| r.run_id.as_str()) {
+            Some(open) if open == run_id => Ok(self.run.as_mut().expect("checked")),
+            Some(open) => Err(Error::internal(format!(
+                "run {run_id} is not open (run {open} is)"
+            ))),
+            None => Err(Error::input(format!("run {run_id} is not open"))),
+        }
+    }
+
+    fn begin(&mut self, run: RunStart) -> Result<()> {
+        if let Some(open) = &self.run {
+            return Err(Error::internal(format!(
+                "cannot begin run {}: run {} is still open",
+                run.run_id, open.run_id
+            )));
+        }
+        self.conn
+            .execute(
+                "INSERT INTO pipeline_runs (run_id, source, status, started_at, options)
+                 VALUES (?1, ?2, 'running', ?3, ?4)",
+                params![run.run_id, run.source, now(), run.options_json],
+            )
+            .map_err(|e| db_err("record run start", e))?;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| db_err("begin transaction", e))?;
+        self.run = Some(ActiveRun {
+            run_id: run.run_id,
+            began: Instant::now(),
+            trade_dates: BTreeSet::new(),
+            weeks: BTreeSet::new(),
+            rejected_replace: true,
+            rows: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        run_id: &str,
+        table: Table,
+        mode: WriteMode,
+        batch: &RecordBatch,
+    ) -> Result<u64> {
+        self.active(run_id)?;
+        let expected = table.schema();
+        if batch.schema().fields() != expected.fields() {
+            return Err(Error::input(format!(
+                "batch for {table} does not match its schema: got {:?}, expected {:?}",
+                batch.schema().fields(),
+                expected.fields()
+            )));
+        }
+        let replace = mode != WriteMode::Append;
+        let conn = &self.conn;
+        let run = self.run.as_mut().expect("checked above");
+        let n = batch.num_rows();
+        match table {
+            Table::Trades => {
+                insert_trades(conn, run_id, batch, replace.then_some(&mut run.trade_dates))?
+            }
+            Table::TradesRejected => {
+                run.rejected_replace &= replace;
+                insert_rejected(conn, run_id, batch)?
+            }
+            Table::AggTradesWeekly => {
+                insert_agg(conn, run_id, batch, replace.then_some(&mut run.weeks))?
+            }
+        }
+        *run.rows.entry(table).or_default() += n as u64;
+        Ok(n as u64)
+    }
+
+    fn commit(&mut self, c: RunCommit) -> Result<BTreeMap<String, u64>> {
+        self.active(&c.run_id)?;
+        let run = self.run.take().expect("checked above");
+        match self.finish_commit(&run, &c) {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                // Leave nothing half-done behind: the transaction is undone.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_commit(&mut self, run: &ActiveRun, c: &RunCommit) -> Result<BTreeMap<String, u64>> {
+        let conn = &self.conn;
+        let del = |sql: &str, key: &dyn rusqlite::ToSql| -> Result<()> {
+            conn.prepare_cached(sql)
+                .and_then(|mut st| st.execute(params![key, run.run_id]))
+                .map_err(|e| db_err("replace partition", e))?;
+            Ok(())
+        };
+        for d in &run.trade_dates {
+            del(
+                "DELETE FROM trades WHERE trade_date = ?1 AND run_id <> ?2",
+                &date_text(*d),
+            )?;
+        }
+        for w in &run.weeks {
+            del(
+                "DELETE FROM agg_trades_weekly WHERE week_start_date = ?1 AND run_id <> ?2",
+                &date_text(*w),
+            )?;
+        }
+        if run.rejected_replace {
+            for f in &c.source_files {
+                del(
+                    "DELETE FROM trades_rejected WHERE source_file = ?1 AND run_id <> ?2",
+                    f,
+                )?;
+            }
+        }
+        let rows: BTreeMap<String, u64> = run
+            .rows
+            .iter()
+            .map(|(t, n)| (t.name().to_string(), *n))
+            .collect();
+        let mut stats = c.stats.clone();
+        stats.commit_ms = run.began.elapsed().as_millis() as u64;
+        record_end(
+            conn,
+            &c.run_id,
+            "succeeded",
+            &stats,
+            &rows,
+            None,
+            &c.quality_json,
+        )?;
+        conn.execute_batch("COMMIT")
+            .map_err(|e| db_err("commit transaction", e))?;
+        Ok(rows)
+    }
+
+    fn abort(&mut self, f: RunFailure) -> Result<()> {
+        if self.run.as_ref().is_some_and(|r| r.run_id == f.run_id) {
+            self.run = None;
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(|e| db_err("roll back", e))?;
+        }
+        // The run may have failed before it began: record it either way.
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO pipeline_runs (run_id, source, status, started_at)
+                 VALUES (?1, '', 'failed', ?2)",
+                params![f.run_id, now()],
+            )
+            .map_err(|e| db_err("record failed run", e))?;
+        record_end(
+            &self.conn,
+            &f.run_id,
+            "failed",
+            &f.stats,
+            &BTreeMap::new(),
+            Some((f.category.as_str(), &f.message)),
+            &f.quality_json,
+        )
+    }
+}
+
+fn record_end(
+    conn: &Connection,
+    run_id: &str,
+    status: &str,
+    s: &RunStats,
+    rows: &BTreeMap<String, u64>,
+    error: Option<(&str, &str)>,
+    quality: &str,
+) -> Result<()> {
+    let i = |v: u64| v as i64;
+    conn.execute(
+        "UPDATE pipeline_runs SET status = ?2, finished_at = ?3,
+            rows_in = ?4, rows_valid = ?5, rows_rejected = ?6, rows_duplicate = ?7, agg_rows = ?8,
+            plan_ms = ?9, extract_ms = ?10, transform_ms = ?11, load_ms = ?12, commit_ms = ?13,
+            total_ms = ?14, rows_committed = ?15, error_category = ?16, error_message = ?17,
+            quality = ?18
+         WHERE run_id = ?1",
+        params![
+            run_id,
+            status,
+            now(),
+            i(s.rows_in),
+            i(s.rows_valid),
+            i(s.rows_rejected),
+            i(s.rows_duplicate),
+            i(s.agg_rows),
+            i(s.plan_ms),
+            i(s.extract_ms),
+            i(s.transform_ms),
+            i(s.load_ms),
+            i(s.commit_ms),
+            i(s.total_ms),
+            serde_json::to_string(rows).unwrap_or_default(),
+            error.map(|e| e.0),
+            error.map(|e| e.1),
+            (!quality.is_empty()).then_some(quality),
+        ],
+    )
+    .map_err(|e| db_err("record run end", e))?;
+    Ok(())
+}
+
+fn date_text(days: i32) -> String {
+    (NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + TimeDelta::days(days as i64))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.fraction]` in UTC: sorts as text and SQLite's date
+/// functions read it.
+fn timestamp_text(nanos: i64, out: &mut String) {
+    out.clear();
+    let t: DateTime<Utc> = DateTime::from_timestamp_nanos(nanos);
+    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.f"));
+}
+
+/// Caches the text of dates: a batch holds few distinct days.
+#[derive(Default)]
+struct DateTexts(BTreeMap<i32, String>);
+
+impl DateTexts {
+    fn get(&mut self, d: i32) -> &str {
+        self.0.entry(d).or_insert_with(|| date_text(d))
+    }
+}
+
+fn insert_trades(
+    conn: &Connection,
+    run_id: &str,
+    b: &RecordBatch,
+    mut dates: Option<&mut BTreeSet<i32>>,
+) -> Result<()> {
+    let ts = b.column(0).as_primitive::<TimestampNanosecondType>();
+    let s = |i: usize| b.column(i).as_string::<i32>();
+    let (user, ct, sym, side) = (s(1), s(2), s(3), s(4));
+    let qty = b.column(5).as_primitive::<Decimal128Type>();
+    let price = b.column(6).as_primitive::<Decimal128Type>();
+    let day = b.column(7).as_primitive::<Date32Type>();
+    let scale = decimal::SCALE;
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO trades (timestamp, user_id, client_type, symbol, side, quantity, price, trade_date, run_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(|e| db_err("prepare insert into trades", e))?;
+    let mut texts = DateTexts::default();
+    let mut ts_text = String::new();
+    for i in 0..b.num_rows() {
+        timestamp_text(ts.value(i), &mut ts_text);
+        let d = day.value(i);
+        if let Some(ds) = dates.as_deref_mut() {
+            ds.insert(d);
+        }
+        st.execute(params![
+            ts_text,
+            user.value(i),
+            ct.value(i),
+            sym.value(i),
+            side.value(i),
+            decimal::to_f64(qty.value(i), scale),
+            decimal::to_f64(price.value(i), scale),
+            texts.get(d),
+            run_id
+        ])
+        .map_err(|e| db_err("insert into trades", e))?;
+    }
+    Ok(())
+}
+
+fn insert_rejected(conn: &Connection, run_id: &str, b: &RecordBatch) -> Result<()> {
+    let s = |i: usize| b.column(i).as_string::<i32>();
+    let cols: Vec<_> = (0..7).map(s).collect();
+    let reason = s(7);
+    let file = s(8);
+    let row = b.column(9).as_primitive::<UInt64Type>();
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO trades_rejected (timestamp, user_id, client_type, symbol, side, quantity, price,
+                 reason, source_file, source_row, run_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .map_err(|e| db_err("prepare insert into trades_rejected", e))?;
+    for i in 0..b.num_rows() {
+        let v = |k: usize| (!cols[k].is_null(i)).then(|| cols[k].value(i));
+        st.execute(params![
+            v(0),
+            v(1),
+            v(2),
+            v(3),
+            v(4),
+            v(5),
+            v(6),
+            reason.value(i),
+            file.value(i),
+            row.value(i) as i64,
+            run_id
+        ])
+        .map_err(|e| db_err("insert into trades_rejected", e))?;
+    }
+    Ok(())
+}
+
+fn insert_agg(
+    conn: &Connection,
+    run_id: &str,
+    b: &RecordBatch,
+    mut weeks: Option<&mut BTreeSet<i32>>,
+) -> Result<()> {
+    let week = b.column(0).as_primitive::<Date32Type>();
+    let s = |i: usize| b.column(i).as_string::<i32>();
+    let (ct, user, sym) = (s(1), s(2), s(3));
+    let vol = b.column(4).as_primitive::<Decimal128Type>();
+    let pnl = b.column(5).as_primitive::<Decimal128Type>();
+    let count = b.column(6).as_primitive::<Int64Type>();
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO agg_trades_weekly (week_start_date, client_type, user_id, symbol,
+                 total_volume, total_pnl, trade_count, run_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(|e| db_err("prepare insert into agg_trades_weekly", e))?;
+    let mut texts = DateTexts::default();
+    for i in 0..b.num_rows() {
+        let w = week.value(i);
+        if let Some(ws) = weeks.as_deref_mut() {
+            ws.insert(w);
+        }
+        st.execute(params![
+            texts.get(w),
+            ct.value(i),
+            user.value(i),
+            sym.value(i),
+            decimal::to_f64(vol.value(i), decimal::SCALE),
+            decimal::to_f64(pnl.value(i), PNL_SCALE),
+            count.value(i),
+            run_id
+        ])
+        .map_err(|e| db_err("insert into agg_trades_weekly", e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The extractor: resolves sources into files and serves their rows as Arrow
+//! record batches over Flight (`GetFlightInfo` → one endpoint per file,
+//! `DoGet(ticket)` → the batches of one file). Only paths under the
+//! configured data roots are served.
+
+pub mod readers;
+pub mod source;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use quarry_core::config::ExtractorConfig;
+use quarry_core::schema::EXTRACT_SCHEMA;
+use quarry_core::{Error, Result, flight, grpc};
+use quarry_proto::extractor_service_server::{ExtractorService, ExtractorServiceServer};
+use quarry_proto::{CsvOptions, ExtractCommand, ExtractPlan, ExtractTicket, SourceFormat};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::source::DataRoots;
+
+#[derive(Clone)]
+pub struct Extractor {
+    roots: Arc<DataRoots>,
+    batch_rows: usize,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
+
+impl Extractor {
+    pub fn new(config: &ExtractorConfig) -> Result<Self> {
+        Ok(Self {
+            roots: Arc::new(DataRoots::new(&config.data_roots)?),
+            batch_rows: config.batch_rows,
+        })
+    }
+
+    /// Resolves a command into files and checks every file's columns.
+    async fn plan(&self, cmd: ExtractCommand) -> Result<(ExtractPlan, Vec<ExtractTicket>)> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let format = SourceFormat::try_from(cmd.format).unwrap_or(SourceFormat::Unspecified);
+            let csv = cmd.csv.unwrap_or_default();
+            let batch_rows = if cmd.batch_rows == 0 {
+                this.batch_rows as u32
+            } else {
+                cmd.batch_rows
+            };
+            let files = source::resolve(&cmd.source, format, &this.roots)?;
+            let mut plan = ExtractPlan::default();
+            let mut tickets = Vec::with_capacity(files.len());
+            for f in files {
+                let p = readers::plan(&f.path, f.format, &csv)?;
+                if !p.extra_columns.is_empty() {
+                    info!(file = %p.file, extra = ?p.extra_columns, "schema drift: ignoring extra columns");
+                }
+                tickets.push(ExtractTicket {
+                    file: p.file.clone(),
+                    format: f.format as i32,
+                    csv: Some(csv.clone()),
+                    batch_rows,
+                });
+                plan.files.push(p);
+            }
+            Ok((plan, tickets))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("planning task failed: {e}")))?
+    }
+
+    pub fn routes(&self) -> Routes {
+        Routes::new(
+            FlightServiceServer::new(self.clone())
+                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(ExtractorServiceServer::new(self.clone()))
+    }
+}
+
+const SERVICE_NAMES: [&str; 2] = [
+    "arrow.flight.protocol.FlightService",
+    "quarry.v1.ExtractorService",
+];
+
+impl Extractor {
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        info!(addr = ?listener.local_addr().ok(), roots = ?self.roots.roots(), "extractor listening");
+        grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await
+    }
+}
+
+/// Checks the configuration, then serves the extractor until `shutdown` resolves.
+pub async fn serve(
+    config: &ExtractorConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    Extractor::new(config)?.serve(listener, shutdown).await
+}
+
+#[tonic::async_trait]
+impl ExtractorService for Extractor {
+    async fn plan(
+        &self,
+        request: Request<ExtractCommand>,
+    ) -> std::result::Result<Response<ExtractPlan>, Status> {
+        let (plan, _) = Extractor::plan(self, request.into_inner()).await?;
+        Ok(Response::new(plan))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for Extractor {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let cmd: ExtractCommand = flight::decode("ExtractCommand", &request.get_ref().cmd)?;
+        let source = cmd.source.clone();
+        let (plan, tickets) = Extractor::plan(self, cmd).await.inspect_err(|e| {
+            warn!(source = %source, error = %e, "cannot plan source");
+        })?;
+        let total_bytes = plan.files.iter().map(|f| f.size_bytes as i64).sum();
+        let mut info = FlightInfo::new()
+            .try_with_schema(&EXTRACT_SCHEMA)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_descriptor(request.into_inner())
+            .with_total_bytes(total_bytes)
+            .with_app_metadata(plan.encode_to_vec());
+        for t in tickets {
+            info = info
+                .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(t.encode_to_vec())));
+        }
+        info!(source = %source, files = plan.files.len(), "planned source");
+        Ok(Response::new(info))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        let ticket: ExtractTicket = flight::decode("ExtractTicket", &request.get_ref().ticket)?;
+        // Tickets come from clients: check the path again.
+        let path = self.roots.check(std::path::Path::new(&ticket.file))?;
+        let format =
+            match SourceFormat::try_from(ticket.format).unwrap_or(SourceFormat::Unspecified) {
+                SourceFormat::Unspecified => source::format_of(&path).unwrap_or(SourceFormat::Csv),
+                f => f,
+            };
+        let csv: CsvOptions = ticket.csv.unwrap_or_default();
+        let batch_rows = match ticket.batch_rows {
+            0 => self.batch_rows,
+            n => n as usize,
+        };
+        // A small buffer: the reader runs ahead of the network by two batches at most.
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<_, FlightError>>(2);
+        tokio::task::spawn_blocking(move || {
+            let result = readers::read(&path, format, &csv, batch_rows, &mut |batch| {
+                tx.blocking_send(Ok(batch)).is_ok()
+            });
+            if let Err(e) = result {
+                warn!(file = %path.display(), error = %e, "read failed");
+                let _ = tx.blocking_send(Err(FlightError::Tonic(Box::new(e.into()))));
+            }
+        });
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(EXTRACT_SCHEMA.clone())
+            .build(batches)
+            .map_err(flight::flight_status);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        let options = arrow::ipc::writer::IpcWriteOptions::default();
+        let result: SchemaResult = arrow_flight::SchemaAsIpc::new(&EXTRACT_SCHEMA, &options)
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        Ok(Response::new(result))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "handshake is not needed by the extractor",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented(
+            "use GetFlightInfo with an ExtractCommand",
+        ))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("use GetFlightInfo"))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("the extractor is read-only"))
+    }
+
+    async fn do_action(
+        &self,
+        _request: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("the extractor has no actions"))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("the extractor does not exchange"))
+    }
+}

@@ -1,0 +1,475 @@
+//! The loader: receives a run's tables over Flight `DoPut`, stages them in the
+//! warehouse, and commits or aborts the run on request (`LoaderService`).
+//! Runs are serialised: a second run waits for the first one's commit (up to
+//! `begin_timeout_secs`) so two runs never interleave their commits.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use quarry_core::config::{LoaderConfig, WarehouseConfig};
+use quarry_core::{Error, ErrorCategory, Result, Table, flight, grpc};
+use quarry_proto::loader_service_server::{LoaderService, LoaderServiceServer};
+use quarry_proto::{
+    AbortRequest, AbortResponse, BeginRunRequest, BeginRunResponse, CommitRequest, CommitResponse,
+    GetRunRequest, ListRunsRequest, ListRunsResponse, LoadAck, LoadCommand, RunRecord, TopMetric,
+    TopUsersRequest, TopUsersResponse, WriteMode,
+};
+use quarry_warehouse::{Metric, RunCommit, RunFailure, RunStart, TopUsersQuery, Warehouse};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info, info_span, warn};
+
+struct OpenRun {
+    _slot: OwnedSemaphorePermit,
+    last_activity: Instant,
+}
+
+#[derive(Clone)]
+pub struct Loader {
+    warehouse: Arc<dyn Warehouse>,
+    slot: Arc<Semaphore>,
+    runs: Arc<Mutex<HashMap<String, OpenRun>>>,
+    begin_timeout: Duration,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
+
+fn check_run_id(run_id: &str) -> Result<()> {
+    if run_id.is_empty()
+        || run_id.len() > 64
+        || !run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Error::input(format!(
+            "run id {run_id:?} must be 1-64 characters of letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(())
+}
+
+impl Loader {
+    pub fn new(warehouse: Arc<dyn Warehouse>, config: &LoaderConfig) -> Self {
+        let loader = Self {
+            warehouse,
+            slot: Arc::new(Semaphore::new(1)),
+            runs: Arc::new(Mutex::new(HashMap::new())),
+            begin_timeout: Duration::from_secs(config.begin_timeout_secs),
+        };
+        loader.spawn_reaper(Duration::from_secs(config.run_idle_timeout_secs));
+        loader
+    }
+
+    /// Aborts runs whose driver went away without committing or aborting.
+    fn spawn_reaper(&self, idle: Duration) {
+        let weak = Arc::downgrade(&self.runs);
+        let warehouse = self.warehouse.clone();
+        let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(runs) = weak.upgrade() else { return };
+                let stale: Vec<String> = {
+                    let mut map = runs.lock().expect("runs lock");
+                    let ids: Vec<String> = map
+                        .iter()
+                        .filter(|(_, r)| r.last_activity.elapsed() > idle)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in &ids {
+                        map.remove(id);
+                    }
+                    ids
+                };
+                for run_id in stale {
+                    let message = format!("run abandoned: no activity for {} s", idle.as_secs());
+                    warn!(run_id = %run_id, "{message}");
+                    let _ = warehouse
+                        .abort(RunFailure {
+                            run_id,
+                            category: ErrorCategory::Internal,
+                            message,
+                            stats: Default::default(),
+                            quality_json: String::new(),
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+
+    fn touch(&self, run_id: &str) -> Result<()> {
+        let mut runs = self.runs.lock().expect("runs lock");
+        match runs.get_mut(run_id) {
+            Some(r) => {
+                r.last_activity = Instant::now();
+                Ok(())
+            }
+            None => Err(Error::Config(format!(
+                "run {run_id} is not open on this loader (never begun, already finished, or abandoned)"
+            ))),
+        }
+    }
+
+    fn close(&self, run_id: &str) -> Option<OpenRun> {
+        self.runs.lock().expect("runs lock").remove(run_id)
+    }
+
+    pub fn routes(&self) -> Routes {
+        Routes::new(
+            FlightServiceServer::new(self.clone())
+                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+        )
+        .add_service(LoaderServiceServer::new(self.clone()))
+    }
+
+    async fn put(&self, stream: Streaming<FlightData>) -> Result<(String, Table, u64)> {
+        let mut stream = stream.map_err(FlightError::from).peekable();
+        let first = Pin::new(&mut stream)
+            .peek()
+            .await
+            .ok_or_else(|| Error::input("DoPut stream is empty"))?
+            .as_ref()
+            .map_err(|e| Error::input(format!("DoPut: {e}")))?;
+        let descriptor = first
+            .flight_descriptor
+            .as_ref()
+            .ok_or_else(|| Error::input("the first DoPut message has no descriptor"))?;
+        let cmd: LoadCommand = flight::decode("LoadCommand", &descriptor.cmd)?;
+        let table = Table::parse(&cmd.table)
+            .ok_or_else(|| Error::input(format!("unknown table {:?}", cmd.table)))?;
+        let mode = WriteMode::try_from(cmd.mode).unwrap_or(WriteMode::ReplacePartitions);
+        self.touch(&cmd.run_id)?;
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(stream);
+        let mut rows = 0u64;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(|e| match e {
+                FlightError::Tonic(s) => Error::from_status(&s),
+                other => Error::input(format!("{table} stream: {other}")),
+            })?;
+            rows += self
+                .warehouse
+                .write(&cmd.run_id, table, mode, batch)
+                .await?;
+            self.touch(&cmd.run_id)?;
+        }
+        Ok((cmd.run_id, table, rows))
+    }
+}
+
+const SERVICE_NAMES: [&str; 2] = [
+    "arrow.flight.protocol.FlightService",
+    "quarry.v1.LoaderService",
+];
+
+impl Loader {
+    /// Opens the configured warehouse and checks that it answers.
+    pub async fn open(config: &LoaderConfig, warehouse: &WarehouseConfig) -> Result<Self> {
+        let wh = quarry_warehouse::open(warehouse)?;
+        wh.check_connectivity().await?;
+        Ok(Self::new(wh, config))
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        info!(addr = ?listener.local_addr().ok(), warehouse = self.warehouse.kind(), "loader listening");
+        grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await
+    }
+}
+
+/// Opens the configured warehouse, checks it, and serves the loader until `shutdown`.
+pub async fn serve(
+    config: &LoaderConfig,
+    warehouse: &WarehouseConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    Loader::open(config, warehouse)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+#[tonic::async_trait]
+impl LoaderService for Loader {
+    async fn begin_run(
+        &self,
+        request: Request<BeginRunRequest>,
+    ) -> std::result::Result<Response<BeginRunResponse>, Status> {
+        let req = request.into_inner();
+        check_run_id(&req.run_id)?;
+        let span = info_span!("run", run_id = %req.run_id);
+        async {
+            let slot = tokio::time::timeout(self.begin_timeout, self.slot.clone().acquire_owned())
+                .await
+                .map_err(|_| {
+                    Error::backend(
+                        format!(
+                            "the warehouse is busy with another run for over {} s; try again later",
+                            self.begin_timeout.as_secs()
+                        ),
+                        true,
+                    )
+                })?
+                .map_err(|_| Error::internal("loader is shutting down"))?;
+            self.warehouse
+                .begin_run(RunStart {
+                    run_id: req.run_id.clone(),
+                    source: req.source.clone(),
+                    options_json: req.options_json.clone(),
+                })
+                .await?;
+            self.runs.lock().expect("runs lock").insert(
+                req.run_id.clone(),
+                OpenRun {
+                    _slot: slot,
+                    last_activity: Instant::now(),
+                },
+            );
+            info!(source = %req.source, "run begun");
+            Ok::<_, Error>(Response::new(BeginRunResponse {}))
+        }
+        .instrument(span)
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn commit(
+        &self,
+        request: Request<CommitRequest>,
+    ) -> std::result::Result<Response<CommitResponse>, Status> {
+        let req = request.into_inner();
+        let span = info_span!("run", run_id = %req.run_id);
+        async {
+            let started = Instant::now();
+            let open = self.close(&req.run_id).ok_or_else(|| {
+                Error::Config(format!("run {} is not open on this loader", req.run_id))
+            })?;
+            let result = self
+                .warehouse
+                .commit(RunCommit {
+                    run_id: req.run_id.clone(),
+                    source_files: req.source_files.clone(),
+                    stats: req.stats.clone().unwrap_or_default(),
+                    quality_json: req.quality_json.clone(),
+                })
+                .await;
+            drop(open); // the next run may begin
+            let rows = result.inspect_err(|e| warn!(error = %e, "commit failed"))?;
+            info!(rows = ?rows, "run committed");
+            Ok::<_, Error>(Response::new(CommitResponse {
+                rows_committed: rows.into_iter().collect(),
+                commit_ms: started.elapsed().as_millis() as u64,
+            }))
+        }
+        .instrument(span)
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn abort(
+        &self,
+        request: Request<AbortRequest>,
+    ) -> std::result::Result<Response<AbortResponse>, Status> {
+        let req = request.into_inner();
+        check_run_id(&req.run_id)?;
+        let span = info_span!("run", run_id = %req.run_id);
+        async {
+            let open = self.close(&req.run_id);
+            let category =
+                ErrorCategory::parse(&req.error_category).unwrap_or(ErrorCategory::Internal);
+            let result = self
+                .warehouse
+                .abort(RunFailure {
+                    run_id: req.run_id.clone(),
+                    category,
+                    message: req.error_message.clone(),
+                    stats: req.stats.clone().unwrap_or_default(),
+                    quality_json: req.quality_json.clone(),
+                })
+                .await;
+            drop(open);
+            result?;
+            warn!(category = %category, error = %req.error_message, "run aborted");
+            Ok::<_, Error>(Response::new(AbortResponse {}))
+        }
+        .instrument(span)
+        .await
+        .map_err(Into::into)
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<ListRunsRequest>,
+    ) -> std::result::Result<Response<ListRunsResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 20,
+            n => n,
+        };
+        let runs = self.warehouse.list_runs(limit).await?;
+        Ok(Response::new(ListRunsResponse { runs }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<GetRunRequest>,
+    ) -> std::result::Result<Response<RunRecord>, Status> {
+        let run_id = request.into_inner().run_id;
+        match self.warehouse.get_run(&run_id).await? {
+            Some(r) => Ok(Response::new(r)),
+            None => Err(Status::not_found(format!("no run {run_id}"))),
+        }
+    }
+
+    async fn top_users(
+        &self,
+        request: Request<TopUsersRequest>,
+    ) -> std::result::Result<Response<TopUsersResponse>, Status> {
+        let req = request.into_inner();
+        let metric = match TopMetric::try_from(req.metric) {
+            Ok(TopMetric::Pnl) => Metric::Pnl,
+            Ok(TopMetric::Volume) | Ok(TopMetric::Unspecified) => Metric::Volume,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown metric {}",
+                    req.metric
+                )));
+            }
+        };
+        let client_type = req.client_type.trim().to_ascii_lowercase();
+        if !["gold", "silver", "bronze"].contains(&client_type.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "client type {:?} is not gold, silver or bronze",
+                req.client_type
+            )));
+        }
+        let users = self
+            .warehouse
+            .top_users(&TopUsersQuery {
+                client_type,
+                metric,
+                limit: if req.limit == 0 { 3 } else { req.limit },
+            })
+            .await?;
+        Ok(Response::new(TopUsersResponse {
+            users: users
+                .into_iter()
+                .map(|u| quarry_proto::TopUser {
+                    user_id: u.user_id,
+                    value: u.value,
+                })
+                .collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for Loader {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        let (run_id, table, rows) = self.put(request.into_inner()).await.inspect_err(|e| {
+            warn!(error = %e, "DoPut failed");
+        })?;
+        info!(run_id = %run_id, table = %table, rows, "staged");
+        let ack = PutResult {
+            app_metadata: LoadAck { rows }.encode_to_vec().into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async {
+            Ok(ack)
+        }))))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "handshake is not needed by the loader",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("the loader only accepts DoPut"))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("the loader only accepts DoPut"))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("the loader only accepts DoPut"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("the loader only accepts DoPut"))
+    }
+
+    async fn do_get(
+        &self,
+        _request: Request<Ticket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        Err(Status::unimplemented("the loader only accepts DoPut"))
+    }
+
+    async fn do_action(
+        &self,
+        _request: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("the loader has no actions"))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("the loader does not exchange"))
+    }
+}

@@ -1,0 +1,88 @@
+//! The transformer drives a run: it asks the extractor for the splits of a
+//! source, validates and aggregates their batches as they stream in (bounded
+//! concurrency, memory bounded by the number of groups), pushes `trades`,
+//! `trades_rejected` and `agg_trades_weekly` to the loader with Flight
+//! `DoPut`, then commits — or aborts on any error, so a failed run leaves
+//! the warehouse as it was.
+
+mod run;
+
+use quarry_core::config::TransformerConfig;
+use quarry_core::{Result, grpc};
+use quarry_proto::transformer_service_server::{TransformerService, TransformerServiceServer};
+use quarry_proto::{RunEvent, RunRequest};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, info_span};
+
+#[derive(Clone)]
+pub struct Transformer {
+    config: TransformerConfig,
+}
+
+impl Transformer {
+    pub fn new(config: TransformerConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn routes(&self) -> Routes {
+        Routes::new(
+            TransformerServiceServer::new(self.clone())
+                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+        )
+    }
+}
+
+impl Transformer {
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        info!(
+            addr = ?listener.local_addr().ok(),
+            extractor = %self.config.extractor_url,
+            loader = %self.config.loader_url,
+            "transformer listening"
+        );
+        grpc::serve(
+            listener,
+            self.routes(),
+            &["quarry.v1.TransformerService"],
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Serves the transformer on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: &TransformerConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    Transformer::new(config.clone())
+        .serve(listener, shutdown)
+        .await
+}
+
+#[tonic::async_trait]
+impl TransformerService for Transformer {
+    type RunStream = ReceiverStream<std::result::Result<RunEvent, Status>>;
+
+    async fn run(
+        &self,
+        request: Request<RunRequest>,
+    ) -> std::result::Result<Response<Self::RunStream>, Status> {
+        let req = request.into_inner();
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let span = info_span!("run", run_id = %run_id);
+        tokio::spawn(run::drive(self.config.clone(), req, run_id, tx).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
