@@ -27,15 +27,24 @@ impl Cluster {
     /// Starts the extractor, transformer and loader. The warehouse and the data
     /// roots are checked before anything listens.
     pub async fn start(config: &Config) -> Result<Self> {
-        Self::start_services(config, true).await
+        Self::start_services(config, true, None).await
     }
 
     /// Starts only the loader (history and report commands).
     pub async fn start_loader(config: &Config) -> Result<Self> {
-        Self::start_services(config, false).await
+        Self::start_services(config, false, None).await
     }
 
-    async fn start_services(config: &Config, pipeline: bool) -> Result<Self> {
+    /// Starts the transformer and loader, reading from an extractor elsewhere.
+    pub async fn start_with_extractor(config: &Config, extractor_url: &str) -> Result<Self> {
+        Self::start_services(config, true, Some(extractor_url.to_string())).await
+    }
+
+    async fn start_services(
+        config: &Config,
+        pipeline: bool,
+        extractor_url: Option<String>,
+    ) -> Result<Self> {
         let (stop, rx) = watch::channel(false);
         let shutdown = move || {
             let mut rx = rx.clone();
@@ -48,12 +57,19 @@ impl Cluster {
         let loader_listener = grpc::bind("127.0.0.1:0").await?;
         let loader_url = url(&loader_listener)?;
         tasks.push(tokio::spawn(loader.serve(loader_listener, shutdown())));
-        let (mut extractor_url, mut transformer_url) = (None, None);
+        let mut transformer_url = None;
+        let mut extractor_url = extractor_url;
         if pipeline {
-            let extractor = Extractor::new(&config.extractor)?;
-            let listener = grpc::bind("127.0.0.1:0").await?;
-            let e_url = url(&listener)?;
-            tasks.push(tokio::spawn(extractor.serve(listener, shutdown())));
+            let e_url = match extractor_url.take() {
+                Some(u) => u,
+                None => {
+                    let extractor = Extractor::new(&config.extractor)?;
+                    let listener = grpc::bind("127.0.0.1:0").await?;
+                    let u = url(&listener)?;
+                    tasks.push(tokio::spawn(extractor.serve(listener, shutdown())));
+                    u
+                }
+            };
 
             let mut tcfg = config.transformer.clone();
             tcfg.extractor_url = e_url.clone();

@@ -5,10 +5,12 @@
 //! and produces `EXTRACT_SCHEMA` batches: the seven input columns as text,
 //! exactly as found, plus the 1-based line or row number for lineage.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt64Builder};
@@ -123,12 +125,61 @@ fn delimiter(opts: &CsvOptions, path: &Path) -> Result<u8> {
     }
 }
 
-fn csv_reader(path: &Path, opts: &CsvOptions) -> Result<(csv::Reader<File>, Mapping)> {
+/// Counts line breaks as the CSV reader pulls bytes, so a record's byte
+/// offset can be turned into its 1-based line number. The csv crate's own
+/// line counter skips blank lines and miscounts after CRLF line ends.
+struct LineCounter<R> {
+    inner: R,
+    read: u64,
+    newlines: Rc<RefCell<VecDeque<u64>>>,
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut q = self.newlines.borrow_mut();
+        q.extend(memchr::memchr_iter(b'\n', &buf[..n]).map(|i| self.read + i as u64));
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Line numbers of record start offsets, which only grow.
+struct Lines {
+    newlines: Rc<RefCell<VecDeque<u64>>>,
+    passed: u64,
+}
+
+impl Lines {
+    fn line_at(&mut self, byte: u64) -> u64 {
+        let mut q = self.newlines.borrow_mut();
+        // `<=`: after a CRLF the csv crate reports a record as starting on its LF.
+        while q.front().is_some_and(|&nl| nl <= byte) {
+            q.pop_front();
+            self.passed += 1;
+        }
+        self.passed + 1
+    }
+}
+
+type CsvReader = csv::Reader<LineCounter<File>>;
+
+fn csv_reader(path: &Path, opts: &CsvOptions) -> Result<(CsvReader, Lines, Mapping)> {
+    let newlines = Rc::new(RefCell::new(VecDeque::new()));
+    let counter = LineCounter {
+        inner: open(path)?,
+        read: 0,
+        newlines: newlines.clone(),
+    };
+    let lines = Lines {
+        newlines,
+        passed: 0,
+    };
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter(opts, path)?)
         .has_headers(true)
         .flexible(true)
-        .from_reader(open(path)?);
+        .from_reader(counter);
     let header = rdr
         .byte_headers()
         .map_err(|e| {
@@ -157,13 +208,13 @@ fn csv_reader(path: &Path, opts: &CsvOptions) -> Result<(csv::Reader<File>, Mapp
         }
     }
     let mapping = map_columns(path, &names)?;
-    Ok((rdr, mapping))
+    Ok((rdr, lines, mapping))
 }
 
 /// Checks a file's header or schema without reading its data.
 pub fn plan(path: &Path, format: SourceFormat, csv: &CsvOptions) -> Result<FilePlan> {
     let extra = match format {
-        SourceFormat::Csv | SourceFormat::Unspecified => csv_reader(path, csv)?.1.extra,
+        SourceFormat::Csv | SourceFormat::Unspecified => csv_reader(path, csv)?.2.extra,
         SourceFormat::Parquet => parquet_builder(path)?.1.extra,
         SourceFormat::Ndjson => ndjson_plan(path)?.extra,
     };
@@ -192,7 +243,7 @@ pub fn read(
 }
 
 fn read_csv(path: &Path, opts: &CsvOptions, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
-    let (mut rdr, m) = csv_reader(path, opts)?;
+    let (mut rdr, mut lines, m) = csv_reader(path, opts)?;
     let width = rdr.byte_headers().map(|h| h.len()).unwrap_or(0);
     let mut b = BatchBuilder::new();
     let mut rec = csv::ByteRecord::new();
@@ -201,12 +252,11 @@ fn read_csv(path: &Path, opts: &CsvOptions, batch_rows: usize, emit: Emit<'_>) -
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                let line = e.position().map(|p| p.line() + 1).unwrap_or(0);
+                let line = e.position().map(|p| lines.line_at(p.byte())).unwrap_or(0);
                 return Err(Error::input(format!("{} line {line}: {e}", path.display())));
             }
         }
-        // The csv crate counts line breaks before the record: +1 for the 1-based line.
-        let line = rec.position().map(|p| p.line() + 1).unwrap_or(0);
+        let line = rec.position().map(|p| lines.line_at(p.byte())).unwrap_or(0);
         if rec.len() != width {
             return Err(Error::input(format!(
                 "{} line {line}: expected {width} fields like the header, found {}",
@@ -445,6 +495,20 @@ mod tests {
             })
             .collect();
         assert_eq!(rows, [2, 4, 5]);
+
+        let lf = dir.path().join("lf.csv");
+        std::fs::write(&lf, "timestamp,user_id,client_type,symbol,side,quantity,price\n1,2,3,4,5,6,7\n\n1,2,3,4,5,6,7\n").unwrap();
+        let b = read_all(&lf, SourceFormat::Csv).unwrap();
+        let rows: Vec<u64> = b
+            .iter()
+            .flat_map(|b| {
+                b.column(7)
+                    .as_primitive::<arrow::datatypes::UInt64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(rows, [2, 4]);
     }
 
     #[test]
