@@ -36,17 +36,22 @@ pub async fn serve(
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::internal(format!("reflection service: {e}")))?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_err = |e| Error::internal(format!("reflection service: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+    // Many deployed clients (grpcurl before 1.9, older tooling) still speak v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
     let addr = listener.local_addr().ok();
     Server::builder()
         .tcp_nodelay(true)
         .add_routes(routes)
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::internal(format!("gRPC server on {addr:?} failed: {e}")))

@@ -1,0 +1,214 @@
+//! Services as separate processes, and the `quarry` command as a user runs it.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, fixtures};
+use quarry_cli::client;
+use quarry_cli::embedded::Cluster;
+use quarry_proto::{RunRequest, run_event};
+
+fn quarry() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_quarry"));
+    c.env_remove("QUARRY_CONFIG");
+    c
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "service exited early");
+        assert!(
+            Instant::now() < deadline,
+            "service did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_extractor_mid_stream_fails_the_run_and_changes_nothing() {
+    let mut env = Env::new();
+    env.config.transformer.progress_interval_ms = 5;
+    let good = env.copy_fixture();
+    env.run(&good).await.unwrap();
+    let before = env.snapshot();
+
+    let big = env.data.join("big.csv");
+    let opts = quarry_testkit::GenOptions {
+        rows: 400_000,
+        ..Default::default()
+    };
+    quarry_testkit::generate(
+        &opts,
+        &mut std::io::BufWriter::new(std::fs::File::create(&big).unwrap()),
+    )
+    .unwrap();
+
+    let port = free_port();
+    let mut extractor = quarry()
+        .args(["serve", "extractor"])
+        .env("QUARRY_EXTRACTOR__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "QUARRY_EXTRACTOR__DATA_ROOTS",
+            format!("[{:?}]", env.data.display().to_string()),
+        )
+        .env("QUARRY_EXTRACTOR__BATCH_ROWS", "500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut extractor);
+    let cluster = Cluster::start_with_extractor(&env.config, &format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let mut killed_at = None;
+    let req = RunRequest {
+        source: big.display().to_string(),
+        ..Default::default()
+    };
+    let result = client::run_pipeline(cluster.transformer_url.as_deref().unwrap(), req, |e| {
+        if let Some(run_event::Event::Progress(p)) = &e.event
+            && p.rows_read > 0
+            && killed_at.is_none()
+        {
+            extractor.kill().unwrap();
+            killed_at = Some(p.rows_read);
+        }
+    })
+    .await;
+    let _ = extractor.kill();
+    let _ = extractor.wait();
+    let killed_at = killed_at.expect("the run streamed rows before finishing");
+    assert!(killed_at < 400_000, "killed after {killed_at} rows");
+    let e = result.expect_err("a run whose extractor died must fail");
+    cluster.stop().await.unwrap();
+
+    assert_eq!(env.snapshot(), before);
+    let runs = env.runs().await;
+    assert_eq!(runs[0].status, "failed", "{e}");
+    assert!(!runs[0].error_message.is_empty());
+}
+
+fn setup_user_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::copy(
+        fixtures().join("trades_sample.csv"),
+        dir.path().join("data/trades.csv"),
+    )
+    .unwrap();
+    dir
+}
+
+fn read(p: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
+}
+
+#[test]
+fn the_quarry_command_runs_the_default_job_and_reports() {
+    let dir = setup_user_dir();
+    let out = quarry()
+        .arg("run")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("succeeded") && stdout.contains("timestamp_invalid"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("agg_result.db").exists());
+    assert_eq!(
+        read(dir.path().join("output/top_bronze_by_volume.csv")),
+        "user_id,total_volume\n3005,298.57\n3003,285.98\n3004,283.57\n"
+    );
+    assert_eq!(
+        read(dir.path().join("output/top_bronze_by_pnl.csv")),
+        "user_id,total_pnl\n3003,69146.6913\n3001,27299.2767\n3004,-200.4569\n"
+    );
+    let q: serde_json::Value =
+        serde_json::from_str(&read(dir.path().join("output/quality_report.json"))).unwrap();
+    assert_eq!(q["rows_in"], 800);
+    assert_eq!(q["rejected_by_reason"]["timestamp_missing"], 5);
+    assert_eq!(q["run"]["status"], "succeeded");
+    assert!(q["completeness"]["price"]["missing"].is_u64());
+
+    let out = quarry()
+        .args(["report", "top-users", "--metric", "pnl", "--limit", "2"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "user_id,total_pnl\n3003,69146.6913\n3001,27299.2767\n"
+    );
+
+    // A failing run: exit code 1, one line naming the problem.
+    let out = quarry()
+        .args([
+            "run",
+            "--source",
+            "data/nope.csv",
+            "--sqlite",
+            "other.db",
+            "--output",
+            "out2",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("quarry: ") && err.contains("nope.csv"),
+        "{err}"
+    );
+
+    let out = quarry()
+        .arg("runs")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+}
+
+#[test]
+fn gen_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.csv", "b.csv"] {
+        let st = quarry()
+            .args(["gen", "--rows", "5000", "--seed", "7", "--out", name])
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let a = std::fs::read(dir.path().join("a.csv")).unwrap();
+    assert_eq!(a, std::fs::read(dir.path().join("b.csv")).unwrap());
+    assert_eq!(a.iter().filter(|b| **b == b'\n').count(), 5001);
+}
