@@ -157,7 +157,7 @@ pub async fn write_reports(
 pub fn quality_report(record: &RunRecord) -> serde_json::Value {
     let mut json: serde_json::Value =
         serde_json::from_str(&record.quality_json).unwrap_or_else(|_| serde_json::json!({}));
-    let stats = record.stats.clone().unwrap_or_default();
+    let stats = record.stats.unwrap_or_default();
     json["run"] = serde_json::json!({
         "run_id": record.run_id,
         "status": record.status,

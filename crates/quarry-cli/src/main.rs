@@ -443,7 +443,7 @@ fn human(v: f64) -> String {
 }
 
 fn print_summary(r: &RunRecord, wall: Duration) {
-    let s = r.stats.clone().unwrap_or_default();
+    let s = r.stats.unwrap_or_default();
     let quality: serde_json::Value = serde_json::from_str(&r.quality_json).unwrap_or_default();
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
@@ -496,7 +496,7 @@ fn print_runs(runs: &[RunRecord]) {
         "error",
     ]);
     for r in runs {
-        let s = r.stats.clone().unwrap_or_default();
+        let s = r.stats.unwrap_or_default();
         let error = if r.error_category.is_empty() {
             String::new()
         } else {

@@ -351,3 +351,18 @@ pub struct ServiceArgs {
     #[arg(long, short, env = "QUARRY_CONFIG")]
     pub config: Option<PathBuf>,
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// config/quarry.toml documents every key with its default: it must load
+    /// and equal the built-in defaults.
+    #[test]
+    fn the_documented_config_is_the_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/quarry.toml");
+        let file = Config::load_with_env(Some(&path), Vec::new()).unwrap();
+        let ser = |c: &Config| toml::to_string(c).unwrap();
+        assert_eq!(ser(&file), ser(&Config::default()));
+    }
+}

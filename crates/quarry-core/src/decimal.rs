@@ -125,7 +125,7 @@ pub fn format_scaled(v: i128, scale: u32) -> String {
     out.push_str(&int.to_string());
     if frac != 0 {
         let mut width = scale as usize;
-        while frac % 10 == 0 {
+        while frac.is_multiple_of(10) {
             frac /= 10;
             width -= 1;
         }

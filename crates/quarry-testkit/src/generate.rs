@@ -126,10 +126,10 @@ pub fn generate(opts: &GenOptions, out: &mut impl Write) -> io::Result<()> {
             format!("{}.{:02}", qty_cents / 100, qty_cents % 100),
             format!("{}.{:02}", price_cents / 100, price_cents % 100),
         ];
-        if (i + 1) % bad_every == 0 {
+        if (i + 1).is_multiple_of(bad_every) {
             // kind 2k: field k missing; kind 2k+1: field k invalid
             let field = bad_kind / 2;
-            f[field] = if bad_kind % 2 == 0 {
+            f[field] = if bad_kind.is_multiple_of(2) {
                 String::new()
             } else {
                 [

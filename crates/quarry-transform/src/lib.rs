@@ -35,7 +35,7 @@ mod tests {
         RecordBatch::try_new(EXTRACT_SCHEMA.clone(), cols).unwrap()
     }
 
-    fn row<'a>(f: [&'a str; 7]) -> [Option<&'a str>; 7] {
+    fn row(f: [&str; 7]) -> [Option<&str>; 7] {
         f.map(Some)
     }
 
@@ -158,13 +158,10 @@ mod tests {
         );
     }
 
-    fn aggregate(
-        rows: &[[Option<&str>; 7]],
-        dedup: bool,
-    ) -> (
-        Vec<(String, String, String, String, String, String, i64)>,
-        u64,
-    ) {
+    /// week, client_type, user_id, symbol, volume, pnl, count
+    type AggRow = (String, String, String, String, String, String, i64);
+
+    fn aggregate(rows: &[[Option<&str>; 7]], dedup: bool) -> (Vec<AggRow>, u64) {
         let v = validate(&batch(rows), "f").unwrap();
         let mut agg = Aggregator::new(dedup);
         agg.ingest(v.trades).unwrap();

@@ -485,7 +485,7 @@ impl Writer {
             .iter()
             .map(|(t, n)| (t.name().to_string(), *n))
             .collect();
-        let mut stats = c.stats.clone();
+        let mut stats = c.stats;
         stats.commit_ms = run.began.elapsed().as_millis() as u64;
         record_end(
             conn,

@@ -269,7 +269,7 @@ impl LoaderService for Loader {
                 .commit(RunCommit {
                     run_id: req.run_id.clone(),
                     source_files: req.source_files.clone(),
-                    stats: req.stats.clone().unwrap_or_default(),
+                    stats: req.stats.unwrap_or_default(),
                     quality_json: req.quality_json.clone(),
                 })
                 .await;
@@ -303,7 +303,7 @@ impl LoaderService for Loader {
                     run_id: req.run_id.clone(),
                     category,
                     message: req.error_message.clone(),
-                    stats: req.stats.clone().unwrap_or_default(),
+                    stats: req.stats.unwrap_or_default(),
                     quality_json: req.quality_json.clone(),
                 })
                 .await;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Quarry's test suite, runnable on a fresh machine: installs the Python tools
+# the interoperability tests use (pyarrow.flight, grpcurl) into a cached
+# virtualenv, then checks formatting and lints and runs every test.
+#
+# Caches (override with the variables): QUARRY_CACHE (default ~/.cache/quarry)
+# holds the cargo target directory and the virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${QUARRY_CACHE:-$HOME/.cache/quarry}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+VENV="$CACHE/venv"
+mkdir -p "$CACHE"
+
+echo "== test tools ($VENV)"
+if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/requirements-test.txt) >/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+export QUARRY_PYTHON="$VENV/bin/python"
+export QUARRY_GRPCURL="$VENV/bin/grpcurl"
+"$QUARRY_PYTHON" -c "import pyarrow.flight"
+"$QUARRY_GRPCURL" -version
+
+echo "== fmt"
+cargo fmt --all --check
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+cargo test --workspace --locked
