@@ -1,8 +1,8 @@
 //! Deterministic synthetic trade files.
 //!
 //! The same options always produce the same bytes: a seeded ChaCha stream
-//! drives every choice. About 10 000 users, each with a fixed client type,
-//! trade about 50 symbols over two years; a configurable share of rows is
+//! drives every choice. About 10 000 users, each with a fixed client type
+//! and a portfolio of 6 of the 50 symbols, trade over two years; a configurable share of rows is
 //! broken in every way the validator knows, spread evenly over the reasons.
 
 use std::io::{self, Write};
@@ -84,6 +84,9 @@ const SYMBOLS: [(&str, u32); 50] = [
     ("GLD", 190),
 ];
 
+/// Symbols each user trades.
+const PORTFOLIO: usize = 6;
+
 const CLIENT_TYPES: [&str; 3] = ["gold", "silver", "bronze"];
 
 /// The broken rows: one per reason code, cycled.
@@ -111,7 +114,9 @@ pub fn generate(opts: &GenOptions, out: &mut impl Write) -> io::Result<()> {
         let user_id = 1000 + user;
         // A user's client type is fixed: derived from the user, not drawn per row.
         let ct = CLIENT_TYPES[(user % 3) as usize];
-        let (sym, base) = SYMBOLS[rng.random_range(0..SYMBOLS.len())];
+        // Each user trades a fixed portfolio of a few symbols, as real clients do.
+        let pick = rng.random_range(0..PORTFOLIO);
+        let (sym, base) = SYMBOLS[(user as usize * 11 + pick * 7) % SYMBOLS.len()];
         let side = if rng.random_bool(0.5) { "buy" } else { "sell" };
         let qty_cents: u32 = rng.random_range(1..=10_000);
         let price_cents: u64 = base as u64 * rng.random_range(80..=120);

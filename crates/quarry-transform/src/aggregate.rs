@@ -20,21 +20,27 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::timestamp::week_start;
 
+/// 12 bytes: the accumulator's size is what bounds the run's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct GroupKey {
     week: i32,
+    /// Client type in the top 2 bits, interned user id below.
     user: u32,
     symbol: u32,
-    client_type: u8,
 }
 
+const USER_BITS: u32 = 30;
+
+/// Packed to 36 bytes (the map entry is 48 instead of 64); fields are only
+/// read and written by value.
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C, packed(4))]
 struct Totals {
     /// Σ quantity, scaled by 10^8.
     volume: i128,
     /// Σ ±quantity·price, scaled by 10^16.
     pnl: i128,
-    count: i64,
+    count: u32,
 }
 
 const CLIENT_TYPES: [&str; 3] = ["gold", "silver", "bronze"];
@@ -59,7 +65,8 @@ impl Interner {
 }
 
 pub struct Aggregator {
-    users: Interner,
+    /// One interner per client type: a user id can appear under several.
+    users: [Interner; 3],
     symbols: Interner,
     groups: HashMap<GroupKey, Totals>,
     /// Hashes of the normalised rows seen so far (duplicate detection).
@@ -72,7 +79,7 @@ impl Aggregator {
     /// `dedup`: drop exact duplicate rows instead of only counting them.
     pub fn new(dedup: bool) -> Self {
         Self {
-            users: Interner::default(),
+            users: Default::default(),
             symbols: Interner::default(),
             groups: HashMap::new(),
             seen: HashSet::new(),
@@ -128,11 +135,16 @@ impl Aggregator {
                 .ok_or_else(|| {
                     Error::internal(format!("unnormalised client_type {:?}", ct.value(i)))
                 })? as u8;
+            let user_id = self.users[client_type as usize].id(user.value(i));
+            if user_id >= 1 << USER_BITS {
+                return Err(Error::internal(
+                    "more than 2^30 distinct users of one client type",
+                ));
+            }
             let key = GroupKey {
                 week: week_start(date.value(i)),
-                user: self.users.id(user.value(i)),
+                user: (client_type as u32) << USER_BITS | user_id,
                 symbol: self.symbols.id(symbol.value(i)),
-                client_type,
             };
             let q = qty.value(i);
             let notional = q * price.value(i);
@@ -143,7 +155,10 @@ impl Aggregator {
             } else {
                 -notional
             };
-            t.count += 1;
+            t.count = t
+                .count
+                .checked_add(1)
+                .ok_or_else(|| Error::internal("more than 2^32 trades in one group"))?;
         }
         match keep {
             None => Ok(trades),
@@ -151,53 +166,64 @@ impl Aggregator {
         }
     }
 
-    /// The aggregate rows (`AGG_SCHEMA`) in batches of at most `batch_rows`.
-    pub fn finish(self, batch_rows: usize) -> Result<Vec<RecordBatch>> {
-        let mut entries: Vec<(GroupKey, Totals)> = self.groups.into_iter().collect();
-        // A stable order makes runs reproducible and keeps a week's rows together.
-        entries.sort_unstable_by(|(a, _), (b, _)| {
-            (
-                a.week,
-                a.client_type,
-                &self.users.names[a.user as usize],
-                &self.symbols.names[a.symbol as usize],
-            )
-                .cmp(&(
-                    b.week,
-                    b.client_type,
-                    &self.users.names[b.user as usize],
-                    &self.symbols.names[b.symbol as usize],
-                ))
-        });
-        let mut out = Vec::with_capacity(entries.len().div_ceil(batch_rows.max(1)));
-        for chunk in entries.chunks(batch_rows.max(1)) {
-            let mut week = Date32Builder::with_capacity(chunk.len());
-            let mut ct = StringBuilder::new();
-            let mut user = StringBuilder::new();
-            let mut symbol = StringBuilder::new();
-            let mut vol = Decimal128Builder::with_capacity(chunk.len()).with_data_type(VOLUME_TYPE);
-            let mut pnl = Decimal128Builder::with_capacity(chunk.len()).with_data_type(PNL_TYPE);
-            let mut count = Int64Builder::with_capacity(chunk.len());
-            for (k, t) in chunk {
-                week.append_value(k.week);
-                ct.append_value(CLIENT_TYPES[k.client_type as usize]);
-                user.append_value(&self.users.names[k.user as usize]);
-                symbol.append_value(&self.symbols.names[k.symbol as usize]);
-                vol.append_value(t.volume);
-                pnl.append_value(t.pnl);
-                count.append_value(t.count);
-            }
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(week.finish()),
-                Arc::new(ct.finish()),
-                Arc::new(user.finish()),
-                Arc::new(symbol.finish()),
-                Arc::new(vol.finish()),
-                Arc::new(pnl.finish()),
-                Arc::new(count.finish()),
-            ];
-            out.push(RecordBatch::try_new(AGG_SCHEMA.clone(), cols)?);
+    /// The aggregate rows (`AGG_SCHEMA`), produced lazily in batches of at
+    /// most `batch_rows`: the groups are never copied or sorted as a whole,
+    /// so finishing needs no more memory than accumulating did.
+    pub fn into_batches(self, batch_rows: usize) -> AggBatches {
+        AggBatches {
+            users: self.users,
+            symbols: self.symbols,
+            groups: self.groups.into_iter(),
+            batch_rows: batch_rows.max(1),
         }
-        Ok(out)
+    }
+}
+
+/// Iterator over the aggregate batches of a finished run.
+pub struct AggBatches {
+    users: [Interner; 3],
+    symbols: Interner,
+    groups: hashbrown::hash_map::IntoIter<GroupKey, Totals>,
+    batch_rows: usize,
+}
+
+impl Iterator for AggBatches {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let n = self.groups.len().min(self.batch_rows);
+        if n == 0 {
+            return None;
+        }
+        let mut week = Date32Builder::with_capacity(n);
+        let mut ct = StringBuilder::with_capacity(n, n * 6);
+        let mut user = StringBuilder::with_capacity(n, n * 8);
+        let mut symbol = StringBuilder::with_capacity(n, n * 4);
+        let mut vol = Decimal128Builder::with_capacity(n).with_data_type(VOLUME_TYPE);
+        let mut pnl = Decimal128Builder::with_capacity(n).with_data_type(PNL_TYPE);
+        let mut count = Int64Builder::with_capacity(n);
+        for (k, t) in self.groups.by_ref().take(n) {
+            let client_type = (k.user >> USER_BITS) as usize;
+            week.append_value(k.week);
+            ct.append_value(CLIENT_TYPES[client_type]);
+            user.append_value(
+                &self.users[client_type].names[(k.user & ((1 << USER_BITS) - 1)) as usize],
+            );
+            symbol.append_value(&self.symbols.names[k.symbol as usize]);
+            let (v, p) = (t.volume, t.pnl);
+            vol.append_value(v);
+            pnl.append_value(p);
+            count.append_value(i64::from(t.count));
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(week.finish()),
+            Arc::new(ct.finish()),
+            Arc::new(user.finish()),
+            Arc::new(symbol.finish()),
+            Arc::new(vol.finish()),
+            Arc::new(pnl.finish()),
+            Arc::new(count.finish()),
+        ];
+        Some(RecordBatch::try_new(AGG_SCHEMA.clone(), cols).map_err(Error::from))
     }
 }

@@ -167,7 +167,8 @@ mod tests {
         agg.ingest(v.trades).unwrap();
         let dups = agg.duplicates();
         let mut out = vec![];
-        for b in agg.finish(2).unwrap() {
+        for b in agg.into_batches(2) {
+            let b = b.unwrap();
             let date =
                 arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
             for i in 0..b.num_rows() {
@@ -221,7 +222,8 @@ mod tests {
             r("2020-12-31 12:00:00"),       // Thursday: week of 2020-12-28
             r("2021-01-03T22:00:00-03:00"), // 2021-01-04 01:00 UTC: Monday
         ];
-        let (out, _) = aggregate(&rows, false);
+        let (mut out, _) = aggregate(&rows, false);
+        out.sort();
         let weeks: Vec<_> = out.iter().map(|o| (o.0.as_str(), o.6)).collect();
         assert_eq!(
             weeks,

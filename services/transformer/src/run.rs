@@ -361,16 +361,20 @@ impl Run {
             .in_current_span(),
         );
         let duplicates = aggregator.duplicates();
-        let batches = tokio::task::spawn_blocking(move || aggregator.finish(65_536))
+        let produce = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut rows = 0;
+            for batch in aggregator.into_batches(65_536) {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                if agg_tx.blocking_send(batch).is_err() {
+                    break; // the put failed; its error is reported below
+                }
+            }
+            Ok(rows)
+        });
+        let agg_rows = produce
             .await
             .map_err(|e| Error::internal(format!("aggregation task: {e}")))??;
-        let agg_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        for b in batches {
-            if agg_tx.send(b).await.is_err() {
-                break; // the put failed; its error is reported below
-            }
-        }
-        drop(agg_tx);
         let (_, agg_sent) = put_agg
             .await
             .map_err(|e| Error::internal(format!("DoPut task: {e}")))??;
