@@ -507,3 +507,31 @@ async fn duplicates_are_counted_and_dropped_on_request() {
     assert_eq!(env.count("SELECT trade_count FROM agg_trades_weekly"), 1);
     assert_eq!(env.count("SELECT count(*) FROM trades"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_are_serialised_by_the_loader() {
+    let env = Env::new();
+    let a = env.copy_fixture();
+    let b = env.write("other.csv", valid_rows(2_000));
+    let cluster = quarry_cli::embedded::Cluster::start(&env.config)
+        .await
+        .unwrap();
+    let url = cluster.transformer_url.clone().unwrap();
+    let run = |src: std::path::PathBuf| {
+        let url = url.clone();
+        async move {
+            let req = quarry_proto::RunRequest {
+                source: src.display().to_string(),
+                ..Default::default()
+            };
+            quarry_cli::client::run_pipeline(&url, req, |_| {}).await
+        }
+    };
+    let (ra, rb) = tokio::join!(run(a), run(b));
+    ra.unwrap();
+    rb.unwrap();
+    cluster.stop().await.unwrap();
+    assert_eq!(env.count("SELECT count(*) FROM trades"), 790 + 2_000);
+    let runs = env.runs().await;
+    assert_eq!(runs.iter().filter(|r| r.status == "succeeded").count(), 2);
+}
