@@ -135,10 +135,20 @@ pub fn format_scaled(v: i128, scale: u32) -> String {
     out
 }
 
+/// Powers of ten that are exact doubles.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
 /// The `f64` nearest to an exact scaled decimal (correctly rounded, once).
 pub fn to_f64(v: i128, scale: u32) -> f64 {
-    // Rust's float parser rounds correctly, so going through the exact text
-    // gives the nearest double without accumulated error.
+    // When both the integer and the power of ten are exact doubles, one IEEE
+    // division is correctly rounded: the common case, without any text.
+    if v.unsigned_abs() <= 1 << 53 && (scale as usize) < POW10.len() {
+        return v as f64 / POW10[scale as usize];
+    }
+    // Otherwise go through the exact text: Rust's float parser rounds correctly.
     format_scaled(v, scale)
         .parse()
         .expect("formatted decimal parses")
@@ -213,6 +223,22 @@ mod tests {
         assert_eq!(format_scaled(0, 8), "0");
         assert_eq!(format_scaled(1, 8), "0.00000001");
         assert_eq!(format_scaled(12_300_000_000, 8), "123");
+    }
+
+    #[test]
+    fn the_fast_double_path_matches_the_exact_text_path() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..100_000 {
+            // xorshift: a spread of magnitudes and digits
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x >> (x % 40)) as i128 * if x & 1 == 0 { 1 } else { -1 };
+            for scale in [4, SCALE, PNL_SCALE] {
+                let text: f64 = format_scaled(v, scale).parse().unwrap();
+                assert_eq!(to_f64(v, scale), text, "{v} / 10^{scale}");
+            }
+        }
     }
 
     #[test]

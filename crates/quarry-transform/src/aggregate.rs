@@ -31,6 +31,16 @@ struct GroupKey {
 
 const USER_BITS: u32 = 30;
 
+const SHARDS: usize = 16;
+
+impl GroupKey {
+    fn shard(&self) -> usize {
+        (self.user ^ self.symbol.rotate_left(7) ^ self.week as u32).wrapping_mul(0x9E37_79B9)
+            as usize
+            >> 28
+    }
+}
+
 /// Packed to 36 bytes (the map entry is 48 instead of 64); fields are only
 /// read and written by value.
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,11 +78,19 @@ pub struct Aggregator {
     /// One interner per client type: a user id can appear under several.
     users: [Interner; 3],
     symbols: Interner,
-    groups: HashMap<GroupKey, Totals>,
-    /// Hashes of the normalised rows seen so far (duplicate detection).
-    seen: HashSet<u64>,
-    duplicates: u64,
-    dedup: bool,
+    /// Sharded so that a table resize (which briefly holds the old and the
+    /// new table) costs a sixteenth of the groups, not all of them.
+    groups: Vec<HashMap<GroupKey, Totals>>,
+    seen: Seen,
+}
+
+/// Hashes of the normalised rows, for exact-duplicate detection.
+enum Seen {
+    /// Deduplicating: each row is checked as it arrives.
+    Online { set: HashSet<u64>, duplicates: u64 },
+    /// Only counting: hashes are appended and counted once at the end, which
+    /// takes 8 bytes a row instead of a hash set's ~14 and its resize peaks.
+    Deferred { hashes: Vec<u64>, sorted: bool },
 }
 
 impl Aggregator {
@@ -81,20 +99,37 @@ impl Aggregator {
         Self {
             users: Default::default(),
             symbols: Interner::default(),
-            groups: HashMap::new(),
-            seen: HashSet::new(),
-            duplicates: 0,
-            dedup,
+            groups: (0..SHARDS).map(|_| HashMap::new()).collect(),
+            seen: if dedup {
+                Seen::Online {
+                    set: HashSet::new(),
+                    duplicates: 0,
+                }
+            } else {
+                Seen::Deferred {
+                    hashes: Vec::new(),
+                    sorted: true,
+                }
+            },
         }
     }
 
-    /// Exact duplicate rows seen so far (dropped if `dedup`).
-    pub fn duplicates(&self) -> u64 {
-        self.duplicates
+    /// Exact duplicate rows seen so far (dropped if deduplicating).
+    pub fn duplicates(&mut self) -> u64 {
+        match &mut self.seen {
+            Seen::Online { duplicates, .. } => *duplicates,
+            Seen::Deferred { hashes, sorted } => {
+                if !*sorted {
+                    hashes.sort_unstable();
+                    *sorted = true;
+                }
+                hashes.windows(2).filter(|w| w[0] == w[1]).count() as u64
+            }
+        }
     }
 
     pub fn group_count(&self) -> usize {
-        self.groups.len()
+        self.groups.iter().map(HashMap::len).sum()
     }
 
     /// Folds a batch of validated trades (`TRADES_SCHEMA`) into the totals.
@@ -122,11 +157,17 @@ impl Aggregator {
             }
             h.update(&qty.value(i).to_le_bytes());
             h.update(&price.value(i).to_le_bytes());
-            if !self.seen.insert(h.digest()) {
-                self.duplicates += 1;
-                if self.dedup {
-                    keep.get_or_insert_with(|| vec![true; n])[i] = false;
-                    continue;
+            match &mut self.seen {
+                Seen::Online { set, duplicates } => {
+                    if !set.insert(h.digest()) {
+                        *duplicates += 1;
+                        keep.get_or_insert_with(|| vec![true; n])[i] = false;
+                        continue;
+                    }
+                }
+                Seen::Deferred { hashes, sorted } => {
+                    hashes.push(h.digest());
+                    *sorted = false;
                 }
             }
             let client_type = CLIENT_TYPES
@@ -148,7 +189,7 @@ impl Aggregator {
             };
             let q = qty.value(i);
             let notional = q * price.value(i);
-            let t = self.groups.entry(key).or_default();
+            let t = self.groups[key.shard()].entry(key).or_default();
             t.volume += q;
             t.pnl += if side.value(i) == "sell" {
                 notional
@@ -173,7 +214,8 @@ impl Aggregator {
         AggBatches {
             users: self.users,
             symbols: self.symbols,
-            groups: self.groups.into_iter(),
+            remaining: self.groups.iter().map(HashMap::len).sum(),
+            groups: self.groups.into_iter().flatten(),
             batch_rows: batch_rows.max(1),
         }
     }
@@ -183,7 +225,8 @@ impl Aggregator {
 pub struct AggBatches {
     users: [Interner; 3],
     symbols: Interner,
-    groups: hashbrown::hash_map::IntoIter<GroupKey, Totals>,
+    groups: std::iter::Flatten<std::vec::IntoIter<HashMap<GroupKey, Totals>>>,
+    remaining: usize,
     batch_rows: usize,
 }
 
@@ -191,7 +234,8 @@ impl Iterator for AggBatches {
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let n = self.groups.len().min(self.batch_rows);
+        let n = self.remaining.min(self.batch_rows);
+        self.remaining -= n;
         if n == 0 {
             return None;
         }

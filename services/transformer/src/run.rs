@@ -346,7 +346,7 @@ impl Run {
 
         // Aggregates: the accumulator now holds every group.
         self.counters.set_stage("aggregating");
-        let aggregator = Arc::try_unwrap(aggregator)
+        let mut aggregator = Arc::try_unwrap(aggregator)
             .map_err(|_| Error::internal("aggregator still shared"))?
             .into_inner()
             .expect("aggregator lock");
@@ -360,8 +360,8 @@ impl Run {
             )
             .in_current_span(),
         );
-        let duplicates = aggregator.duplicates();
-        let produce = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let produce = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+            let duplicates = aggregator.duplicates();
             let mut rows = 0;
             for batch in aggregator.into_batches(65_536) {
                 let batch = batch?;
@@ -370,9 +370,9 @@ impl Run {
                     break; // the put failed; its error is reported below
                 }
             }
-            Ok(rows)
+            Ok((duplicates, rows))
         });
-        let agg_rows = produce
+        let (duplicates, agg_rows) = produce
             .await
             .map_err(|e| Error::internal(format!("aggregation task: {e}")))??;
         let (_, agg_sent) = put_agg
