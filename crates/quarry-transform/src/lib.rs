@@ -1,5 +1,13 @@
 //! Validation, normalisation and weekly aggregation of trades.
 //! Pure functions over Arrow record batches: no I/O, no async.
+//!
+//! This works on the arrow-rs arrays the services exchange over Flight rather
+//! than through Polars: validation is one pass per row that stops at the first
+//! failing field (the reason code depends on the order), amounts are parsed
+//! straight into fixed-point integers (exact, no float step), and the
+//! aggregate is one accumulator that outlives every batch of a run. Expressed
+//! in Polars it would still need per-batch partial aggregates merged into a
+//! long-lived map, plus a conversion of every batch into and out of Polars.
 
 pub mod aggregate;
 pub mod quality;
