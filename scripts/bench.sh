@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmark Quarry against Polars, DuckDB and pandas on the same job.
+#   scripts/bench.sh [--rows 1000000 10000000 50000000] [--reps 3] [--raw] [--tools ...]
+# Builds the release binaries, creates the peers' virtualenv (cached), generates
+# the inputs (cached), checks that all tools agree, then times them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${QUARRY_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/quarry}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+VENV="$CACHE/bench-venv"
+cargo build --release --locked --bin quarry --bin quarry-extractor --bin quarry-transformer --bin quarry-loader
+if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/bench/requirements.txt) >/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+fi
+exec "$VENV/bin/python" scripts/bench/bench.py --bin "$CARGO_TARGET_DIR/release" --data "$CACHE/bench" "$@"
