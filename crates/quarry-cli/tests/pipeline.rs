@@ -251,7 +251,7 @@ async fn running_twice_leaves_an_identical_warehouse() {
     assert_eq!(env.snapshot(), first);
     assert_eq!(env.count("SELECT count(*) FROM trades"), 790);
     assert_eq!(
-        env.count("SELECT count(DISTINCT run_id) FROM agg_trades_weekly"),
+        env.count("SELECT count(DISTINCT run_id) FROM trades"),
         1
     );
     let runs = env.runs().await;

@@ -143,6 +143,15 @@ const POW10: [f64; 23] = [
 
 /// The `f64` nearest to an exact scaled decimal (correctly rounded, once).
 pub fn to_f64(v: i128, scale: u32) -> f64 {
+    // Trailing zeros first: a PnL at scale 16 usually has only 4 real places.
+    let (mut v, mut scale) = (v, scale);
+    for step in [8u32, 4, 2, 1] {
+        let p = 10i128.pow(step);
+        if scale >= step && v % p == 0 {
+            v /= p;
+            scale -= step;
+        }
+    }
     // When both the integer and the power of ten are exact doubles, one IEEE
     // division is correctly rounded: the common case, without any text.
     if v.unsigned_abs() <= 1 << 53 && (scale as usize) < POW10.len() {

@@ -5,25 +5,25 @@
 //! interned to integers, so memory grows with the number of groups and
 //! distinct keys, never with the number of input rows.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
-    StringBuilder,
+    ArrayRef, AsArray, BooleanArray, Date32Builder, Decimal128Builder, Int64Builder,
+    PrimitiveArray, RecordBatch, StringArray, StringBuilder,
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Date32Type, Decimal128Type, TimestampNanosecondType};
 use hashbrown::{HashMap, HashSet};
 use quarry_core::schema::{AGG_SCHEMA, PNL_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::timestamp::week_start;
 
-/// 12 bytes: the accumulator's size is what bounds the run's memory.
+/// A group within one week: client type and interned user id, interned
+/// symbol. 8 bytes: the accumulator's size is what bounds the run's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct GroupKey {
-    week: i32,
     /// Client type in the top 2 bits, interned user id below.
     user: u32,
     symbol: u32,
@@ -31,17 +31,7 @@ struct GroupKey {
 
 const USER_BITS: u32 = 30;
 
-const SHARDS: usize = 16;
-
-impl GroupKey {
-    fn shard(&self) -> usize {
-        (self.user ^ self.symbol.rotate_left(7) ^ self.week as u32).wrapping_mul(0x9E37_79B9)
-            as usize
-            >> 28
-    }
-}
-
-/// Packed to 36 bytes (the map entry is 48 instead of 64); fields are only
+/// Packed to 36 bytes (the map entry is 44 instead of 64); fields are only
 /// read and written by value.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, packed(4))]
@@ -74,14 +64,19 @@ impl Interner {
     }
 }
 
-pub struct Aggregator {
+/// The accumulator of one partition of the weeks. Duplicate rows share their
+/// week, so duplicate detection is exact within a partition.
+struct Part {
     /// One interner per client type: a user id can appear under several.
     users: [Interner; 3],
     symbols: Interner,
-    /// Sharded so that a table resize (which briefly holds the old and the
-    /// new table) costs a sixteenth of the groups, not all of them.
-    groups: Vec<HashMap<GroupKey, Totals>>,
+    /// One table per week: output comes out in week order (cheap for the
+    /// warehouse's partition index), and a table resize, which briefly holds
+    /// the old and the new table, costs one week's groups, not all of them.
+    weeks: HashMap<i32, HashMap<GroupKey, Totals>>,
     seen: Seen,
+    /// Reused buffer of one row's normalised bytes, for its hash.
+    row_bytes: Vec<u8>,
 }
 
 /// Hashes of the normalised rows, for exact-duplicate detection.
@@ -90,108 +85,104 @@ enum Seen {
     Online { set: HashSet<u64>, duplicates: u64 },
     /// Only counting: hashes are appended and counted once at the end, which
     /// takes 8 bytes a row instead of a hash set's ~14 and its resize peaks.
-    Deferred { hashes: Vec<u64>, sorted: bool },
+    Deferred { hashes: Vec<u64> },
 }
 
-impl Aggregator {
-    /// `dedup`: drop exact duplicate rows instead of only counting them.
-    pub fn new(dedup: bool) -> Self {
+/// Weeks are spread over this many independently locked partitions, so
+/// batches validated on different threads fold into the totals in parallel.
+const PARTS: usize = 2;
+
+/// Incremental weekly aggregation shared by the threads of a run.
+pub struct Aggregator {
+    parts: Vec<Mutex<Part>>,
+}
+
+struct Columns<'a> {
+    ts: &'a PrimitiveArray<TimestampNanosecondType>,
+    user: &'a StringArray,
+    ct: &'a StringArray,
+    symbol: &'a StringArray,
+    side: &'a StringArray,
+    qty: &'a PrimitiveArray<Decimal128Type>,
+    price: &'a PrimitiveArray<Decimal128Type>,
+}
+
+impl Part {
+    fn new(dedup: bool) -> Self {
         Self {
             users: Default::default(),
             symbols: Interner::default(),
-            groups: (0..SHARDS).map(|_| HashMap::new()).collect(),
+            weeks: HashMap::new(),
             seen: if dedup {
                 Seen::Online {
                     set: HashSet::new(),
                     duplicates: 0,
                 }
             } else {
-                Seen::Deferred {
-                    hashes: Vec::new(),
-                    sorted: true,
-                }
+                Seen::Deferred { hashes: Vec::new() }
             },
+            row_bytes: Vec::with_capacity(128),
         }
     }
 
-    /// Exact duplicate rows seen so far (dropped if deduplicating).
-    pub fn duplicates(&mut self) -> u64 {
-        match &mut self.seen {
-            Seen::Online { duplicates, .. } => *duplicates,
-            Seen::Deferred { hashes, sorted } => {
-                if !*sorted {
-                    hashes.sort_unstable();
-                    *sorted = true;
-                }
-                hashes.windows(2).filter(|w| w[0] == w[1]).count() as u64
+    /// Folds the given rows (all of this partition's weeks) into the totals;
+    /// marks dropped duplicates in `keep`.
+    fn ingest(
+        &mut self,
+        c: &Columns<'_>,
+        rows: &[(u32, i32)],
+        keep: &mut Option<Vec<bool>>,
+    ) -> Result<()> {
+        for &(i, week) in rows {
+            let i = i as usize;
+            let (user, ct, symbol, side) = (
+                c.user.value(i),
+                c.ct.value(i),
+                c.symbol.value(i),
+                c.side.value(i),
+            );
+            let (q, price) = (c.qty.value(i), c.price.value(i));
+            let b = &mut self.row_bytes;
+            b.clear();
+            b.extend_from_slice(&c.ts.value(i).to_le_bytes());
+            for s in [user, ct, symbol, side] {
+                b.extend_from_slice(s.as_bytes());
+                b.push(0xff); // separator: no UTF-8 text contains 0xff
             }
-        }
-    }
-
-    pub fn group_count(&self) -> usize {
-        self.groups.iter().map(HashMap::len).sum()
-    }
-
-    /// Folds a batch of validated trades (`TRADES_SCHEMA`) into the totals.
-    /// Returns the batch to load: the same one, or with duplicates removed
-    /// when deduplicating.
-    pub fn ingest(&mut self, trades: RecordBatch) -> Result<RecordBatch> {
-        let n = trades.num_rows();
-        let col = |i: usize| trades.column(i);
-        let ts = col(0).as_primitive::<TimestampNanosecondType>();
-        let user = col(1).as_string::<i32>();
-        let ct = col(2).as_string::<i32>();
-        let symbol = col(3).as_string::<i32>();
-        let side = col(4).as_string::<i32>();
-        let qty = col(5).as_primitive::<Decimal128Type>();
-        let price = col(6).as_primitive::<Decimal128Type>();
-        let date = col(7).as_primitive::<Date32Type>();
-
-        let mut keep: Option<Vec<bool>> = None;
-        for i in 0..n {
-            let mut h = Xxh3::new();
-            h.update(&ts.value(i).to_le_bytes());
-            for s in [user.value(i), ct.value(i), symbol.value(i), side.value(i)] {
-                h.update(s.as_bytes());
-                h.update(&[0xff]); // separator: no UTF-8 text contains 0xff
-            }
-            h.update(&qty.value(i).to_le_bytes());
-            h.update(&price.value(i).to_le_bytes());
+            b.extend_from_slice(&q.to_le_bytes());
+            b.extend_from_slice(&price.to_le_bytes());
+            let hash = xxh3_64(b);
             match &mut self.seen {
                 Seen::Online { set, duplicates } => {
-                    if !set.insert(h.digest()) {
+                    if !set.insert(hash) {
                         *duplicates += 1;
-                        keep.get_or_insert_with(|| vec![true; n])[i] = false;
+                        keep.get_or_insert_with(|| vec![true; c.ts.len()])[i] = false;
                         continue;
                     }
                 }
-                Seen::Deferred { hashes, sorted } => {
-                    hashes.push(h.digest());
-                    *sorted = false;
-                }
+                Seen::Deferred { hashes } => hashes.push(hash),
             }
-            let client_type = CLIENT_TYPES
-                .iter()
-                .position(|c| *c == ct.value(i))
-                .ok_or_else(|| {
-                    Error::internal(format!("unnormalised client_type {:?}", ct.value(i)))
-                })? as u8;
-            let user_id = self.users[client_type as usize].id(user.value(i));
+            // Values are normalised by validation: the first byte tells them apart.
+            let client_type: u8 = match ct.as_bytes().first() {
+                Some(b'g') => 0,
+                Some(b's') => 1,
+                Some(b'b') => 2,
+                _ => return Err(Error::internal(format!("unnormalised client_type {ct:?}"))),
+            };
+            let user_id = self.users[client_type as usize].id(user);
             if user_id >= 1 << USER_BITS {
                 return Err(Error::internal(
                     "more than 2^30 distinct users of one client type",
                 ));
             }
             let key = GroupKey {
-                week: week_start(date.value(i)),
                 user: (client_type as u32) << USER_BITS | user_id,
-                symbol: self.symbols.id(symbol.value(i)),
+                symbol: self.symbols.id(symbol),
             };
-            let q = qty.value(i);
-            let notional = q * price.value(i);
-            let t = self.groups[key.shard()].entry(key).or_default();
+            let notional = q * price;
+            let t = self.weeks.entry(week).or_default().entry(key).or_default();
             t.volume += q;
-            t.pnl += if side.value(i) == "sell" {
+            t.pnl += if side.as_bytes().first() == Some(&b's') {
                 notional
             } else {
                 -notional
@@ -201,6 +192,78 @@ impl Aggregator {
                 .checked_add(1)
                 .ok_or_else(|| Error::internal("more than 2^32 trades in one group"))?;
         }
+        Ok(())
+    }
+
+    fn duplicates(&mut self) -> u64 {
+        match &mut self.seen {
+            Seen::Online { duplicates, .. } => *duplicates,
+            Seen::Deferred { hashes } => {
+                hashes.sort_unstable();
+                hashes.windows(2).filter(|w| w[0] == w[1]).count() as u64
+            }
+        }
+    }
+}
+
+impl Aggregator {
+    /// `dedup`: drop exact duplicate rows instead of only counting them.
+    pub fn new(dedup: bool) -> Self {
+        Self {
+            parts: (0..PARTS).map(|_| Mutex::new(Part::new(dedup))).collect(),
+        }
+    }
+
+    /// Exact duplicate rows (dropped if deduplicating). Call once, at the end.
+    pub fn duplicates(&mut self) -> u64 {
+        self.parts
+            .iter_mut()
+            .map(|p| p.get_mut().expect("aggregator lock").duplicates())
+            .sum()
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| {
+                p.lock()
+                    .expect("aggregator lock")
+                    .weeks
+                    .values()
+                    .map(HashMap::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Folds a batch of validated trades (`TRADES_SCHEMA`) into the totals.
+    /// Returns the batch to load: the same one, or with duplicates removed
+    /// when deduplicating. Safe to call from several threads at once.
+    pub fn ingest(&self, trades: RecordBatch) -> Result<RecordBatch> {
+        let col = |i: usize| trades.column(i);
+        let c = Columns {
+            ts: col(0).as_primitive::<TimestampNanosecondType>(),
+            user: col(1).as_string::<i32>(),
+            ct: col(2).as_string::<i32>(),
+            symbol: col(3).as_string::<i32>(),
+            side: col(4).as_string::<i32>(),
+            qty: col(5).as_primitive::<Decimal128Type>(),
+            price: col(6).as_primitive::<Decimal128Type>(),
+        };
+        let date = col(7).as_primitive::<Date32Type>();
+        let mut rows: [Vec<(u32, i32)>; PARTS] = Default::default();
+        for (i, d) in date.values().iter().enumerate() {
+            let week = week_start(*d);
+            rows[(week / 7).rem_euclid(PARTS as i32) as usize].push((i as u32, week));
+        }
+        let mut keep = None;
+        for (part, rows) in self.parts.iter().zip(&rows) {
+            if !rows.is_empty() {
+                part.lock()
+                    .expect("aggregator lock")
+                    .ingest(&c, rows, &mut keep)?;
+            }
+        }
         match keep {
             None => Ok(trades),
             Some(mask) => Ok(filter_record_batch(&trades, &BooleanArray::from(mask))?),
@@ -208,14 +271,26 @@ impl Aggregator {
     }
 
     /// The aggregate rows (`AGG_SCHEMA`), produced lazily in batches of at
-    /// most `batch_rows`: the groups are never copied or sorted as a whole,
-    /// so finishing needs no more memory than accumulating did.
+    /// most `batch_rows`, week by week in ascending order. Groups are never
+    /// copied as a whole, and each week's table is freed once it is out.
     pub fn into_batches(self, batch_rows: usize) -> AggBatches {
+        let mut names = Vec::with_capacity(PARTS);
+        let mut weeks = Vec::new();
+        let mut remaining = 0;
+        for (p, part) in self.parts.into_iter().enumerate() {
+            let part = part.into_inner().expect("aggregator lock");
+            for (week, groups) in part.weeks {
+                remaining += groups.len();
+                weeks.push((week, p, groups));
+            }
+            names.push((part.users, part.symbols));
+        }
+        weeks.sort_unstable_by_key(|(w, _, _)| std::cmp::Reverse(*w));
         AggBatches {
-            users: self.users,
-            symbols: self.symbols,
-            remaining: self.groups.iter().map(HashMap::len).sum(),
-            groups: self.groups.into_iter().flatten(),
+            names,
+            weeks,
+            current: None,
+            remaining,
             batch_rows: batch_rows.max(1),
         }
     }
@@ -223,11 +298,27 @@ impl Aggregator {
 
 /// Iterator over the aggregate batches of a finished run.
 pub struct AggBatches {
-    users: [Interner; 3],
-    symbols: Interner,
-    groups: std::iter::Flatten<std::vec::IntoIter<HashMap<GroupKey, Totals>>>,
+    /// User and symbol names of each partition.
+    names: Vec<([Interner; 3], Interner)>,
+    /// Weeks still to emit with their partition, the earliest last.
+    weeks: Vec<(i32, usize, HashMap<GroupKey, Totals>)>,
+    current: Option<(i32, usize, hashbrown::hash_map::IntoIter<GroupKey, Totals>)>,
     remaining: usize,
     batch_rows: usize,
+}
+
+impl AggBatches {
+    fn next_group(&mut self) -> Option<(i32, usize, GroupKey, Totals)> {
+        loop {
+            if let Some((week, part, groups)) = &mut self.current
+                && let Some((k, t)) = groups.next()
+            {
+                return Some((*week, *part, k, t));
+            }
+            let (week, part, groups) = self.weeks.pop()?;
+            self.current = Some((week, part, groups.into_iter()));
+        }
+    }
 }
 
 impl Iterator for AggBatches {
@@ -235,10 +326,10 @@ impl Iterator for AggBatches {
 
     fn next(&mut self) -> Option<Self::Item> {
         let n = self.remaining.min(self.batch_rows);
-        self.remaining -= n;
         if n == 0 {
             return None;
         }
+        self.remaining -= n;
         let mut week = Date32Builder::with_capacity(n);
         let mut ct = StringBuilder::with_capacity(n, n * 6);
         let mut user = StringBuilder::with_capacity(n, n * 8);
@@ -246,14 +337,16 @@ impl Iterator for AggBatches {
         let mut vol = Decimal128Builder::with_capacity(n).with_data_type(VOLUME_TYPE);
         let mut pnl = Decimal128Builder::with_capacity(n).with_data_type(PNL_TYPE);
         let mut count = Int64Builder::with_capacity(n);
-        for (k, t) in self.groups.by_ref().take(n) {
+        for _ in 0..n {
+            let (w, p, k, t) = self.next_group().expect("remaining counts the groups");
             let client_type = (k.user >> USER_BITS) as usize;
-            week.append_value(k.week);
+            let (users, symbols) = &self.names[p];
+            week.append_value(w);
             ct.append_value(CLIENT_TYPES[client_type]);
             user.append_value(
-                &self.users[client_type].names[(k.user & ((1 << USER_BITS) - 1)) as usize],
+                &users[client_type].names[(k.user & ((1 << USER_BITS) - 1)) as usize],
             );
-            symbol.append_value(&self.symbols.names[k.symbol as usize]);
+            symbol.append_value(&symbols.names[k.symbol as usize]);
             let (v, p) = (t.volume, t.pnl);
             vol.append_value(v);
             pnl.append_value(p);

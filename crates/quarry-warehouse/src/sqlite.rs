@@ -41,7 +41,6 @@ CREATE TABLE IF NOT EXISTS trades (
     trade_date  TEXT NOT NULL,
     run_id      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS trades_by_trade_date ON trades (trade_date);
 CREATE TABLE IF NOT EXISTS trades_rejected (
     timestamp   TEXT,
     user_id     TEXT,
@@ -55,7 +54,6 @@ CREATE TABLE IF NOT EXISTS trades_rejected (
     source_row  INTEGER NOT NULL,
     run_id      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS trades_rejected_by_source_file ON trades_rejected (source_file);
 CREATE TABLE IF NOT EXISTS agg_trades_weekly (
     week_start_date TEXT NOT NULL,
     client_type     TEXT NOT NULL,
@@ -63,10 +61,8 @@ CREATE TABLE IF NOT EXISTS agg_trades_weekly (
     symbol          TEXT NOT NULL,
     total_volume    REAL NOT NULL,
     total_pnl       REAL NOT NULL,
-    trade_count     INTEGER NOT NULL,
-    run_id          TEXT NOT NULL
+    trade_count     INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS agg_trades_weekly_by_week ON agg_trades_weekly (week_start_date);
 CREATE TABLE IF NOT EXISTS pipeline_runs (
     run_id         TEXT PRIMARY KEY,
     source         TEXT NOT NULL,
@@ -92,6 +88,16 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_start ON pipeline_runs (started_at);
 ";
+
+/// The index on each table's partition column: what commit deletes by.
+fn partition_index(table: Table) -> (String, String) {
+    let name = format!("{table}_by_{}", table.partition_column());
+    let sql = format!(
+        "CREATE INDEX IF NOT EXISTS {name} ON {table} ({})",
+        table.partition_column()
+    );
+    (name, sql)
+}
 
 fn db_err(what: &str, e: rusqlite::Error) -> Error {
     // SQLITE_BUSY/LOCKED are worth a retry; everything else is permanent.
@@ -139,6 +145,10 @@ impl SqliteWarehouse {
         .map_err(|e| db_err(&format!("cannot configure database {}", path.display()), e))?;
         conn.execute_batch(SCHEMA_SQL)
             .map_err(|e| db_err(&format!("cannot create tables in {}", path.display()), e))?;
+        for t in Table::ALL {
+            conn.execute_batch(&partition_index(t).1)
+                .map_err(|e| db_err(&format!("cannot create indexes in {}", path.display()), e))?;
+        }
         let (tx, rx) = mpsc::channel(16);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -409,6 +419,16 @@ impl Writer {
                 )
                 .map_err(|e| db_err("read table extent", e))?;
             max_rowid.insert(t, m);
+            // The aggregates arrive in partition order, so their index only
+            // ever grows at its end; the other tables arrive in input order.
+            if m == 0 && t != Table::AggTradesWeekly {
+                // A fresh load: building the index once at commit is much
+                // cheaper than maintaining it row by row. Inside the run's
+                // transaction, so an abort restores it.
+                self.conn
+                    .execute_batch(&format!("DROP INDEX IF EXISTS {}", partition_index(t).0))
+                    .map_err(|e| db_err("drop index for a fresh load", e))?;
+            }
         }
         self.run = Some(ActiveRun {
             max_rowid,
@@ -449,9 +469,7 @@ impl Writer {
                 run.rejected_replace &= replace;
                 insert_rejected(conn, run_id, batch)?
             }
-            Table::AggTradesWeekly => {
-                insert_agg(conn, run_id, batch, replace.then_some(&mut run.weeks))?
-            }
+            Table::AggTradesWeekly => insert_agg(conn, batch, replace.then_some(&mut run.weeks))?,
         }
         *run.rows.entry(table).or_default() += n as u64;
         Ok(n as u64)
@@ -473,6 +491,10 @@ impl Writer {
     fn finish_commit(&mut self, run: &ActiveRun, c: &RunCommit) -> Result<BTreeMap<String, u64>> {
         let started = Instant::now();
         let conn = &self.conn;
+        for t in Table::ALL {
+            conn.execute_batch(&partition_index(t).1)
+                .map_err(|e| db_err(&format!("index {t}"), e))?;
+        }
         let del = |table: Table, key: &dyn rusqlite::ToSql| -> Result<()> {
             let sql = format!(
                 "DELETE FROM {table} WHERE {} = ?1 AND rowid <= ?2",
@@ -701,7 +723,6 @@ fn insert_rejected(conn: &Connection, run_id: &str, b: &RecordBatch) -> Result<(
 
 fn insert_agg(
     conn: &Connection,
-    run_id: &str,
     b: &RecordBatch,
     mut weeks: Option<&mut BTreeSet<i32>>,
 ) -> Result<()> {
@@ -714,8 +735,8 @@ fn insert_agg(
     let mut st = conn
         .prepare_cached(
             "INSERT INTO agg_trades_weekly (week_start_date, client_type, user_id, symbol,
-                 total_volume, total_pnl, trade_count, run_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 total_volume, total_pnl, trade_count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(|e| db_err("prepare insert into agg_trades_weekly", e))?;
     let mut texts = DateTexts::default();
@@ -732,7 +753,6 @@ fn insert_agg(
             decimal::to_f64(vol.value(i), decimal::SCALE),
             decimal::to_f64(pnl.value(i), PNL_SCALE),
             count.value(i),
-            run_id
         ])
         .map_err(|e| db_err("insert into agg_trades_weekly", e))?;
     }
@@ -777,6 +797,17 @@ mod tests {
             stats: RunStats::default(),
             quality_json: String::new(),
         }
+    }
+
+    /// The partition indexes, which a fresh load drops and rebuilds at commit.
+    async fn partition_indexes(wh: &SqliteWarehouse) -> Vec<String> {
+        wh.read(|c| {
+            c.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_%' AND name <> 'pipeline_runs_by_start' ORDER BY 1")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+        .unwrap()
     }
 
     async fn agg_rows(wh: &SqliteWarehouse) -> Vec<(String, String, f64)> {
@@ -880,6 +911,11 @@ mod tests {
         .await
         .unwrap();
         assert!(agg_rows(&wh).await.is_empty());
+        assert_eq!(
+            partition_indexes(&wh).await.len(),
+            3,
+            "the abort restored the indexes"
+        );
         let run = wh.get_run("r1").await.unwrap().unwrap();
         assert_eq!(
             (run.status.as_str(), run.error_category.as_str()),

@@ -30,6 +30,9 @@ use tracing::{Instrument, info, warn};
 
 type Events = mpsc::Sender<std::result::Result<RunEvent, Status>>;
 
+/// Batches of one split validated at the same time.
+const VALIDATION_PIPELINE: usize = 2;
+
 fn flight_client(channel: Channel) -> FlightClient {
     FlightClient::new_from_inner(
         FlightServiceClient::new(channel)
@@ -309,7 +312,7 @@ impl Run {
         let rejected_tx = open_put(Table::TradesRejected);
         self.counters.set_stage("extracting");
 
-        let aggregator = Arc::new(Mutex::new(Aggregator::new(self.dedup)));
+        let aggregator = Arc::new(Aggregator::new(self.dedup));
         let streamed = futures::stream::iter(tickets.iter().cloned())
             .map(|ticket| {
                 self.read_split(
@@ -346,10 +349,8 @@ impl Run {
 
         // Aggregates: the accumulator now holds every group.
         self.counters.set_stage("aggregating");
-        let mut aggregator = Arc::try_unwrap(aggregator)
-            .map_err(|_| Error::internal("aggregator still shared"))?
-            .into_inner()
-            .expect("aggregator lock");
+        let mut aggregator =
+            Arc::try_unwrap(aggregator).map_err(|_| Error::internal("aggregator still shared"))?;
         let (agg_tx, agg_rx) = mpsc::channel::<RecordBatch>(4);
         let put_agg = tokio::spawn(
             put_table(
@@ -422,35 +423,49 @@ impl Run {
         &self,
         extractor: Channel,
         ticket: ExtractTicket,
-        aggregator: Arc<Mutex<Aggregator>>,
+        aggregator: Arc<Aggregator>,
         trades_tx: Option<mpsc::Sender<RecordBatch>>,
         rejected_tx: mpsc::Sender<RecordBatch>,
     ) -> Result<()> {
         let file: Arc<str> = ticket.file.clone().into();
         let mut client = flight_client(extractor);
         let mut t = Instant::now();
-        let mut batches = client
+        let batches = client
             .do_get(arrow_flight::Ticket::new(ticket.encode_to_vec()))
             .await
             .map_err(|e| from_flight("extractor", e))?;
         let stopped = || Error::internal("the loader stopped accepting data");
-        while let Some(batch) = batches.next().await {
-            let batch = batch.map_err(|e| from_flight("extractor", e))?;
-            let waited = t.elapsed();
-            let t_transform = Instant::now();
-            let (agg, name, keep_trades) = (aggregator.clone(), file.clone(), self.load_raw_trades);
-            let (validated, trades) = tokio::task::spawn_blocking(move || -> Result<_> {
-                let v = validate(&batch, &name)?;
-                let trades = agg.lock().expect("aggregator lock").ingest(v.trades)?;
-                Ok(((v.rejected, v.stats), keep_trades.then_some(trades)))
+        // Two batches are validated and folded into the aggregate at once,
+        // each on a blocking thread, so both cores work. `buffered` keeps the
+        // batches in file order.
+        let keep_trades = self.load_raw_trades;
+        let mut processed = batches
+            .map(|batch| {
+                let (agg, name) = (aggregator.clone(), file.clone());
+                async move {
+                    let batch = batch.map_err(|e| from_flight("extractor", e))?;
+                    tokio::task::spawn_blocking(move || -> Result<_> {
+                        let started = Instant::now();
+                        let v = validate(&batch, &name)?;
+                        let trades = agg.ingest(v.trades)?;
+                        Ok((
+                            v.rejected,
+                            v.stats,
+                            keep_trades.then_some(trades),
+                            started.elapsed(),
+                        ))
+                    })
+                    .await
+                    .map_err(|e| Error::internal(format!("validation task: {e}")))?
+                }
             })
-            .await
-            .map_err(|e| Error::internal(format!("validation task: {e}")))??;
-            let (rejected, stats) = validated;
+            .buffered(VALIDATION_PIPELINE);
+        while let Some(item) = processed.next().await {
+            let (rejected, stats, trades, busy) = item?;
             {
                 let mut m = self.measures.lock().expect("measures lock");
-                m.extract += waited;
-                m.transform += t_transform.elapsed();
+                m.extract += t.elapsed();
+                m.transform += busy;
                 m.stats.merge(&stats);
             }
             let c = &self.counters;
