@@ -3,14 +3,17 @@
 #   scripts/bench.sh [--rows 1000000 10000000 50000000] [--reps 3] [--raw] [--tools ...]
 # Builds the release binaries, creates the peers' virtualenv (cached), generates
 # the inputs (cached), checks that all tools agree, then times them.
+# QUARRY_BENCH_PROFILE=dev uses the debug build (the test suite's tiny smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${QUARRY_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/quarry}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 VENV="$CACHE/bench-venv"
-cargo build --release --locked --bin quarry --bin quarry-extractor --bin quarry-transformer --bin quarry-loader
+PROFILE="${QUARRY_BENCH_PROFILE:-release}"
+cargo build --profile "$PROFILE" --locked --bin quarry --bin quarry-extractor --bin quarry-transformer --bin quarry-loader
+BIN="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
 if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/bench/requirements.txt) >/dev/null; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
 fi
-exec "$VENV/bin/python" scripts/bench/bench.py --bin "$CARGO_TARGET_DIR/release" --data "$CACHE/bench" "$@"
+exec "$VENV/bin/python" scripts/bench/bench.py --bin "$BIN" --data "$CACHE/bench" "$@"

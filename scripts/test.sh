@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quarry's test suite, runnable on a fresh machine: installs the Python tools
 # the interoperability tests use (pyarrow.flight, grpcurl) into a cached
-# virtualenv, then checks formatting and lints and runs every test.
+# virtualenv, checks formatting and lints, runs every test, then runs the
+# benchmark at a tiny size against its peers (Polars, DuckDB, pandas).
 #
 # Caches (override with the variables): QUARRY_CACHE (default ~/.cache/quarry)
 # holds the cargo target directory and the virtualenv.
@@ -29,3 +30,5 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked
+echo "== benchmark smoke run (tiny input: keeps the harness and the peers' agreement check working)"
+QUARRY_BENCH_PROFILE=dev scripts/bench.sh --rows 20000 --reps 1 --raw

@@ -419,9 +419,7 @@ impl Writer {
                 )
                 .map_err(|e| db_err("read table extent", e))?;
             max_rowid.insert(t, m);
-            // The aggregates arrive in partition order, so their index only
-            // ever grows at its end; the other tables arrive in input order.
-            if m == 0 && t != Table::AggTradesWeekly {
+            if m == 0 {
                 // A fresh load: building the index once at commit is much
                 // cheaper than maintaining it row by row. Inside the run's
                 // transaction, so an abort restores it.
