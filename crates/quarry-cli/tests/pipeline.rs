@@ -250,10 +250,7 @@ async fn running_twice_leaves_an_identical_warehouse() {
     env.run(&src).await.unwrap();
     assert_eq!(env.snapshot(), first);
     assert_eq!(env.count("SELECT count(*) FROM trades"), 790);
-    assert_eq!(
-        env.count("SELECT count(DISTINCT run_id) FROM trades"),
-        1
-    );
+    assert_eq!(env.count("SELECT count(DISTINCT run_id) FROM trades"), 1);
     let runs = env.runs().await;
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r.status == "succeeded"));

@@ -18,6 +18,7 @@ use quarry_core::schema::{AGG_SCHEMA, PNL_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::spill::HashRuns;
 use crate::timestamp::week_start;
 
 /// A group within one week: client type and interned user id, interned
@@ -83,14 +84,17 @@ struct Part {
 enum Seen {
     /// Deduplicating: each row is checked as it arrives.
     Online { set: HashSet<u64>, duplicates: u64 },
-    /// Only counting: hashes are appended and counted once at the end, which
-    /// takes 8 bytes a row instead of a hash set's ~14 and its resize peaks.
-    Deferred { hashes: Vec<u64> },
+    /// Only counting: hashes are appended and counted once at the end by an
+    /// external sort, so memory stays bounded whatever the input size.
+    Deferred { hashes: Option<HashRuns> },
 }
 
 /// Weeks are spread over this many independently locked partitions, so
 /// batches validated on different threads fold into the totals in parallel.
 const PARTS: usize = 2;
+
+/// Row hashes each part keeps in memory before spilling a sorted run (64 MiB).
+const SPILL_HASHES: usize = 8 << 20;
 
 /// Incremental weekly aggregation shared by the threads of a run.
 pub struct Aggregator {
@@ -119,7 +123,9 @@ impl Part {
                     duplicates: 0,
                 }
             } else {
-                Seen::Deferred { hashes: Vec::new() }
+                Seen::Deferred {
+                    hashes: Some(HashRuns::new(SPILL_HASHES)),
+                }
             },
             row_bytes: Vec::with_capacity(128),
         }
@@ -160,7 +166,10 @@ impl Part {
                         continue;
                     }
                 }
-                Seen::Deferred { hashes } => hashes.push(hash),
+                Seen::Deferred { hashes } => hashes
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("rows folded in after the duplicate count"))?
+                    .push(hash)?,
             }
             // Values are normalised by validation: the first byte tells them apart.
             let client_type: u8 = match ct.as_bytes().first() {
@@ -195,13 +204,13 @@ impl Part {
         Ok(())
     }
 
-    fn duplicates(&mut self) -> u64 {
+    fn duplicates(&mut self) -> Result<u64> {
         match &mut self.seen {
-            Seen::Online { duplicates, .. } => *duplicates,
-            Seen::Deferred { hashes } => {
-                hashes.sort_unstable();
-                hashes.windows(2).filter(|w| w[0] == w[1]).count() as u64
-            }
+            Seen::Online { duplicates, .. } => Ok(*duplicates),
+            Seen::Deferred { hashes } => hashes
+                .take()
+                .ok_or_else(|| Error::internal("duplicates counted twice"))?
+                .duplicates(),
         }
     }
 }
@@ -215,24 +224,10 @@ impl Aggregator {
     }
 
     /// Exact duplicate rows (dropped if deduplicating). Call once, at the end.
-    pub fn duplicates(&mut self) -> u64 {
+    pub fn duplicates(&mut self) -> Result<u64> {
         self.parts
             .iter_mut()
             .map(|p| p.get_mut().expect("aggregator lock").duplicates())
-            .sum()
-    }
-
-    pub fn group_count(&self) -> usize {
-        self.parts
-            .iter()
-            .map(|p| {
-                p.lock()
-                    .expect("aggregator lock")
-                    .weeks
-                    .values()
-                    .map(HashMap::len)
-                    .sum::<usize>()
-            })
             .sum()
     }
 

@@ -1,5 +1,6 @@
-//! Validation, normalisation and weekly aggregation of trades.
-//! Pure functions over Arrow record batches: no I/O, no async.
+//! Validation, normalisation and weekly aggregation of trades over Arrow
+//! record batches: no network, no async. The only I/O is the spill of
+//! duplicate-detection hashes to anonymous temporary files past 64 MiB.
 //!
 //! This works on the arrow-rs arrays the services exchange over Flight rather
 //! than through Polars: validation is one pass per row that stops at the first
@@ -11,6 +12,7 @@
 
 pub mod aggregate;
 pub mod quality;
+mod spill;
 pub mod timestamp;
 pub mod validate;
 
@@ -173,7 +175,7 @@ mod tests {
         let v = validate(&batch(rows), "f").unwrap();
         let mut agg = Aggregator::new(dedup);
         agg.ingest(v.trades).unwrap();
-        let dups = agg.duplicates();
+        let dups = agg.duplicates().unwrap();
         let mut out = vec![];
         for b in agg.into_batches(2) {
             let b = b.unwrap();

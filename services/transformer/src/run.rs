@@ -362,7 +362,7 @@ impl Run {
             .in_current_span(),
         );
         let produce = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
-            let duplicates = aggregator.duplicates();
+            let duplicates = aggregator.duplicates()?;
             let mut rows = 0;
             for batch in aggregator.into_batches(65_536) {
                 let batch = batch?;
