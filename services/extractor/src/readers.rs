@@ -84,12 +84,26 @@ struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    fn new() -> Self {
-        Self {
-            cols: (0..7).map(|_| StringBuilder::new()).collect(),
+    /// Sized for a full batch, so appending never reallocates.
+    fn new(batch_rows: usize) -> Self {
+        let mut b = Self {
+            cols: Vec::new(),
             rows: UInt64Builder::new(),
             len: 0,
-        }
+        };
+        b.reset(batch_rows);
+        b
+    }
+
+    fn reset(&mut self, batch_rows: usize) {
+        // Text fields of a trade are short: a timestamp is about 20 bytes,
+        // the others rarely more than 8.
+        self.cols = (0..7)
+            .map(|k| {
+                StringBuilder::with_capacity(batch_rows, batch_rows * if k == 0 { 24 } else { 8 })
+            })
+            .collect();
+        self.rows = UInt64Builder::with_capacity(batch_rows);
     }
 
     fn finish(&mut self) -> Result<RecordBatch> {
@@ -99,7 +113,9 @@ impl BatchBuilder {
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
         cols.push(Arc::new(self.rows.finish()));
+        let capacity = self.len;
         self.len = 0;
+        self.reset(capacity);
         Ok(RecordBatch::try_new(EXTRACT_SCHEMA.clone(), cols)?)
     }
 }
@@ -245,7 +261,7 @@ pub fn read(
 fn read_csv(path: &Path, opts: &CsvOptions, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
     let (mut rdr, mut lines, m) = csv_reader(path, opts)?;
     let width = rdr.byte_headers().map(|h| h.len()).unwrap_or(0);
-    let mut b = BatchBuilder::new();
+    let mut b = BatchBuilder::new(batch_rows);
     let mut rec = csv::ByteRecord::new();
     loop {
         match rdr.read_byte_record(&mut rec) {
@@ -398,7 +414,7 @@ fn ndjson_plan(path: &Path) -> Result<Mapping> {
 }
 
 fn read_ndjson(path: &Path, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
-    let mut b = BatchBuilder::new();
+    let mut b = BatchBuilder::new(batch_rows);
     for item in lines(path)? {
         let (n, line) = item?;
         if line.trim().is_empty() {
