@@ -43,6 +43,8 @@ pub async fn run_pipeline(
     ))
 }
 
+/// A loader's control service. Cheap to clone: clones share one connection.
+#[derive(Clone)]
 pub struct LoaderClient(LoaderServiceClient<Channel>);
 
 impl LoaderClient {

@@ -86,7 +86,7 @@ enum Seen {
     Online { set: HashSet<u64>, duplicates: u64 },
     /// Only counting: hashes are appended and counted once at the end by an
     /// external sort, so memory stays bounded whatever the input size.
-    Deferred { hashes: Option<HashRuns> },
+    Deferred { hashes: HashRuns },
 }
 
 /// Weeks are spread over this many independently locked partitions, so
@@ -124,7 +124,7 @@ impl Part {
                 }
             } else {
                 Seen::Deferred {
-                    hashes: Some(HashRuns::new(SPILL_HASHES)),
+                    hashes: HashRuns::new(SPILL_HASHES),
                 }
             },
             row_bytes: Vec::with_capacity(128),
@@ -166,10 +166,7 @@ impl Part {
                         continue;
                     }
                 }
-                Seen::Deferred { hashes } => hashes
-                    .as_mut()
-                    .ok_or_else(|| Error::internal("rows folded in after the duplicate count"))?
-                    .push(hash)?,
+                Seen::Deferred { hashes } => hashes.push(hash)?,
             }
             // Values are normalised by validation: the first byte tells them apart.
             let client_type: u8 = match ct.as_bytes().first() {
@@ -203,15 +200,22 @@ impl Part {
         }
         Ok(())
     }
+}
 
-    fn duplicates(&mut self) -> Result<u64> {
-        match &mut self.seen {
-            Seen::Online { duplicates, .. } => Ok(*duplicates),
-            Seen::Deferred { hashes } => hashes
-                .take()
-                .ok_or_else(|| Error::internal("duplicates counted twice"))?
-                .duplicates(),
-        }
+/// The exact duplicate count of a finished run, computed apart from the
+/// aggregate output so the two can run on different cores.
+pub struct DuplicateCount(Vec<Seen>);
+
+impl DuplicateCount {
+    /// Exact duplicate rows (those dropped, if deduplicating).
+    pub fn count(self) -> Result<u64> {
+        self.0
+            .into_iter()
+            .map(|seen| match seen {
+                Seen::Online { duplicates, .. } => Ok(duplicates),
+                Seen::Deferred { hashes } => hashes.duplicates(),
+            })
+            .sum()
     }
 }
 
@@ -221,14 +225,6 @@ impl Aggregator {
         Self {
             parts: (0..PARTS).map(|_| Mutex::new(Part::new(dedup))).collect(),
         }
-    }
-
-    /// Exact duplicate rows (dropped if deduplicating). Call once, at the end.
-    pub fn duplicates(&mut self) -> Result<u64> {
-        self.parts
-            .iter_mut()
-            .map(|p| p.get_mut().expect("aggregator lock").duplicates())
-            .sum()
     }
 
     /// Folds a batch of validated trades (`TRADES_SCHEMA`) into the totals.
@@ -268,12 +264,15 @@ impl Aggregator {
     /// The aggregate rows (`AGG_SCHEMA`), produced lazily in batches of at
     /// most `batch_rows`, week by week in ascending order. Groups are never
     /// copied as a whole, and each week's table is freed once it is out.
-    pub fn into_batches(self, batch_rows: usize) -> AggBatches {
+    /// Also returns the duplicate count, still to be computed.
+    pub fn into_batches(self, batch_rows: usize) -> (AggBatches, DuplicateCount) {
         let mut names = Vec::with_capacity(PARTS);
         let mut weeks = Vec::new();
+        let mut seen = Vec::with_capacity(PARTS);
         let mut remaining = 0;
         for (p, part) in self.parts.into_iter().enumerate() {
             let part = part.into_inner().expect("aggregator lock");
+            seen.push(part.seen);
             for (week, groups) in part.weeks {
                 remaining += groups.len();
                 weeks.push((week, p, groups));
@@ -281,13 +280,14 @@ impl Aggregator {
             names.push((part.users, part.symbols));
         }
         weeks.sort_unstable_by_key(|(w, _, _)| std::cmp::Reverse(*w));
-        AggBatches {
+        let batches = AggBatches {
             names,
             weeks,
             current: None,
             remaining,
             batch_rows: batch_rows.max(1),
-        }
+        };
+        (batches, DuplicateCount(seen))
     }
 }
 

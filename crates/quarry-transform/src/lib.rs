@@ -173,11 +173,12 @@ mod tests {
 
     fn aggregate(rows: &[[Option<&str>; 7]], dedup: bool) -> (Vec<AggRow>, u64) {
         let v = validate(&batch(rows), "f").unwrap();
-        let mut agg = Aggregator::new(dedup);
+        let agg = Aggregator::new(dedup);
         agg.ingest(v.trades).unwrap();
-        let dups = agg.duplicates().unwrap();
         let mut out = vec![];
-        for b in agg.into_batches(2) {
+        let (batches, dups) = agg.into_batches(2);
+        let dups = dups.count().unwrap();
+        for b in batches {
             let b = b.unwrap();
             let date =
                 arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();

@@ -349,7 +349,7 @@ impl Run {
 
         // Aggregates: the accumulator now holds every group.
         self.counters.set_stage("aggregating");
-        let mut aggregator =
+        let aggregator =
             Arc::try_unwrap(aggregator).map_err(|_| Error::internal("aggregator still shared"))?;
         let (agg_tx, agg_rx) = mpsc::channel::<RecordBatch>(4);
         let put_agg = tokio::spawn(
@@ -361,21 +361,24 @@ impl Run {
             )
             .in_current_span(),
         );
-        let produce = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
-            let duplicates = aggregator.duplicates()?;
+        // The duplicate count (an external sort) runs beside the aggregate
+        // output, whose pace the warehouse sets.
+        let (batches, duplicates) = aggregator.into_batches(65_536);
+        let count = tokio::task::spawn_blocking(move || duplicates.count());
+        let produce = tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut rows = 0;
-            for batch in aggregator.into_batches(65_536) {
+            for batch in batches {
                 let batch = batch?;
                 rows += batch.num_rows() as u64;
                 if agg_tx.blocking_send(batch).is_err() {
                     break; // the put failed; its error is reported below
                 }
             }
-            Ok((duplicates, rows))
+            Ok(rows)
         });
-        let (duplicates, agg_rows) = produce
-            .await
-            .map_err(|e| Error::internal(format!("aggregation task: {e}")))??;
+        let task = |e: tokio::task::JoinError| Error::internal(format!("aggregation task: {e}"));
+        let agg_rows = produce.await.map_err(task)??;
+        let duplicates = count.await.map_err(task)??;
         let (_, agg_sent) = put_agg
             .await
             .map_err(|e| Error::internal(format!("DoPut task: {e}")))??;
