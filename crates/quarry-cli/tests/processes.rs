@@ -135,7 +135,14 @@ fn the_quarry_command_runs_the_default_job_and_reports() {
         stdout.contains("succeeded") && stdout.contains("timestamp_invalid"),
         "{stdout}"
     );
-    assert!(dir.path().join("agg_result.db").exists());
+    // The database file alone holds the data: nothing is left in the WAL.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(dir.path().join("agg_result.db"), &copy).unwrap();
+    let rows: i64 = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT count(*) FROM agg_trades_weekly", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 545);
     assert_eq!(
         read(dir.path().join("output/top_bronze_by_volume.csv")),
         "user_id,total_volume\n3005,298.57\n3003,285.98\n3004,283.57\n"

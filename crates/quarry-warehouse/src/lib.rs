@@ -102,6 +102,9 @@ pub trait Warehouse: Send + Sync + 'static {
     /// Top users of a client type, summed exactly over all weeks and symbols;
     /// ties broken by user_id ascending.
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>>;
+
+    /// Flushes and releases the backend at shutdown (an open run is discarded).
+    async fn close(&self) -> Result<()>;
 }
 
 /// Opens the backend the configuration selects.

@@ -120,6 +120,7 @@ enum Command {
     },
     Commit(RunCommit, oneshot::Sender<Result<BTreeMap<String, u64>>>),
     Abort(RunFailure, oneshot::Sender<Result<()>>),
+    Close(oneshot::Sender<Result<()>>),
 }
 
 pub struct SqliteWarehouse {
@@ -254,6 +255,10 @@ impl Warehouse for SqliteWarehouse {
         .await
     }
 
+    async fn close(&self) -> Result<()> {
+        self.call(Command::Close).await
+    }
+
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
         let q = query.clone();
         let totals = self
@@ -375,6 +380,10 @@ impl Writer {
                 }
                 Command::Abort(f, reply) => {
                     let _ = reply.send(self.abort(f));
+                }
+                Command::Close(reply) => {
+                    let _ = reply.send(self.close());
+                    return;
                 }
             }
         }
@@ -533,6 +542,18 @@ impl Writer {
         conn.execute_batch("COMMIT")
             .map_err(|e| db_err("commit transaction", e))?;
         Ok(rows)
+    }
+
+    /// Moves everything from the WAL into the database file, so the file
+    /// alone holds the data (e.g. when it is copied or uploaded).
+    fn close(&mut self) -> Result<()> {
+        if let Some(run) = self.run.take() {
+            tracing::warn!(run_id = %run.run_id, "shutting down during a run: discarding it");
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .map_err(|e| db_err("checkpoint", e))
     }
 
     fn abort(&mut self, f: RunFailure) -> Result<()> {

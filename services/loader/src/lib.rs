@@ -192,7 +192,10 @@ impl Loader {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         info!(addr = ?listener.local_addr().ok(), warehouse = self.warehouse.kind(), "loader listening");
-        grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await
+        let warehouse = self.warehouse.clone();
+        let served = grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await;
+        let closed = warehouse.close().await;
+        served.and(closed)
     }
 }
 
