@@ -144,12 +144,24 @@ const POW10: [f64; 23] = [
 /// The `f64` nearest to an exact scaled decimal (correctly rounded, once).
 pub fn to_f64(v: i128, scale: u32) -> f64 {
     // Trailing zeros first: a PnL at scale 16 usually has only 4 real places.
+    // (In 64-bit arithmetic when the value fits: 128-bit division is slow.)
     let (mut v, mut scale) = (v, scale);
-    for step in [8u32, 4, 2, 1] {
-        let p = 10i128.pow(step);
-        if scale >= step && v % p == 0 {
-            v /= p;
-            scale -= step;
+    if let Ok(mut small) = i64::try_from(v) {
+        for step in [8u32, 4, 2, 1] {
+            let p = 10i64.pow(step);
+            if scale >= step && small % p == 0 {
+                small /= p;
+                scale -= step;
+            }
+        }
+        v = small as i128;
+    } else {
+        for step in [8u32, 4, 2, 1] {
+            let p = 10i128.pow(step);
+            if scale >= step && v % p == 0 {
+                v /= p;
+                scale -= step;
+            }
         }
     }
     // When both the integer and the power of ten are exact doubles, one IEEE
