@@ -9,6 +9,7 @@ use std::process::Command;
 
 use common::Env;
 use quarry_cli::embedded::Cluster;
+use quarry_core::schema::{INPUT_COLUMNS, SOURCE_ROW};
 
 fn tool(var: &str) -> Option<String> {
     match std::env::var(var) {
@@ -111,19 +112,9 @@ async fn pyarrow_flight_reads_a_split_from_the_extractor() {
     let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(got["endpoints"], 1);
     assert_eq!(got["rows"], 800);
-    assert_eq!(
-        got["columns"],
-        serde_json::json!([
-            "timestamp",
-            "user_id",
-            "client_type",
-            "symbol",
-            "side",
-            "quantity",
-            "price",
-            "source_row"
-        ])
-    );
+    let mut columns = INPUT_COLUMNS.to_vec();
+    columns.push(SOURCE_ROW);
+    assert_eq!(got["columns"], serde_json::json!(columns));
     assert_eq!(got["first"]["user_id"], "1001");
     cluster.stop().await.unwrap();
 }

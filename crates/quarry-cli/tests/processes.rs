@@ -113,6 +113,17 @@ fn setup_user_dir() -> tempfile::TempDir {
     dir
 }
 
+/// Runs `quarry ARGS` in `dir`; fails the test unless it succeeds. Returns stdout.
+fn quarry_ok(dir: &Path, args: &[&str]) -> String {
+    let out = quarry().args(args).current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "quarry {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
 }
@@ -120,17 +131,7 @@ fn read(p: impl AsRef<Path>) -> String {
 #[test]
 fn the_quarry_command_runs_the_default_job_and_reports() {
     let dir = setup_user_dir();
-    let out = quarry()
-        .arg("run")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = quarry_ok(dir.path(), &["run"]);
     assert!(
         stdout.contains("succeeded") && stdout.contains("timestamp_invalid"),
         "{stdout}"
@@ -158,18 +159,11 @@ fn the_quarry_command_runs_the_default_job_and_reports() {
     assert_eq!(q["run"]["status"], "succeeded");
     assert!(q["completeness"]["price"]["missing"].is_u64());
 
-    let out = quarry()
-        .args(["report", "top-users", "--metric", "pnl", "--limit", "2"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        quarry_ok(
+            dir.path(),
+            &["report", "top-users", "--metric", "pnl", "--limit", "2"]
+        ),
         "user_id,total_pnl\n3003,69146.6913\n3001,27299.2767\n"
     );
 

@@ -469,6 +469,18 @@ mod tests {
         Ok(out)
     }
 
+    fn source_rows(batches: &[RecordBatch]) -> Vec<u64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(7)
+                    .as_primitive::<arrow::datatypes::UInt64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
     fn cell(batches: &[RecordBatch], col: usize, row: usize) -> Option<String> {
         let mut r = row;
         for b in batches {
@@ -501,29 +513,13 @@ mod tests {
         assert_eq!(cell(&b, 6, 1).unwrap(), "2");
         assert_eq!(cell(&b, 0, 2).unwrap(), "");
         // Line numbers count the header and the quoted line break.
-        let rows: Vec<u64> = b
-            .iter()
-            .flat_map(|b| {
-                b.column(7)
-                    .as_primitive::<arrow::datatypes::UInt64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
+        let rows = source_rows(&b);
         assert_eq!(rows, [2, 4, 5]);
 
         let lf = dir.path().join("lf.csv");
         std::fs::write(&lf, "timestamp,user_id,client_type,symbol,side,quantity,price\n1,2,3,4,5,6,7\n\n1,2,3,4,5,6,7\n").unwrap();
         let b = read_all(&lf, SourceFormat::Csv).unwrap();
-        let rows: Vec<u64> = b
-            .iter()
-            .flat_map(|b| {
-                b.column(7)
-                    .as_primitive::<arrow::datatypes::UInt64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
+        let rows = source_rows(&b);
         assert_eq!(rows, [2, 4]);
     }
 
