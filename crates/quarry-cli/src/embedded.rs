@@ -57,29 +57,27 @@ impl Cluster {
         let loader_listener = grpc::bind("127.0.0.1:0").await?;
         let loader_url = url(&loader_listener)?;
         tasks.push(tokio::spawn(loader.serve(loader_listener, shutdown())));
-        let mut transformer_url = None;
-        let mut extractor_url = extractor_url;
+        let (mut extractor_url, mut transformer_url) = (extractor_url, None);
         if pipeline {
-            let e_url = match extractor_url.take() {
-                Some(u) => u,
+            let e_url = match &extractor_url {
+                Some(u) => u.clone(),
                 None => {
                     let extractor = Extractor::new(&config.extractor)?;
                     let listener = grpc::bind("127.0.0.1:0").await?;
                     let u = url(&listener)?;
                     tasks.push(tokio::spawn(extractor.serve(listener, shutdown())));
+                    extractor_url = Some(u.clone());
                     u
                 }
             };
-
             let mut tcfg = config.transformer.clone();
-            tcfg.extractor_url = e_url.clone();
+            tcfg.extractor_url = e_url;
             tcfg.loader_url = loader_url.clone();
             let listener = grpc::bind("127.0.0.1:0").await?;
             transformer_url = Some(url(&listener)?);
             tasks.push(tokio::spawn(
                 Transformer::new(tcfg).serve(listener, shutdown()),
             ));
-            extractor_url = Some(e_url);
         }
         Ok(Self {
             extractor_url,

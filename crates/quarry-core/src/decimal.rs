@@ -135,6 +135,21 @@ pub fn format_scaled(v: i128, scale: u32) -> String {
     out
 }
 
+/// Removes up to `scale` trailing decimal zeros from a scaled integer.
+fn strip_zeros<T>(mut v: T, mut scale: u32) -> (T, u32)
+where
+    T: Copy + PartialEq + From<i32> + std::ops::Rem<Output = T> + std::ops::Div<Output = T>,
+{
+    for (step, p) in [(8, 100_000_000), (4, 10_000), (2, 100), (1, 10)] {
+        let p = T::from(p);
+        if scale >= step && v % p == T::from(0) {
+            v = v / p;
+            scale -= step;
+        }
+    }
+    (v, scale)
+}
+
 /// Powers of ten that are exact doubles.
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -145,25 +160,13 @@ const POW10: [f64; 23] = [
 pub fn to_f64(v: i128, scale: u32) -> f64 {
     // Trailing zeros first: a PnL at scale 16 usually has only 4 real places.
     // (In 64-bit arithmetic when the value fits: 128-bit division is slow.)
-    let (mut v, mut scale) = (v, scale);
-    if let Ok(mut small) = i64::try_from(v) {
-        for step in [8u32, 4, 2, 1] {
-            let p = 10i64.pow(step);
-            if scale >= step && small % p == 0 {
-                small /= p;
-                scale -= step;
-            }
+    let (v, scale) = match i64::try_from(v) {
+        Ok(small) => {
+            let (small, scale) = strip_zeros(small, scale);
+            (i128::from(small), scale)
         }
-        v = small as i128;
-    } else {
-        for step in [8u32, 4, 2, 1] {
-            let p = 10i128.pow(step);
-            if scale >= step && v % p == 0 {
-                v /= p;
-                scale -= step;
-            }
-        }
-    }
+        Err(_) => strip_zeros(v, scale),
+    };
     // When both the integer and the power of ten are exact doubles, one IEEE
     // division is correctly rounded: the common case, without any text.
     if v.unsigned_abs() <= 1 << 53 && (scale as usize) < POW10.len() {

@@ -41,6 +41,12 @@ fn flight_client(channel: Channel) -> FlightClient {
     )
 }
 
+fn loader_client(channel: Channel) -> LoaderServiceClient<Channel> {
+    LoaderServiceClient::new(channel)
+        .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES)
+}
+
 fn from_flight(what: &str, e: FlightError) -> Error {
     match e {
         FlightError::Tonic(s) => Error::from_status(&s),
@@ -198,11 +204,8 @@ impl Run {
         .to_string()
     }
 
-    async fn loader(&self) -> Result<LoaderServiceClient<Channel>> {
-        let ch = grpc::connect("loader", &self.config.loader_url).await?;
-        Ok(LoaderServiceClient::new(ch)
-            .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES))
+    async fn loader_channel(&self) -> Result<Channel> {
+        grpc::connect("loader", &self.config.loader_url).await
     }
 
     /// Records the failure with the loader, which discards the staged data.
@@ -219,7 +222,7 @@ impl Run {
             stats: Some(stats),
             quality_json: self.quality_json(),
         };
-        match self.loader().await {
+        match self.loader_channel().await.map(loader_client) {
             Ok(mut l) => {
                 if let Err(s) = l.abort(req).await {
                     warn!(error = %s.message(), "could not record the failed run with the loader");
@@ -230,7 +233,9 @@ impl Run {
     }
 
     async fn execute(&self, events: &Events) -> Result<RunSummary> {
-        let mut loader = self.loader().await?;
+        // One connection carries both the control calls and the Flight streams.
+        let loader_channel = self.loader_channel().await?;
+        let mut loader = loader_client(loader_channel.clone());
         let options_json = serde_json::json!({
             "dedup": self.dedup,
             "load_raw_trades": self.load_raw_trades,
@@ -299,7 +304,6 @@ impl Run {
         info!(source = %self.req.source, files = tickets.len(), "run started");
 
         // Stream: one DoPut per table stays open while the splits are read.
-        let loader_channel = grpc::connect("loader", &self.config.loader_url).await?;
         let mut puts: JoinSet<Result<(Table, u64)>> = JoinSet::new();
         let mut open_put = |table: Table| {
             let (tx, rx) = mpsc::channel::<RecordBatch>(4);
