@@ -8,7 +8,7 @@
 //! Decimals are stored as the REAL nearest to the exact value (SQLite has no
 //! decimal type); report sums are recomputed exactly from those values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use chrono::{NaiveDate, TimeDelta, Utc};
 use quarry_core::decimal::{self, PNL_SCALE};
 use quarry_core::{Error, Result, Table};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -141,7 +141,8 @@ impl SqliteWarehouse {
              PRAGMA synchronous = NORMAL;
              PRAGMA temp_store = MEMORY;
              PRAGMA cache_size = -65536;
-             PRAGMA busy_timeout = 10000;",
+             PRAGMA busy_timeout = 10000;
+             PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(|e| db_err(&format!("cannot configure database {}", path.display()), e))?;
         conn.execute_batch(SCHEMA_SQL)
@@ -273,7 +274,7 @@ impl Warehouse for SqliteWarehouse {
                 let mut rows = st.query([&q.client_type])?;
                 // Summing REALs drifts; each stored value is read back as the
                 // decimal it stands for and summed exactly.
-                let mut totals: BTreeMap<String, i128> = BTreeMap::new();
+                let mut totals: HashMap<String, i128> = HashMap::new();
                 while let Some(r) = rows.next()? {
                     let v: f64 = r.get(1)?;
                     let exact = decimal::from_f64(v, PNL_SCALE).map_err(|e| {
@@ -283,7 +284,13 @@ impl Warehouse for SqliteWarehouse {
                             format!("{column} {v} is not a decimal: {e:?}").into(),
                         )
                     })?;
-                    *totals.entry(r.get(0)?).or_default() += exact;
+                    let user = r.get_ref(0)?.as_str()?;
+                    match totals.get_mut(user) {
+                        Some(total) => *total += exact,
+                        None => {
+                            totals.insert(user.to_owned(), exact);
+                        }
+                    }
                 }
                 Ok(totals)
             })
@@ -377,9 +384,11 @@ impl Writer {
                 }
                 Command::Commit(c, reply) => {
                     let _ = reply.send(self.commit(c));
+                    self.checkpoint();
                 }
                 Command::Abort(f, reply) => {
                     let _ = reply.send(self.abort(f));
+                    self.checkpoint();
                 }
                 Command::Close(reply) => {
                     let _ = reply.send(self.close());
@@ -428,10 +437,14 @@ impl Writer {
                 )
                 .map_err(|e| db_err("read table extent", e))?;
             max_rowid.insert(t, m);
-            if m == 0 {
-                // A fresh load: building the index once at commit is much
-                // cheaper than maintaining it row by row. Inside the run's
-                // transaction, so an abort restores it.
+            if m == 0 && t == Table::AggTradesWeekly {
+                // A fresh load of rows that arrive in partition order: one
+                // index build at commit (a sort of sorted keys) is much
+                // cheaper than maintaining the index row by row. Raw trades
+                // arrive in input order: sorting them at commit costs more
+                // (measured) than maintaining their index while the other
+                // core is still reading the input. Inside the run's
+                // transaction, so an abort restores the index.
                 self.conn
                     .execute_batch(&format!("DROP INDEX IF EXISTS {}", partition_index(t).0))
                     .map_err(|e| db_err("drop index for a fresh load", e))?;
@@ -542,6 +555,15 @@ impl Writer {
         conn.execute_batch("COMMIT")
             .map_err(|e| db_err("commit transaction", e))?;
         Ok(rows)
+    }
+
+    /// Copies committed pages from the WAL into the database file. Runs after
+    /// the commit has been answered (automatic checkpoints are off on this
+    /// connection), so readers of the new state do not wait for it.
+    fn checkpoint(&mut self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+        }
     }
 
     /// Moves everything from the WAL into the database file, so the file
@@ -685,24 +707,42 @@ fn insert_trades(
         .map_err(|e| db_err("prepare insert into trades", e))?;
     let mut texts = DateTexts::default();
     let mut ts_text = String::new();
+    let mut last_day = None;
     for i in 0..b.num_rows() {
         timestamp_text(ts.value(i), &mut texts, &mut ts_text);
         let d = day.value(i);
-        if let Some(ds) = dates.as_deref_mut() {
-            ds.insert(d);
+        if last_day != Some(d) {
+            last_day = Some(d);
+            if let Some(ds) = dates.as_deref_mut() {
+                ds.insert(d);
+            }
         }
-        st.execute(params![
-            ts_text,
-            user.value(i),
-            ct.value(i),
-            sym.value(i),
-            side.value(i),
-            decimal::to_f64(qty.value(i), scale),
-            decimal::to_f64(price.value(i), scale),
-            texts.get(d),
-            run_id
-        ])
+        // Bound one by one and stepped without rusqlite's per-call checks:
+        // this loop runs once per raw trade.
+        bind_all(
+            &mut st,
+            &[
+                &ts_text.as_str(),
+                &user.value(i),
+                &ct.value(i),
+                &sym.value(i),
+                &side.value(i),
+                &decimal::to_f64(qty.value(i), scale),
+                &decimal::to_f64(price.value(i), scale),
+                &texts.get(d),
+                &run_id,
+            ],
+        )
+        .and_then(|()| st.raw_execute())
         .map_err(|e| db_err("insert into trades", e))?;
+    }
+    Ok(())
+}
+
+/// Binds `values` to the statement's parameters 1..=n.
+fn bind_all(st: &mut rusqlite::CachedStatement<'_>, values: &[&dyn ToSql]) -> rusqlite::Result<()> {
+    for (k, v) in values.iter().enumerate() {
+        st.raw_bind_parameter(k + 1, v)?;
     }
     Ok(())
 }
@@ -759,20 +799,28 @@ fn insert_agg(
         )
         .map_err(|e| db_err("prepare insert into agg_trades_weekly", e))?;
     let mut texts = DateTexts::default();
+    let mut last_week = None;
     for i in 0..b.num_rows() {
         let w = week.value(i);
-        if let Some(ws) = weeks.as_deref_mut() {
-            ws.insert(w);
+        if last_week != Some(w) {
+            last_week = Some(w);
+            if let Some(ws) = weeks.as_deref_mut() {
+                ws.insert(w);
+            }
         }
-        st.execute(params![
-            texts.get(w),
-            ct.value(i),
-            user.value(i),
-            sym.value(i),
-            decimal::to_f64(vol.value(i), decimal::SCALE),
-            decimal::to_f64(pnl.value(i), PNL_SCALE),
-            count.value(i),
-        ])
+        bind_all(
+            &mut st,
+            &[
+                &texts.get(w),
+                &ct.value(i),
+                &user.value(i),
+                &sym.value(i),
+                &decimal::to_f64(vol.value(i), decimal::SCALE),
+                &decimal::to_f64(pnl.value(i), PNL_SCALE),
+                &count.value(i),
+            ],
+        )
+        .and_then(|()| st.raw_execute())
         .map_err(|e| db_err("insert into agg_trades_weekly", e))?;
     }
     Ok(())

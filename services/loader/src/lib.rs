@@ -28,6 +28,7 @@ use quarry_proto::{
 use quarry_warehouse::{Metric, RunCommit, RunFailure, RunStart, TopUsersQuery, Warehouse};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
@@ -155,9 +156,20 @@ impl Loader {
             .ok_or_else(|| Error::input(format!("unknown table {:?}", cmd.table)))?;
         let mode = WriteMode::try_from(cmd.mode).unwrap_or(WriteMode::ReplacePartitions);
         self.touch(&cmd.run_id)?;
-        let mut batches = FlightRecordBatchStream::new_from_flight_data(stream);
+        // The next batches are received and decoded while the warehouse
+        // writes the current one; the reader stops when `put` returns.
+        let (tx, mut batches) = tokio::sync::mpsc::channel(2);
+        let _reader = AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut stream = FlightRecordBatchStream::new_from_flight_data(stream);
+            while let Some(batch) = stream.next().await {
+                let failed = batch.is_err();
+                if tx.send(batch).await.is_err() || failed {
+                    break;
+                }
+            }
+        }));
         let mut rows = 0u64;
-        while let Some(batch) = batches.next().await {
+        while let Some(batch) = batches.recv().await {
             let batch = batch.map_err(|e| match e {
                 FlightError::Tonic(s) => Error::from_status(&s),
                 other => Error::input(format!("{table} stream: {other}")),

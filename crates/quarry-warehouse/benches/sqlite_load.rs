@@ -1,0 +1,197 @@
+//! How fast raw trades can go into SQLite on this machine, and how close
+//! Quarry's loader gets to that.
+//!
+//!   cargo bench -p quarry-warehouse --bench sqlite_load [-- ROWS]
+//!
+//! Three measurements on the same trades (ROWS, default 2 000 000, dates in
+//! random order over two years), each into a fresh database file in WAL mode
+//! and timed from the first insert to a checkpointed database:
+//! 1. the floor: one prepared INSERT of pre-built values, no index;
+//! 2. the floor with the `trade_date` index maintained while inserting;
+//! 3. Quarry: `SqliteWarehouse` (begin, write Arrow batches, commit, close),
+//!    which also converts the exact decimals, formats timestamps and indexes.
+//!
+//! SQLite has one writer per database, so 1 bounds any load path that goes
+//! through SQL on one core; the pipeline's end-to-end raw rate is lower still,
+//! because parsing and validation share the machine's other cores.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
+use quarry_core::Table;
+use quarry_core::schema::QUANTITY_TYPE;
+use quarry_warehouse::sqlite::SqliteWarehouse;
+use quarry_warehouse::{RunCommit, RunStart, RunStats, Warehouse, WriteMode};
+use rusqlite::Connection;
+
+const BATCH_ROWS: usize = 65_536;
+const DAYS: u64 = 730;
+const FIRST_DAY: i32 = 19_723; // 2024-01-01
+const NANOS_PER_DAY: i64 = 86_400_000_000_000;
+
+/// A deterministic trade: (day, nanos in day, user, side, quantity, price).
+fn trade(i: usize) -> (i32, i64, String, &'static str, i128, i128) {
+    let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let day = FIRST_DAY + (x % DAYS) as i32;
+    let nanos = (x >> 20) as i64 % NANOS_PER_DAY / 1_000_000 * 1_000_000;
+    let side = if x & 1 == 0 { "buy" } else { "sell" };
+    let user = format!("{}", (x >> 32) % 10_000);
+    let qty = 1_000_000 + (x >> 40) as i128 % 100_000_000_000;
+    (day, nanos, user, side, qty, 15_735_000_000)
+}
+
+fn fresh(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+fn floor(dir: &Path, rows: usize, index: bool) -> f64 {
+    let path = fresh(dir, if index { "floor-index.db" } else { "floor.db" });
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+         PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE trades (timestamp TEXT NOT NULL, user_id TEXT NOT NULL,
+             client_type TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL,
+             quantity REAL NOT NULL, price REAL NOT NULL, trade_date TEXT NOT NULL,
+             run_id TEXT NOT NULL);",
+    )
+    .expect("schema");
+    if index {
+        conn.execute_batch("CREATE INDEX trades_by_trade_date ON trades (trade_date)")
+            .expect("index");
+    }
+    // Values are built before the clock starts: only SQLite is timed.
+    let values: Vec<(String, String, &str, f64)> = (0..rows)
+        .map(|i| {
+            let (day, nanos, user, side, qty, _) = trade(i);
+            let date = chrono::NaiveDate::from_num_days_from_ce_opt(day + 719_163)
+                .expect("date")
+                .to_string();
+            let secs = nanos / 1_000_000_000;
+            let ts = format!(
+                "{date} {:02}:{:02}:{:02}",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            );
+            (ts, user, side, qty as f64 / 1e8)
+        })
+        .collect();
+    let started = Instant::now();
+    conn.execute_batch("BEGIN").expect("begin");
+    {
+        let mut st = conn
+            .prepare("INSERT INTO trades VALUES (?1, ?2, 'bronze', 'AAPL', ?3, ?4, 157.35, ?5, ?6)")
+            .expect("prepare");
+        for (ts, user, side, qty) in &values {
+            st.raw_bind_parameter(1, ts.as_str()).expect("bind");
+            st.raw_bind_parameter(2, user.as_str()).expect("bind");
+            st.raw_bind_parameter(3, *side).expect("bind");
+            st.raw_bind_parameter(4, *qty).expect("bind");
+            st.raw_bind_parameter(5, &ts[..10]).expect("bind");
+            st.raw_bind_parameter(6, "0f8fad5b-d9cb-469f-a165-70867728950e")
+                .expect("bind");
+            st.raw_execute().expect("insert");
+        }
+    }
+    conn.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("commit");
+    started.elapsed().as_secs_f64()
+}
+
+fn batches(rows: usize) -> Vec<RecordBatch> {
+    (0..rows)
+        .step_by(BATCH_ROWS)
+        .map(|start| {
+            let t: Vec<_> = (start..rows.min(start + BATCH_ROWS)).map(trade).collect();
+            let n = t.len();
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(
+                    TimestampNanosecondArray::from_iter_values(
+                        t.iter().map(|r| r.0 as i64 * NANOS_PER_DAY + r.1),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from_iter_values(
+                    t.iter().map(|r| r.2.as_str()),
+                )),
+                Arc::new(StringArray::from(vec!["bronze"; n])),
+                Arc::new(StringArray::from(vec!["AAPL"; n])),
+                Arc::new(StringArray::from_iter_values(t.iter().map(|r| r.3))),
+                Arc::new(
+                    Decimal128Array::from_iter_values(t.iter().map(|r| r.4))
+                        .with_data_type(QUANTITY_TYPE),
+                ),
+                Arc::new(
+                    Decimal128Array::from_iter_values(t.iter().map(|r| r.5))
+                        .with_data_type(QUANTITY_TYPE),
+                ),
+                Arc::new(Date32Array::from_iter_values(t.iter().map(|r| r.0))),
+            ];
+            RecordBatch::try_new(Table::Trades.schema(), cols).expect("batch")
+        })
+        .collect()
+}
+
+async fn quarry(dir: &Path, rows: usize) -> f64 {
+    let path = fresh(dir, "quarry.db");
+    let input = batches(rows);
+    let wh = SqliteWarehouse::open(&path).expect("open");
+    let run_id = "bench".to_string();
+    let started = Instant::now();
+    wh.begin_run(RunStart {
+        run_id: run_id.clone(),
+        source: "bench".into(),
+        options_json: "{}".into(),
+    })
+    .await
+    .expect("begin");
+    for b in input {
+        wh.write(&run_id, Table::Trades, WriteMode::ReplacePartitions, b)
+            .await
+            .expect("write");
+    }
+    wh.commit(RunCommit {
+        run_id,
+        source_files: vec![],
+        stats: RunStats::default(),
+        quality_json: String::new(),
+    })
+    .await
+    .expect("commit");
+    wh.close().await.expect("close");
+    started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let rows: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!("{rows} trades into SQLite (WAL, 16 KiB pages), one writer, checkpointed:");
+    let report = |what: &str, secs: f64| {
+        println!(
+            "  {what:<52} {secs:>7.2} s  {:>6.2}M rows/s",
+            rows as f64 / secs / 1e6
+        );
+    };
+    report(
+        "floor: prepared INSERT, pre-built values",
+        floor(dir.path(), rows, false),
+    );
+    report("floor + trade_date index", floor(dir.path(), rows, true));
+    report(
+        "Quarry SqliteWarehouse (Arrow batches, exact -> REAL)",
+        rt.block_on(quarry(dir.path(), rows)),
+    );
+}
