@@ -9,7 +9,7 @@ use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::transformer_service_client::TransformerServiceClient;
 use quarry_proto::{
     GetRunRequest, ListRunsRequest, RunEvent, RunRecord, RunRequest, RunSummary, TopMetric,
-    TopUser, TopUsersRequest, run_event,
+    TopUser, TopUsersRequest, WeeklyTotal, WeeklyTotalsRequest, run_event,
 };
 use tonic::transport::Channel;
 
@@ -87,6 +87,14 @@ impl LoaderClient {
             })
             .await
             .map(|r| r.into_inner().users)
+            .map_err(status_error)
+    }
+
+    pub async fn weekly_totals(&mut self) -> Result<Vec<WeeklyTotal>> {
+        self.0
+            .weekly_totals(WeeklyTotalsRequest {})
+            .await
+            .map(|r| r.into_inner().totals)
             .map_err(status_error)
     }
 }
@@ -175,5 +183,24 @@ pub fn quality_report(record: &RunRecord) -> serde_json::Value {
             "total": stats.total_ms,
         },
     });
+    // Staged (sent by the transformer) against committed (read back by the
+    // warehouse inside the commit), and the data's age at commit.
+    let committed: std::collections::BTreeMap<_, _> = record.rows_committed.iter().collect();
+    let staged = json["rows_staged"].clone();
+    let matches =
+        record.status == "succeeded" && serde_json::to_value(&committed).is_ok_and(|c| c == staged);
+    json["reconciliation"] = serde_json::json!({
+        "rows_staged": staged,
+        "rows_committed": committed,
+        "committed_equals_staged": matches,
+    });
+    let newest = json["profile"]["newest_trade"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let finished = chrono::DateTime::parse_from_rfc3339(&record.finished_at).ok();
+    if let (Some(newest), Some(finished)) = (newest, finished) {
+        json["profile"]["lag_hours_at_commit"] =
+            serde_json::json!((finished - newest).num_seconds() as f64 / 3600.0);
+    }
     json
 }

@@ -4,3 +4,5 @@
 
 pub mod client;
 pub mod embedded;
+pub mod health;
+pub mod report;

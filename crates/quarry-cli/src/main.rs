@@ -10,6 +10,7 @@ use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressStyle};
 use quarry_cli::client::{self, LoaderClient};
 use quarry_cli::embedded::Cluster;
+use quarry_cli::{health, report};
 use quarry_core::{Config, grpc, logging};
 use quarry_proto::{
     CsvOptions, RunEvent, RunOptions, RunRecord, RunRequest, SourceFormat, TopMetric, run_event,
@@ -38,15 +39,30 @@ enum Command {
     Serve { service: Service },
     /// List recent runs from pipeline_runs.
     Runs {
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
+        /// Runs to list (default 20), or to compute --stats over (default all).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print pipeline-health figures (success rate, stage durations,
+        /// rows per run, error rate by category) instead of the list.
+        #[arg(long)]
+        stats: bool,
+        /// Only runs started at or after this date or time (UTC, e.g. 2026-11-01).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
         #[command(flatten)]
         target: Target,
     },
-    /// Reports read from the warehouse.
+    /// Reports read from the warehouse. Without a subcommand: writes
+    /// report.html (charts, top users, quality checks, run history) and the
+    /// charts as SVG files under charts/ in the output directory.
     Report {
         #[command(subcommand)]
-        report: Report,
+        report: Option<Report>,
+        /// Output directory (default from config: output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Write deterministic synthetic trades as CSV.
     Gen {
@@ -162,21 +178,66 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(&mut config, args).await,
         Command::Serve { service } => serve(&config, service).await,
-        Command::Runs { limit, target } => {
+        Command::Runs {
+            limit,
+            stats,
+            since,
+            target,
+        } => {
             with_loader(&mut config, target, |mut l| async move {
-                print_runs(&l.list_runs(limit).await?);
+                let limit = limit.unwrap_or(if stats { u32::MAX } else { 20 });
+                let runs = l.list_runs(limit).await?;
+                if stats {
+                    println!(
+                        "{}",
+                        health::render(&health::health(&runs, since.as_deref()))
+                    );
+                } else {
+                    let since = since.as_deref();
+                    let runs: Vec<_> = runs
+                        .into_iter()
+                        .filter(|r| since.is_none_or(|s| r.started_at.as_str() >= s))
+                        .collect();
+                    print_runs(&runs);
+                }
+                Ok(())
+            })
+            .await
+        }
+        Command::Report {
+            report: None,
+            output,
+            target,
+        } => {
+            let dir = output.unwrap_or_else(|| config.run.output_dir.clone());
+            let (client_type, limit) = (config.run.top_client_type.clone(), config.run.top_limit);
+            with_loader(&mut config, target, |mut l| async move {
+                let data = report::ReportData {
+                    weekly: l.weekly_totals().await?,
+                    top_by_volume: l.top_users(&client_type, TopMetric::Volume, limit).await?,
+                    top_by_pnl: l.top_users(&client_type, TopMetric::Pnl, limit).await?,
+                    top_client_type: client_type,
+                    runs: l.list_runs(30).await?,
+                };
+                let now = chrono::Utc::now()
+                    .format("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string();
+                for path in report::write(&dir, &data, &now)? {
+                    println!("wrote {}", path.display());
+                }
                 Ok(())
             })
             .await
         }
         Command::Report {
             report:
-                Report::TopUsers {
+                Some(Report::TopUsers {
                     client_type,
                     metric,
                     limit,
                     target,
-                },
+                }),
+            ..
         } => {
             let metric = match metric {
                 MetricArg::Volume => TopMetric::Volume,
@@ -478,8 +539,34 @@ fn print_summary(r: &RunRecord, wall: Duration) {
             s.plan_ms, s.extract_ms, s.transform_ms, s.load_ms, s.commit_ms
         ),
     );
+    if let Some(checks) = quality["checks"].as_array() {
+        let count = |o: &str| checks.iter().filter(|c| c["outcome"] == o).count();
+        row(
+            "quality checks (pass/warn/fail/skipped)",
+            format!(
+                "{}/{}/{}/{}",
+                count("pass"),
+                count("warn"),
+                count("fail"),
+                count("skipped")
+            ),
+        );
+    }
     println!("Run {} {}", r.run_id, r.status);
     println!("{t}");
+    for c in quality["checks"].as_array().into_iter().flatten() {
+        if c["outcome"] == "warn" {
+            println!(
+                "quality warning: {}: {} = {}, {} {}: {}",
+                c["check"].as_str().unwrap_or_default(),
+                c["metric"].as_str().unwrap_or_default(),
+                c["value"],
+                c["bound"].as_str().unwrap_or_default(),
+                c["threshold"],
+                c["detail"].as_str().unwrap_or_default()
+            );
+        }
+    }
 }
 
 fn print_runs(runs: &[RunRecord]) {

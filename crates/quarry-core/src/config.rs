@@ -51,6 +51,97 @@ pub struct TransformerConfig {
     /// Load validated raw rows into `trades` (off: aggregates and rejects only).
     pub load_raw_trades: bool,
     pub progress_interval_ms: u64,
+    /// Data-quality checks evaluated before every commit.
+    pub quality: QualityConfig,
+}
+
+/// What a failed check does: nothing (`off`), a warning, or the run fails
+/// before commit (`error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Off,
+    Warn,
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Off => "off",
+            Severity::Warn => "warn",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// One check: its severity and threshold (what the threshold bounds is
+/// documented per check in `config/quarry.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub severity: Severity,
+    pub threshold: f64,
+}
+
+impl CheckConfig {
+    pub const fn new(severity: Severity, threshold: f64) -> Self {
+        Self {
+            severity,
+            threshold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityConfig {
+    /// Columns whose missing share the completeness check bounds.
+    pub critical_columns: Vec<String>,
+    /// Columns forming a trade's identity for the key-uniqueness check
+    /// (empty: off). Compared after normalisation.
+    pub key_columns: Vec<String>,
+    /// Earlier succeeded runs the consistency check compares with.
+    pub history_runs: u32,
+    /// Fewer earlier runs than this: the consistency check is skipped.
+    pub min_history_runs: u32,
+    /// Max share of rows missing a critical column.
+    pub completeness: CheckConfig,
+    /// Min share of rows passing every validation rule.
+    pub validity: CheckConfig,
+    /// Max share of exact duplicate rows.
+    pub uniqueness: CheckConfig,
+    /// Max share of rows repeating another row's key (`key_columns`).
+    pub key_uniqueness: CheckConfig,
+    /// Max relative deviation of trades and volume per day, per client type,
+    /// from the median of the earlier runs.
+    pub consistency: CheckConfig,
+    /// Max hours between the newest trade and the start of the run.
+    pub freshness: CheckConfig,
+    /// Max rows unaccounted for: rows in vs valid + rejected, valid rows vs
+    /// the aggregate's trade counts, rows staged vs committed.
+    pub reconciliation: CheckConfig,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        Self {
+            critical_columns: crate::schema::INPUT_COLUMNS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            key_columns: vec![],
+            history_runs: 10,
+            min_history_runs: 3,
+            completeness: CheckConfig::new(Severity::Warn, 0.05),
+            validity: CheckConfig::new(Severity::Error, 0.5),
+            uniqueness: CheckConfig::new(Severity::Warn, 0.01),
+            key_uniqueness: CheckConfig::new(Severity::Warn, 0.01),
+            consistency: CheckConfig::new(Severity::Warn, 0.5),
+            freshness: CheckConfig::new(Severity::Warn, 72.0),
+            reconciliation: CheckConfig::new(Severity::Error, 0.0),
+        }
+    }
 }
 
 impl Default for TransformerConfig {
@@ -63,6 +154,7 @@ impl Default for TransformerConfig {
             dedup: false,
             load_raw_trades: true,
             progress_interval_ms: 250,
+            quality: QualityConfig::default(),
         }
     }
 }
@@ -221,6 +313,40 @@ impl Config {
         }
         if self.transformer.progress_interval_ms == 0 {
             return bad("transformer.progress_interval_ms must be positive".into());
+        }
+        let q = &self.transformer.quality;
+        for (key, cols) in [
+            ("critical_columns", &q.critical_columns),
+            ("key_columns", &q.key_columns),
+        ] {
+            if let Some(c) = cols
+                .iter()
+                .find(|c| !crate::schema::INPUT_COLUMNS.contains(&c.as_str()))
+            {
+                return bad(format!(
+                    "transformer.quality.{key}: {c:?} is not one of {:?}",
+                    crate::schema::INPUT_COLUMNS
+                ));
+            }
+        }
+        for (key, check) in [
+            ("completeness", q.completeness),
+            ("validity", q.validity),
+            ("uniqueness", q.uniqueness),
+            ("key_uniqueness", q.key_uniqueness),
+            ("consistency", q.consistency),
+            ("freshness", q.freshness),
+            ("reconciliation", q.reconciliation),
+        ] {
+            if !check.threshold.is_finite() || check.threshold < 0.0 {
+                return bad(format!(
+                    "transformer.quality.{key}.threshold = {} must be a number >= 0",
+                    check.threshold
+                ));
+            }
+        }
+        if q.validity.threshold > 1.0 {
+            return bad("transformer.quality.validity.threshold is a share: at most 1".into());
         }
         if self.loader.run_idle_timeout_secs == 0 {
             return bad("loader.run_idle_timeout_secs must be positive".into());

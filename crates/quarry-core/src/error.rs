@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+/// Status metadata carrying the error category between services (several
+/// categories share a status code).
+const CATEGORY_KEY: &str = "quarry-error-category";
+
 /// Who is at fault; recorded with every failed run (`pipeline_runs.error_category`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCategory {
@@ -39,9 +43,18 @@ impl ErrorCategory {
         })
     }
 
-    /// The category of a failure reported by another service.
+    /// The category of a failure reported by another service: the one it
+    /// attached, else guessed from the status code.
     pub fn from_status(status: &tonic::Status) -> Self {
         use tonic::Code;
+        if let Some(c) = status
+            .metadata()
+            .get(CATEGORY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+        {
+            return c;
+        }
         match status.code() {
             Code::InvalidArgument | Code::PermissionDenied | Code::NotFound | Code::OutOfRange => {
                 Self::Input
@@ -92,6 +105,10 @@ impl Error {
     pub fn config(msg: impl Into<String>) -> Self {
         Self::Config(msg.into())
     }
+    pub fn quality(msg: impl Into<String>) -> Self {
+        Self::Quality(msg.into())
+    }
+
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::Internal(msg.into())
     }
@@ -99,6 +116,19 @@ impl Error {
         Self::Backend {
             message: msg.into(),
             transient,
+        }
+    }
+
+    /// The same kind of error with another message.
+    pub fn with_message(&self, msg: impl Into<String>) -> Self {
+        let msg = msg.into();
+        match self {
+            Self::Input(_) => Self::Input(msg),
+            Self::PermissionDenied(_) => Self::PermissionDenied(msg),
+            Self::Config(_) => Self::Config(msg),
+            Self::Backend { transient, .. } => Self::backend(msg, *transient),
+            Self::Quality(_) => Self::Quality(msg),
+            Self::Internal(_) => Self::Internal(msg),
         }
     }
 
@@ -131,7 +161,8 @@ impl Error {
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        match e {
+        let category = e.category().as_str();
+        let mut status = match e {
             Error::Input(m) => tonic::Status::invalid_argument(m),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             Error::Config(m) => tonic::Status::failed_precondition(m),
@@ -143,7 +174,12 @@ impl From<Error> for tonic::Status {
             // Quality failures are a property of the data, reported like bad input.
             Error::Quality(m) => tonic::Status::invalid_argument(m),
             Error::Internal(m) => tonic::Status::internal(m),
-        }
+        };
+        status.metadata_mut().insert(
+            CATEGORY_KEY,
+            tonic::metadata::MetadataValue::from_static(category),
+        );
+        status
     }
 }
 
@@ -165,6 +201,7 @@ mod tests {
             Error::config("x"),
             Error::backend("x", true),
             Error::backend("x", false),
+            Error::quality("x"),
             Error::internal("x"),
         ];
         for e in cases {

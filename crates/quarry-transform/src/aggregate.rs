@@ -14,12 +14,13 @@ use arrow::array::{
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Date32Type, Decimal128Type, TimestampNanosecondType};
 use hashbrown::{HashMap, HashSet};
-use quarry_core::schema::{AGG_SCHEMA, PNL_TYPE, VOLUME_TYPE};
+use quarry_core::schema::{AGG_SCHEMA, INPUT_COLUMNS, PNL_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::spill::HashRuns;
 use crate::timestamp::week_start;
+use crate::validate::Field;
 
 /// A group within one week: client type and interned user id, interned
 /// symbol. 8 bytes: the accumulator's size is what bounds the run's memory.
@@ -78,6 +79,27 @@ struct Part {
     seen: Seen,
     /// Reused buffer of one row's normalised bytes, for its hash.
     row_bytes: Vec<u8>,
+    /// Trades and Σ quantity per (trade_date, client type), for the
+    /// consistency check.
+    daily: HashMap<(i32, u8), DayTotals>,
+    /// The newest trade timestamp (ns), for the freshness check.
+    newest: Option<i64>,
+}
+
+/// Trades and volume (Σ quantity, scaled by 10^8) of one day and client type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DayTotals {
+    pub trades: u64,
+    pub volume: i128,
+}
+
+/// What the run's valid rows looked like, beside the aggregate itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Per (trade_date as days since the epoch, client type).
+    pub daily: std::collections::BTreeMap<(i32, &'static str), DayTotals>,
+    /// Newest trade timestamp, ns since the epoch.
+    pub newest: Option<i64>,
 }
 
 /// Hashes of the normalised rows, for exact-duplicate detection.
@@ -99,6 +121,57 @@ const SPILL_HASHES: usize = 8 << 20;
 /// Incremental weekly aggregation shared by the threads of a run.
 pub struct Aggregator {
     parts: Vec<Mutex<Part>>,
+    /// Hashes of the rows' key columns, when key uniqueness is checked. One
+    /// set for all weeks: rows with the same key may fall in different weeks.
+    keys: Option<KeyHashes>,
+}
+
+struct KeyHashes {
+    columns: KeyColumns,
+    hashes: Mutex<HashRuns>,
+}
+
+/// The input columns that identify a trade, as a set of `Field` indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyColumns(u8);
+
+impl KeyColumns {
+    /// None for no columns; unknown names are refused by config validation
+    /// and ignored here.
+    pub fn from_names(names: &[String]) -> Option<Self> {
+        let mask = names
+            .iter()
+            .filter_map(|n| INPUT_COLUMNS.iter().position(|c| c == n))
+            .fold(0u8, |m, i| m | 1 << i);
+        (mask != 0).then_some(Self(mask))
+    }
+
+    fn has(self, field: Field) -> bool {
+        self.0 & 1 << field as u8 != 0
+    }
+}
+
+/// The hash of each row's key columns (normalised values).
+fn key_hashes(c: &Columns<'_>, key: KeyColumns) -> Vec<u64> {
+    let mut b = Vec::with_capacity(128);
+    (0..c.ts.len())
+        .map(|i| {
+            b.clear();
+            for f in Field::ALL.into_iter().filter(|f| key.has(*f)) {
+                match f {
+                    Field::Timestamp => b.extend_from_slice(&c.ts.value(i).to_le_bytes()),
+                    Field::UserId => b.extend_from_slice(c.user.value(i).as_bytes()),
+                    Field::ClientType => b.extend_from_slice(c.ct.value(i).as_bytes()),
+                    Field::Symbol => b.extend_from_slice(c.symbol.value(i).as_bytes()),
+                    Field::Side => b.extend_from_slice(c.side.value(i).as_bytes()),
+                    Field::Quantity => b.extend_from_slice(&c.qty.value(i).to_le_bytes()),
+                    Field::Price => b.extend_from_slice(&c.price.value(i).to_le_bytes()),
+                }
+                b.push(0xff); // separator: no UTF-8 text contains 0xff
+            }
+            xxh3_64(&b)
+        })
+        .collect()
 }
 
 struct Columns<'a> {
@@ -109,6 +182,7 @@ struct Columns<'a> {
     side: &'a StringArray,
     qty: &'a PrimitiveArray<Decimal128Type>,
     price: &'a PrimitiveArray<Decimal128Type>,
+    date: &'a PrimitiveArray<Date32Type>,
 }
 
 impl Part {
@@ -128,6 +202,8 @@ impl Part {
                 }
             },
             row_bytes: Vec::with_capacity(128),
+            daily: HashMap::new(),
+            newest: None,
         }
     }
 
@@ -185,6 +261,14 @@ impl Part {
                 user: (client_type as u32) << USER_BITS | user_id,
                 symbol: self.symbols.id(symbol),
             };
+            let day = self
+                .daily
+                .entry((c.date.value(i), client_type))
+                .or_default();
+            day.trades += 1;
+            day.volume += q;
+            let ts = c.ts.value(i);
+            self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
             let notional = q * price;
             let t = self.weeks.entry(week).or_default().entry(key).or_default();
             t.volume += q;
@@ -202,27 +286,46 @@ impl Part {
     }
 }
 
-/// The exact duplicate count of a finished run, computed apart from the
+/// The duplicate counts of a finished run, computed apart from the
 /// aggregate output so the two can run on different cores.
-pub struct DuplicateCount(Vec<Seen>);
+pub struct DuplicateCount {
+    seen: Vec<Seen>,
+    keys: Option<HashRuns>,
+}
+
+/// Rows repeating an earlier row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Duplicates {
+    /// Exact duplicates (dropped, if deduplicating).
+    pub exact: u64,
+    /// Rows repeating an earlier row's key columns (None: not checked).
+    pub key: Option<u64>,
+}
 
 impl DuplicateCount {
-    /// Exact duplicate rows (those dropped, if deduplicating).
-    pub fn count(self) -> Result<u64> {
-        self.0
+    pub fn count(self) -> Result<Duplicates> {
+        let exact = self
+            .seen
             .into_iter()
             .map(|seen| match seen {
                 Seen::Online { duplicates, .. } => Ok(duplicates),
                 Seen::Deferred { hashes } => hashes.duplicates(),
             })
-            .sum()
+            .sum::<Result<u64>>()?;
+        let key = self.keys.map(HashRuns::duplicates).transpose()?;
+        Ok(Duplicates { exact, key })
     }
 }
 
 impl Aggregator {
     /// `dedup`: drop exact duplicate rows instead of only counting them.
-    pub fn new(dedup: bool) -> Self {
+    /// `keys`: also count rows repeating an earlier row's key columns.
+    pub fn new(dedup: bool, keys: Option<KeyColumns>) -> Self {
         Self {
+            keys: keys.map(|columns| KeyHashes {
+                columns,
+                hashes: Mutex::new(HashRuns::new(SPILL_HASHES)),
+            }),
             parts: (0..PARTS).map(|_| Mutex::new(Part::new(dedup))).collect(),
         }
     }
@@ -240,10 +343,17 @@ impl Aggregator {
             side: col(4).as_string::<i32>(),
             qty: col(5).as_primitive::<Decimal128Type>(),
             price: col(6).as_primitive::<Decimal128Type>(),
+            date: col(7).as_primitive::<Date32Type>(),
         };
-        let date = col(7).as_primitive::<Date32Type>();
+        if let Some(keys) = &self.keys {
+            let hashes = key_hashes(&c, keys.columns);
+            let mut runs = keys.hashes.lock().expect("key hashes lock");
+            for h in hashes {
+                runs.push(h)?;
+            }
+        }
         let mut rows: [Vec<(u32, i32)>; PARTS] = Default::default();
-        for (i, d) in date.values().iter().enumerate() {
+        for (i, d) in c.date.values().iter().enumerate() {
             let week = week_start(*d);
             rows[(week / 7).rem_euclid(PARTS as i32) as usize].push((i as u32, week));
         }
@@ -264,15 +374,26 @@ impl Aggregator {
     /// The aggregate rows (`AGG_SCHEMA`), produced lazily in batches of at
     /// most `batch_rows`, week by week in ascending order. Groups are never
     /// copied as a whole, and each week's table is freed once it is out.
-    /// Also returns the duplicate count, still to be computed.
-    pub fn into_batches(self, batch_rows: usize) -> (AggBatches, DuplicateCount) {
+    /// Also returns the duplicate counts, still to be computed, and the
+    /// profile of the valid rows.
+    pub fn into_batches(self, batch_rows: usize) -> (AggBatches, DuplicateCount, Profile) {
         let mut names = Vec::with_capacity(PARTS);
         let mut weeks = Vec::new();
         let mut seen = Vec::with_capacity(PARTS);
+        let mut profile = Profile::default();
         let mut remaining = 0;
         for (p, part) in self.parts.into_iter().enumerate() {
             let part = part.into_inner().expect("aggregator lock");
             seen.push(part.seen);
+            for ((day, ct), t) in part.daily {
+                let d = profile
+                    .daily
+                    .entry((day, CLIENT_TYPES[ct as usize]))
+                    .or_default();
+                d.trades += t.trades;
+                d.volume += t.volume;
+            }
+            profile.newest = profile.newest.max(part.newest);
             for (week, groups) in part.weeks {
                 remaining += groups.len();
                 weeks.push((week, p, groups));
@@ -287,7 +408,13 @@ impl Aggregator {
             remaining,
             batch_rows: batch_rows.max(1),
         };
-        (batches, DuplicateCount(seen))
+        let duplicates = DuplicateCount {
+            seen,
+            keys: self
+                .keys
+                .map(|k| k.hashes.into_inner().expect("key hashes lock")),
+        };
+        (batches, duplicates, profile)
     }
 }
 

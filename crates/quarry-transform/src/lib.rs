@@ -11,6 +11,7 @@
 //! long-lived map, plus a conversion of every batch into and out of Polars.
 
 pub mod aggregate;
+pub mod checks;
 pub mod quality;
 mod spill;
 pub mod timestamp;
@@ -173,11 +174,11 @@ mod tests {
 
     fn aggregate(rows: &[[Option<&str>; 7]], dedup: bool) -> (Vec<AggRow>, u64) {
         let v = validate(&batch(rows), "f").unwrap();
-        let agg = Aggregator::new(dedup);
+        let agg = Aggregator::new(dedup, None);
         agg.ingest(v.trades).unwrap();
         let mut out = vec![];
-        let (batches, dups) = agg.into_batches(2);
-        let dups = dups.count().unwrap();
+        let (batches, dups, _) = agg.into_batches(2);
+        let dups = dups.count().unwrap().exact;
         for b in batches {
             let b = b.unwrap();
             let date =

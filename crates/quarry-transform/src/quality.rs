@@ -1,10 +1,13 @@
 //! The data-quality report of a run, stored with it in `pipeline_runs` and
 //! written to `output/quality_report.json`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::DateTime;
 use serde_json::{Value, json};
 
+use crate::aggregate::{Duplicates, Profile};
+use crate::checks::{CheckResult, daily_means, period_changes};
 use crate::validate::{BatchStats, Field};
 
 /// One input file as the extractor described it.
@@ -21,9 +24,13 @@ pub struct QualityInput<'a> {
     pub source: &'a str,
     pub files: &'a [FileFacts],
     pub stats: &'a BatchStats,
-    pub duplicates: u64,
+    pub duplicates: Duplicates,
     pub dedup: bool,
     pub agg_rows: u64,
+    /// Rows sent to the loader per table.
+    pub rows_staged: &'a BTreeMap<String, u64>,
+    pub profile: &'a Profile,
+    pub checks: &'a [CheckResult],
 }
 
 pub fn report(q: &QualityInput<'_>) -> Value {
@@ -64,9 +71,21 @@ pub fn report(q: &QualityInput<'_>) -> Value {
         "rows_rejected": s.rows_rejected(),
         "rejected_by_reason": s.rejected_by_reason(),
         "valid_share": share(s.rows_valid),
-        "duplicates": { "exact_duplicate_rows": q.duplicates, "dropped": q.dedup && q.duplicates > 0 },
+        "duplicates": {
+            "exact_duplicate_rows": q.duplicates.exact,
+            "dropped": q.dedup && q.duplicates.exact > 0,
+            "key_duplicate_rows": q.duplicates.key,
+        },
         "columns": { "missing": Vec::<String>::new(), "extra": extra },
         "completeness": completeness,
         "agg_trades_weekly_rows": q.agg_rows,
+        "rows_staged": q.rows_staged,
+        "profile": {
+            "newest_trade": q.profile.newest.map(|n| DateTime::from_timestamp_nanos(n).to_rfc3339()),
+            "per_day": daily_means(q.profile),
+            "day_over_day": period_changes(q.profile, false),
+            "week_over_week": period_changes(q.profile, true),
+        },
+        "checks": q.checks,
     })
 }

@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use quarry_core::config::{WarehouseConfig, WarehouseKind};
 use quarry_core::{ErrorCategory, Result, Table};
-pub use quarry_proto::{RunRecord, RunStats, WriteMode};
+pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
 
 pub mod sqlite;
 
@@ -102,6 +102,9 @@ pub trait Warehouse: Send + Sync + 'static {
     /// Top users of a client type, summed exactly over all weeks and symbols;
     /// ties broken by user_id ascending.
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>>;
+
+    /// Σ volume, Σ PnL (exact) and Σ trades per week and client type, by week.
+    async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>>;
 
     /// Flushes and releases the backend at shutdown (an open run is discarded).
     async fn close(&self) -> Result<()>;

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Metric, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser, TopUsersQuery,
-    Warehouse, WriteMode, rank_top_users,
+    Warehouse, WeeklyTotal, WriteMode, rank_top_users,
 };
 
 const SCHEMA_SQL: &str = "
@@ -258,6 +258,47 @@ impl Warehouse for SqliteWarehouse {
 
     async fn close(&self) -> Result<()> {
         self.call(Command::Close).await
+    }
+
+    async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT week_start_date, client_type, total_volume, total_pnl, trade_count
+                 FROM agg_trades_weekly",
+            )?;
+            let mut rows = st.query([])?;
+            // Summed exactly like top_users: each REAL is the decimal it stands for.
+            let mut totals: BTreeMap<(String, String), (i128, i128, u64)> = BTreeMap::new();
+            while let Some(r) = rows.next()? {
+                let exact = |i: usize| -> rusqlite::Result<i128> {
+                    let v: f64 = r.get(i)?;
+                    decimal::from_f64(v, PNL_SCALE).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            i,
+                            rusqlite::types::Type::Real,
+                            format!("{v} is not a decimal: {e:?}").into(),
+                        )
+                    })
+                };
+                let key = (r.get(0)?, r.get(1)?);
+                let (vol, pnl, n) = (exact(2)?, exact(3)?, r.get::<_, i64>(4)?);
+                let t = totals.entry(key).or_default();
+                t.0 += vol;
+                t.1 += pnl;
+                t.2 += n as u64;
+            }
+            Ok(totals
+                .into_iter()
+                .map(|((week, ct), (vol, pnl, n))| WeeklyTotal {
+                    week_start_date: week,
+                    client_type: ct,
+                    total_volume: decimal::format_scaled(vol, PNL_SCALE),
+                    total_pnl: decimal::format_scaled(pnl, PNL_SCALE),
+                    trade_count: n,
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
@@ -536,11 +577,26 @@ impl Writer {
                 del(Table::TradesRejected, f)?;
             }
         }
-        let rows: BTreeMap<String, u64> = run
-            .rows
-            .iter()
-            .map(|(t, n)| (t.name().to_string(), *n))
-            .collect();
+        // Read back what the tables now hold of this run: its rows are the
+        // ones above the extent at begin (rowids grow; deletes only touch
+        // older rows), so this is exact and needs no scan.
+        let mut rows = BTreeMap::new();
+        for (table, staged) in &run.rows {
+            let extent: i64 = conn
+                .query_row(
+                    &format!("SELECT COALESCE(max(rowid), 0) FROM {table}"),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| db_err(&format!("read back {table}"), e))?;
+            let held = (extent - run.max_rowid[table]).max(0) as u64;
+            if held != *staged {
+                return Err(Error::quality(format!(
+                    "reconciliation: {table} was sent {staged} rows but holds {held} of this run"
+                )));
+            }
+            rows.insert(table.name().to_string(), held);
+        }
         let mut stats = c.stats;
         stats.commit_ms = started.elapsed().as_millis() as u64;
         record_end(

@@ -23,7 +23,7 @@ use quarry_proto::loader_service_server::{LoaderService, LoaderServiceServer};
 use quarry_proto::{
     AbortRequest, AbortResponse, BeginRunRequest, BeginRunResponse, CommitRequest, CommitResponse,
     GetRunRequest, ListRunsRequest, ListRunsResponse, LoadAck, LoadCommand, RunRecord, TopMetric,
-    TopUsersRequest, TopUsersResponse, WriteMode,
+    TopUsersRequest, TopUsersResponse, WeeklyTotalsRequest, WeeklyTotalsResponse, WriteMode,
 };
 use quarry_warehouse::{Metric, RunCommit, RunFailure, RunStart, TopUsersQuery, Warehouse};
 use tokio::net::TcpListener;
@@ -394,6 +394,14 @@ impl LoaderService for Loader {
                 })
                 .collect(),
         }))
+    }
+
+    async fn weekly_totals(
+        &self,
+        _request: Request<WeeklyTotalsRequest>,
+    ) -> std::result::Result<Response<WeeklyTotalsResponse>, Status> {
+        let totals = self.warehouse.weekly_totals().await?;
+        Ok(Response::new(WeeklyTotalsResponse { totals }))
     }
 }
 

@@ -1,25 +1,29 @@
 //! One pipeline run, from planning to commit (or abort).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
 use arrow_flight::FlightClient;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use quarry_core::config::TransformerConfig;
+use quarry_core::config::{Severity, TransformerConfig};
 use quarry_core::{Error, Result, Table, flight, grpc};
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::{
     AbortRequest, BeginRunRequest, CommitRequest, ExtractCommand, ExtractPlan, ExtractTicket,
-    LoadAck, LoadCommand, Progress, RunEvent, RunRequest, RunStarted, RunStats, RunSummary,
-    SourceFormat, WriteMode, run_event,
+    ListRunsRequest, LoadAck, LoadCommand, Progress, RunEvent, RunRequest, RunStarted, RunStats,
+    RunSummary, SourceFormat, WriteMode, run_event,
 };
+use quarry_transform::aggregate::{Duplicates, KeyColumns, Profile};
+use quarry_transform::checks::{self, CheckInput, CheckResult, ClientMeans, Outcome};
 use quarry_transform::quality::{FileFacts, QualityInput};
 use quarry_transform::{Aggregator, BatchStats, validate};
 use tokio::sync::mpsc;
@@ -89,8 +93,11 @@ impl Counters {
 #[derive(Default)]
 struct Measures {
     stats: BatchStats,
-    duplicates: u64,
+    duplicates: Duplicates,
     agg_rows: u64,
+    rows_staged: BTreeMap<String, u64>,
+    profile: Profile,
+    checks: Vec<CheckResult>,
     plan_ms: u64,
     extract: Duration,
     transform: Duration,
@@ -105,7 +112,7 @@ impl Measures {
             rows_in: self.stats.rows_in,
             rows_valid: self.stats.rows_valid,
             rows_rejected: self.stats.rows_rejected(),
-            rows_duplicate: self.duplicates,
+            rows_duplicate: self.duplicates.exact,
             agg_rows: self.agg_rows,
             plan_ms: self.plan_ms,
             extract_ms: self.extract.as_millis() as u64,
@@ -126,6 +133,7 @@ struct Run {
     counters: Arc<Counters>,
     measures: Arc<Mutex<Measures>>,
     started: Instant,
+    started_at: DateTime<Utc>,
 }
 
 /// Runs the pipeline and reports on `events`; the stream ends with the
@@ -141,6 +149,7 @@ pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, e
         counters: Arc::new(Counters::default()),
         measures: Arc::new(Mutex::new(Measures::default())),
         started: Instant::now(),
+        started_at: Utc::now(),
     };
     run.counters.set_stage("planning");
     let ticker = {
@@ -178,12 +187,9 @@ pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, e
         Err(e) => {
             warn!(category = %e.category(), error = %e, "run failed");
             run.abort(&e).await;
-            let code = Status::from(e.clone()).code();
+            let message = format!("run {} failed ({}): {}", run.run_id, e.category(), e);
             let _ = events
-                .send(Err(Status::new(
-                    code,
-                    format!("run {} failed ({}): {}", run.run_id, e.category(), e),
-                )))
+                .send(Err(Status::from(e.with_message(message))))
                 .await;
         }
     }
@@ -200,6 +206,9 @@ impl Run {
             duplicates: m.duplicates,
             dedup: self.dedup,
             agg_rows: m.agg_rows,
+            rows_staged: &m.rows_staged,
+            profile: &m.profile,
+            checks: &m.checks,
         })
         .to_string()
     }
@@ -316,7 +325,10 @@ impl Run {
         let rejected_tx = open_put(Table::TradesRejected);
         self.counters.set_stage("extracting");
 
-        let aggregator = Arc::new(Aggregator::new(self.dedup));
+        let aggregator = Arc::new(Aggregator::new(
+            self.dedup,
+            KeyColumns::from_names(&self.config.quality.key_columns),
+        ));
         let streamed = futures::stream::iter(tickets.iter().cloned())
             .map(|ticket| {
                 self.read_split(
@@ -367,21 +379,24 @@ impl Run {
         );
         // The duplicate count (an external sort) runs beside the aggregate
         // output, whose pace the warehouse sets.
-        let (batches, duplicates) = aggregator.into_batches(65_536);
+        let (batches, duplicates, profile) = aggregator.into_batches(65_536);
         let count = tokio::task::spawn_blocking(move || duplicates.count());
-        let produce = tokio::task::spawn_blocking(move || -> Result<u64> {
-            let mut rows = 0;
+        let produce = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+            let (mut rows, mut trades) = (0, 0);
             for batch in batches {
                 let batch = batch?;
                 rows += batch.num_rows() as u64;
+                let counts = batch.column(6).as_primitive::<Int64Type>();
+                trades += counts.values().iter().map(|c| *c as u64).sum::<u64>();
                 if agg_tx.blocking_send(batch).is_err() {
                     break; // the put failed; its error is reported below
                 }
             }
-            Ok(rows)
+            Ok((rows, trades))
         });
+        let history = self.history(&mut loader).await;
         let task = |e: tokio::task::JoinError| Error::internal(format!("aggregation task: {e}"));
-        let agg_rows = produce.await.map_err(task)??;
+        let (agg_rows, agg_trade_count) = produce.await.map_err(task)??;
         let duplicates = count.await.map_err(task)??;
         let (_, agg_sent) = put_agg
             .await
@@ -391,11 +406,36 @@ impl Run {
                 "loader acknowledged {agg_sent} of {agg_rows} aggregate rows"
             )));
         }
+        rows_sent.insert(Table::AggTradesWeekly, agg_rows);
         {
             let mut m = self.measures.lock().expect("measures lock");
             m.duplicates = duplicates;
             m.agg_rows = agg_rows;
             m.load_ms = load_wait.elapsed().as_millis() as u64;
+            m.rows_staged = rows_sent
+                .iter()
+                .map(|(t, n)| (t.name().to_string(), *n))
+                .collect();
+            m.checks = checks::evaluate(
+                &self.config.quality,
+                &CheckInput {
+                    stats: &m.stats,
+                    duplicates: duplicates.exact,
+                    dedup: self.dedup,
+                    key_duplicates: duplicates.key,
+                    agg_trade_count,
+                    profile: &profile,
+                    run_started: self.started_at,
+                    history: &history,
+                },
+            );
+            m.profile = profile;
+            for c in m.checks.iter().filter(|c| c.outcome == Outcome::Warn) {
+                warn!(check = %c.check, "quality warning: {}", c.describe());
+            }
+            if let Some(failed) = checks::failures(&m.checks) {
+                return Err(Error::quality(failed));
+            }
         }
 
         // Commit: the only point where the run becomes visible.
@@ -423,6 +463,36 @@ impl Run {
             stats: Some(m.run_stats(self.started)),
             rows_committed: committed.rows_committed,
         })
+    }
+
+    /// Per-day means of the earlier succeeded runs, newest first, for the
+    /// consistency check. Runs without them (or an unreadable history) count
+    /// as no history: the check is then skipped, never failed.
+    async fn history(&self, loader: &mut LoaderServiceClient<Channel>) -> Vec<ClientMeans> {
+        let q = &self.config.quality;
+        if q.consistency.severity == Severity::Off {
+            return vec![];
+        }
+        let runs = match loader
+            .list_runs(ListRunsRequest {
+                limit: q.history_runs.saturating_mul(4).max(q.history_runs),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().runs,
+            Err(s) => {
+                warn!(error = %s.message(), "cannot read earlier runs for the consistency check");
+                return vec![];
+            }
+        };
+        runs.iter()
+            .filter(|r| r.status == "succeeded" && r.run_id != self.run_id)
+            .filter_map(|r| {
+                let v: serde_json::Value = serde_json::from_str(&r.quality_json).ok()?;
+                serde_json::from_value(v.get("profile")?.get("per_day")?.clone()).ok()
+            })
+            .take(q.history_runs as usize)
+            .collect()
     }
 
     /// Reads one split, validating and aggregating each batch as it arrives.
