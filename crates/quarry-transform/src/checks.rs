@@ -501,6 +501,58 @@ mod tests {
         );
     }
 
+    /// Every check, with an input that measures `value`: at the threshold it
+    /// passes, beyond it it warns or fails by severity, and `off` skips it.
+    #[test]
+    fn every_check_passes_warns_and_errors_at_its_threshold() {
+        type Setup = fn(&mut QualityConfig, CheckConfig);
+        let cases: [(&str, f64, f64, Setup); 7] = [
+            // (check, measured value, a threshold beyond it, how to set it)
+            ("completeness", 0.07, 0.06, |c, k| c.completeness = k),
+            ("validity", 0.9, 0.95, |c, k| c.validity = k),
+            ("uniqueness", 0.01, 0.005, |c, k| c.uniqueness = k),
+            ("key_uniqueness", 0.03, 0.02, |c, k| c.key_uniqueness = k),
+            ("consistency", 3.0, 2.0, |c, k| c.consistency = k),
+            ("freshness", 5.0, 4.0, |c, k| c.freshness = k),
+            ("reconciliation", 1.0, 0.0, |c, k| c.reconciliation = k),
+        ];
+        let s = stats(100, 90, 7);
+        let p = profile(
+            &[(19_000, "gold", 400, 100_000_000)],
+            Some(1_700_000_000_000_000_000 - 5 * 3_600_000_000_000),
+        );
+        let history: Vec<ClientMeans> = [100, 100, 100]
+            .iter()
+            .map(|t| daily_means(&profile(&[(19_000, "gold", *t, 100_000_000)], None)))
+            .collect();
+        let mut i = input(&s, &p, &history, 89); // one aggregated row short
+        i.duplicates = 1;
+        i.key_duplicates = Some(3);
+        for (check, value, beyond, set) in cases {
+            for (severity, threshold, expected) in [
+                (Severity::Error, value, Outcome::Pass),
+                (Severity::Warn, beyond, Outcome::Warn),
+                (Severity::Error, beyond, Outcome::Fail),
+                (Severity::Off, beyond, Outcome::Skipped),
+            ] {
+                let mut c = QualityConfig {
+                    key_columns: vec!["user_id".into()],
+                    ..Default::default()
+                };
+                set(&mut c, CheckConfig::new(severity, threshold));
+                let r = evaluate(&c, &i);
+                let got = r.iter().find(|x| x.check == check).unwrap();
+                assert_eq!(
+                    got.outcome, expected,
+                    "{check} {severity:?} {threshold}: {got:?}"
+                );
+                if severity != Severity::Off {
+                    assert!((got.value.unwrap() - value).abs() < 1e-9, "{got:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn completeness_uniqueness_and_freshness_measure_their_figures() {
         let p = profile(&[], Some(1_700_000_000_000_000_000 - 5 * 3_600_000_000_000));

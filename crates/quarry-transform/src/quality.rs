@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::aggregate::{Duplicates, Profile};
 use crate::checks::{CheckResult, daily_means, period_changes};
-use crate::validate::{BatchStats, Field};
+use crate::validate::{BatchStats, Field, Reason};
 
 /// One input file as the extractor described it.
 #[derive(Debug, Clone)]
@@ -70,6 +70,13 @@ pub fn report(q: &QualityInput<'_>) -> Value {
         "rows_valid": s.rows_valid,
         "rows_rejected": s.rows_rejected(),
         "rejected_by_reason": s.rejected_by_reason(),
+        // Rows not rejected by each rule (rules apply in field order; a row
+        // counts against the first rule it fails).
+        "pass_rate_by_rule": Reason::all_codes()
+            .iter()
+            .zip(s.rejected)
+            .map(|(code, n)| (code.to_string(), json!(1.0 - share(n))))
+            .collect::<serde_json::Map<_, _>>(),
         "valid_share": share(s.rows_valid),
         "duplicates": {
             "exact_duplicate_rows": q.duplicates.exact,
