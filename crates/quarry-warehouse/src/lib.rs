@@ -59,6 +59,13 @@ pub struct TopUsersQuery {
     pub limit: u32,
 }
 
+/// One partition of a table (`Table::partition_column` value) and its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: String,
+    pub rows: u64,
+}
+
 /// One line of a top-users report: the user and the exact decimal total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopUser {
@@ -105,6 +112,17 @@ pub trait Warehouse: Send + Sync + 'static {
 
     /// Σ volume, Σ PnL (exact) and Σ trades per week and client type, by week.
     async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>>;
+
+    /// The committed partitions of `table`, ascending, with their row counts.
+    async fn list_partitions(&self, table: Table) -> Result<Vec<PartitionInfo>>;
+
+    /// One committed partition as batches in `table.schema()`, with exact
+    /// decimals (empty if the partition does not exist).
+    async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>>;
+
+    /// Deletes one partition atomically; returns the rows it held. Refused
+    /// while a run is open.
+    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64>;
 
     /// Flushes and releases the backend at shutdown (an open run is discarded).
     async fn close(&self) -> Result<()>;

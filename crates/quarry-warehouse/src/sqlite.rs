@@ -11,22 +11,27 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+};
 use arrow::datatypes::{
     Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
 };
 use async_trait::async_trait;
 use chrono::{NaiveDate, TimeDelta, Utc};
 use quarry_core::decimal::{self, PNL_SCALE};
+use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result, Table};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Metric, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser, TopUsersQuery,
-    Warehouse, WeeklyTotal, WriteMode, rank_top_users,
+    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,
+    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode, rank_top_users,
 };
 
 const SCHEMA_SQL: &str = "
@@ -120,6 +125,7 @@ enum Command {
     },
     Commit(RunCommit, oneshot::Sender<Result<BTreeMap<String, u64>>>),
     Abort(RunFailure, oneshot::Sender<Result<()>>),
+    DropPartition(Table, String, oneshot::Sender<Result<u64>>),
     Close(oneshot::Sender<Result<()>>),
 }
 
@@ -258,6 +264,35 @@ impl Warehouse for SqliteWarehouse {
 
     async fn close(&self) -> Result<()> {
         self.call(Command::Close).await
+    }
+
+    async fn list_partitions(&self, table: Table) -> Result<Vec<PartitionInfo>> {
+        self.read(move |c| {
+            let col = table.partition_column();
+            let mut st = c.prepare(&format!(
+                "SELECT {col}, count(*) FROM {table} GROUP BY {col} ORDER BY {col}"
+            ))?;
+            st.query_map([], |r| {
+                Ok(PartitionInfo {
+                    partition: r.get(0)?,
+                    rows: r.get::<_, i64>(1)? as u64,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
+        let partition = partition.to_string();
+        self.read(move |c| read_partition(c, table, &partition))
+            .await
+    }
+
+    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
+        let partition = partition.to_string();
+        self.call(|reply| Command::DropPartition(table, partition, reply))
+            .await
     }
 
     async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
@@ -429,6 +464,10 @@ impl Writer {
                 }
                 Command::Abort(f, reply) => {
                     let _ = reply.send(self.abort(f));
+                    self.checkpoint();
+                }
+                Command::DropPartition(table, partition, reply) => {
+                    let _ = reply.send(self.drop_partition(table, &partition));
                     self.checkpoint();
                 }
                 Command::Close(reply) => {
@@ -611,6 +650,26 @@ impl Writer {
         conn.execute_batch("COMMIT")
             .map_err(|e| db_err("commit transaction", e))?;
         Ok(rows)
+    }
+
+    fn drop_partition(&mut self, table: Table, partition: &str) -> Result<u64> {
+        if let Some(run) = &self.run {
+            return Err(Error::backend(
+                format!(
+                    "cannot drop partition {partition} of {table} while run {} is open",
+                    run.run_id
+                ),
+                true,
+            ));
+        }
+        let sql = format!(
+            "DELETE FROM {table} WHERE {} = ?1",
+            table.partition_column()
+        );
+        self.conn
+            .execute(&sql, [partition])
+            .map(|n| n as u64)
+            .map_err(|e| db_err(&format!("drop partition {partition} of {table}"), e))
     }
 
     /// Copies committed pages from the WAL into the database file. Runs after
@@ -882,13 +941,217 @@ fn insert_agg(
     Ok(())
 }
 
+/// Rows per batch read back from a partition.
+const READ_BATCH_ROWS: usize = 65_536;
+
+fn conversion(i: usize, ty: rusqlite::types::Type, what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, ty, what.into())
+}
+
+/// The decimal a stored REAL stands for, at `scale`.
+fn exact(r: &rusqlite::Row<'_>, i: usize, scale: u32) -> rusqlite::Result<i128> {
+    let v: f64 = r.get(i)?;
+    decimal::from_f64(v, scale).map_err(|e| {
+        conversion(
+            i,
+            rusqlite::types::Type::Real,
+            format!("{v} is not a decimal: {e:?}"),
+        )
+    })
+}
+
+fn date(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<i32> {
+    let t: String = r.get(i)?;
+    NaiveDate::parse_from_str(&t, "%Y-%m-%d")
+        .map(|d| (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32)
+        .map_err(|e| conversion(i, rusqlite::types::Type::Text, format!("date {t:?}: {e}")))
+}
+
+fn timestamp(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<i64> {
+    let t: String = r.get(i)?;
+    chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .and_then(|d| d.and_utc().timestamp_nanos_opt())
+        .ok_or_else(|| conversion(i, rusqlite::types::Type::Text, format!("timestamp {t:?}")))
+}
+
+/// Reads one partition back in the table's Arrow schema.
+fn read_partition(
+    c: &Connection,
+    table: Table,
+    partition: &str,
+) -> rusqlite::Result<Vec<RecordBatch>> {
+    let columns: Vec<String> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut st = c.prepare(&format!(
+        "SELECT {} FROM {table} WHERE {} = ?1 ORDER BY rowid",
+        columns.join(", "),
+        table.partition_column()
+    ))?;
+    let mut rows = st.query([partition])?;
+    let mut out = vec![];
+    loop {
+        let mut builder = PartitionBuilder::new(table);
+        let mut n = 0;
+        while n < READ_BATCH_ROWS {
+            let Some(r) = rows.next()? else { break };
+            builder.push(r)?;
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        out.push(
+            builder
+                .finish()
+                .map_err(|e| conversion(0, rusqlite::types::Type::Null, e.to_string()))?,
+        );
+        if n < READ_BATCH_ROWS {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Column builders for one table's schema.
+enum PartitionBuilder {
+    Trades {
+        ts: TimestampNanosecondBuilder,
+        text: [StringBuilder; 4],
+        qty: Decimal128Builder,
+        price: Decimal128Builder,
+        day: Date32Builder,
+    },
+    Rejected {
+        text: Vec<StringBuilder>,
+        row: UInt64Builder,
+    },
+    Agg {
+        week: Date32Builder,
+        text: [StringBuilder; 3],
+        vol: Decimal128Builder,
+        pnl: Decimal128Builder,
+        count: Int64Builder,
+    },
+}
+
+impl PartitionBuilder {
+    fn new(table: Table) -> Self {
+        match table {
+            Table::Trades => Self::Trades {
+                ts: TimestampNanosecondBuilder::new().with_timezone("UTC"),
+                text: Default::default(),
+                qty: Decimal128Builder::new().with_data_type(QUANTITY_TYPE),
+                price: Decimal128Builder::new().with_data_type(QUANTITY_TYPE),
+                day: Date32Builder::new(),
+            },
+            Table::TradesRejected => Self::Rejected {
+                text: (0..9).map(|_| StringBuilder::new()).collect(),
+                row: UInt64Builder::new(),
+            },
+            Table::AggTradesWeekly => Self::Agg {
+                week: Date32Builder::new(),
+                text: Default::default(),
+                vol: Decimal128Builder::new().with_data_type(VOLUME_TYPE),
+                pnl: Decimal128Builder::new().with_data_type(PNL_TYPE),
+                count: Int64Builder::new(),
+            },
+        }
+    }
+
+    fn push(&mut self, r: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+        match self {
+            Self::Trades {
+                ts,
+                text,
+                qty,
+                price,
+                day,
+            } => {
+                ts.append_value(timestamp(r, 0)?);
+                for (k, b) in text.iter_mut().enumerate() {
+                    b.append_value(r.get_ref(k + 1)?.as_str()?);
+                }
+                qty.append_value(exact(r, 5, decimal::SCALE)?);
+                price.append_value(exact(r, 6, decimal::SCALE)?);
+                day.append_value(date(r, 7)?);
+            }
+            Self::Rejected { text, row } => {
+                for (k, b) in text.iter_mut().enumerate() {
+                    b.append_option(r.get_ref(k)?.as_str_or_null()?);
+                }
+                row.append_value(r.get::<_, i64>(9)? as u64);
+            }
+            Self::Agg {
+                week,
+                text,
+                vol,
+                pnl,
+                count,
+            } => {
+                week.append_value(date(r, 0)?);
+                for (k, b) in text.iter_mut().enumerate() {
+                    b.append_value(r.get_ref(k + 1)?.as_str()?);
+                }
+                vol.append_value(exact(r, 4, decimal::SCALE)?);
+                pnl.append_value(exact(r, 5, PNL_SCALE)?);
+                count.append_value(r.get(6)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+        let (table, cols): (Table, Vec<ArrayRef>) = match self {
+            Self::Trades {
+                mut ts,
+                text,
+                mut qty,
+                mut price,
+                mut day,
+            } => {
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish())];
+                cols.extend(text.map(|mut b| Arc::new(b.finish()) as ArrayRef));
+                cols.push(Arc::new(qty.finish()));
+                cols.push(Arc::new(price.finish()));
+                cols.push(Arc::new(day.finish()));
+                (Table::Trades, cols)
+            }
+            Self::Rejected { text, mut row } => {
+                let mut cols: Vec<ArrayRef> = text
+                    .into_iter()
+                    .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+                    .collect();
+                cols.push(Arc::new(row.finish()));
+                (Table::TradesRejected, cols)
+            }
+            Self::Agg {
+                mut week,
+                text,
+                mut vol,
+                mut pnl,
+                mut count,
+            } => {
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(week.finish())];
+                cols.extend(text.map(|mut b| Arc::new(b.finish()) as ArrayRef));
+                cols.push(Arc::new(vol.finish()));
+                cols.push(Arc::new(pnl.finish()));
+                cols.push(Arc::new(count.finish()));
+                (Table::AggTradesWeekly, cols)
+            }
+        };
+        RecordBatch::try_new(table.schema(), cols)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int64Array, StringArray};
+    use arrow::array::{Date32Array, Decimal128Array, Int64Array, StringArray};
     use quarry_core::ErrorCategory;
-    use quarry_core::schema::{PNL_TYPE, VOLUME_TYPE};
 
     use super::*;
 

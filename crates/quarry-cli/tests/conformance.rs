@@ -1,0 +1,288 @@
+//! The warehouse contract, written once and run against every backend: the
+//! reference sample through the whole pipeline gives the expected tables and
+//! top lists; a re-run is idempotent; an abort leaves nothing; partitions can
+//! be listed, read back exactly, dropped and written back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type};
+use arrow::util::display::ArrayFormatter;
+use common::{Env, fixtures};
+use quarry_core::decimal::{PNL_SCALE, SCALE, parse_scaled};
+use quarry_core::{ErrorCategory, Table};
+use quarry_warehouse::{
+    Metric, RunCommit, RunFailure, RunStart, RunStats, TopUsersQuery, Warehouse, WriteMode,
+};
+
+/// Every committed row of every table, as text (decimals exact), by table
+/// and partition.
+type Snapshot = BTreeMap<(Table, String), Vec<String>>;
+
+async fn snapshot(wh: &dyn Warehouse) -> Snapshot {
+    let mut out = BTreeMap::new();
+    for table in Table::ALL {
+        for p in wh.list_partitions(table).await.unwrap() {
+            let batches = wh.read_partition(table, &p.partition).await.unwrap();
+            let mut rows = rows_text(&batches);
+            assert_eq!(rows.len() as u64, p.rows, "{table} {}", p.partition);
+            rows.sort();
+            out.insert((table, p.partition), rows);
+        }
+    }
+    out
+}
+
+/// Rows as `|`-joined text, using Arrow's display of each value.
+fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = vec![];
+    for b in batches {
+        // Timestamps as their nanoseconds: formatting a named time zone
+        // would need chrono-tz.
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Timestamp(..) => cast(c, &DataType::Int64).unwrap(),
+                _ => c.clone(),
+            })
+            .collect();
+        let cols: Vec<_> = cols
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c, &Default::default()).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| c.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+fn days_to_date(d: i32) -> String {
+    (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::TimeDelta::days(d.into()))
+        .to_string()
+}
+
+/// The contract, against the warehouse `env.config.warehouse` selects.
+async fn conformance(env: &Env) {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("trades_sample.expected.json")).unwrap(),
+    )
+    .unwrap();
+
+    // 1. The reference sample through the pipeline.
+    let src = env.copy_fixture();
+    env.run(&src).await.unwrap();
+    let wh: Arc<dyn Warehouse> = quarry_warehouse::open(&env.config.warehouse).unwrap();
+    wh.check_connectivity().await.unwrap();
+
+    // agg_trades_weekly equals the expected CSV, decimal for decimal.
+    let mut want: Vec<(String, String, String, String, i128, i128, i64)> =
+        csv::Reader::from_path(fixtures().join("trades_sample.expected_agg.csv"))
+            .unwrap()
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (
+                    r[0].to_string(),
+                    r[1].to_string(),
+                    r[2].to_string(),
+                    r[3].to_string(),
+                    parse_scaled(r[4].as_bytes(), SCALE).unwrap(),
+                    parse_scaled(r[5].as_bytes(), PNL_SCALE).unwrap(),
+                    r[6].parse().unwrap(),
+                )
+            })
+            .collect();
+    want.sort();
+    let weeks = wh.list_partitions(Table::AggTradesWeekly).await.unwrap();
+    assert_eq!(weeks.len() as u64, expected["weeks"].as_u64().unwrap());
+    let mut got = vec![];
+    for w in &weeks {
+        for b in wh
+            .read_partition(Table::AggTradesWeekly, &w.partition)
+            .await
+            .unwrap()
+        {
+            let s = |i: usize| b.column(i).as_string::<i32>();
+            let d = |i: usize| b.column(i).as_primitive::<Decimal128Type>();
+            for i in 0..b.num_rows() {
+                got.push((
+                    days_to_date(b.column(0).as_primitive::<Date32Type>().value(i)),
+                    s(1).value(i).to_string(),
+                    s(2).value(i).to_string(),
+                    s(3).value(i).to_string(),
+                    d(4).value(i),
+                    d(5).value(i),
+                    b.column(6).as_primitive::<Int64Type>().value(i),
+                ));
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(got, want);
+
+    // The quarantine: every rejected row with its reason.
+    let rejected = wh.list_partitions(Table::TradesRejected).await.unwrap();
+    assert_eq!(rejected.len(), 1, "one source file");
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for b in wh
+        .read_partition(Table::TradesRejected, &rejected[0].partition)
+        .await
+        .unwrap()
+    {
+        let r = b.column(7).as_string::<i32>();
+        for i in 0..b.num_rows() {
+            *reasons.entry(r.value(i).to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        serde_json::to_value(&reasons).unwrap(),
+        expected["rejected_by_reason"]
+    );
+    let trade_dates = wh.list_partitions(Table::Trades).await.unwrap();
+    assert_eq!(
+        trade_dates.len() as u64,
+        expected["trade_dates"].as_u64().unwrap()
+    );
+    assert_eq!(
+        trade_dates.iter().map(|p| p.rows).sum::<u64>(),
+        expected["rows_valid"].as_u64().unwrap()
+    );
+
+    // Top lists.
+    for (metric, key) in [
+        (Metric::Volume, "top_bronze_by_volume"),
+        (Metric::Pnl, "top_bronze_by_pnl"),
+    ] {
+        let top = wh
+            .top_users(&TopUsersQuery {
+                client_type: "bronze".into(),
+                metric,
+                limit: 3,
+            })
+            .await
+            .unwrap();
+        let want: Vec<(String, i128)> = expected[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let v = p[1].as_str().unwrap();
+                (
+                    p[0].as_str().unwrap().to_string(),
+                    parse_scaled(v.as_bytes(), PNL_SCALE).unwrap(),
+                )
+            })
+            .collect();
+        let got: Vec<(String, i128)> = top
+            .iter()
+            .map(|u| {
+                (
+                    u.user_id.clone(),
+                    parse_scaled(u.value.as_bytes(), PNL_SCALE).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{key}");
+    }
+
+    // 2. A re-run is idempotent.
+    let before = snapshot(wh.as_ref()).await;
+    env.run(&src).await.unwrap();
+    assert_eq!(
+        snapshot(wh.as_ref()).await,
+        before,
+        "a re-run changed the tables"
+    );
+
+    // 3. An abort leaves nothing behind and is recorded.
+    let (table, partition) = (Table::Trades, trade_dates[3].partition.clone());
+    let original = wh.read_partition(table, &partition).await.unwrap();
+    wh.begin_run(RunStart {
+        run_id: "aborted".into(),
+        source: "conformance".into(),
+        options_json: "{}".into(),
+    })
+    .await
+    .unwrap();
+    for b in &original {
+        wh.write("aborted", table, WriteMode::ReplacePartitions, b.clone())
+            .await
+            .unwrap();
+    }
+    wh.abort(RunFailure {
+        run_id: "aborted".into(),
+        category: ErrorCategory::Input,
+        message: "stopped on purpose".into(),
+        stats: RunStats::default(),
+        quality_json: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        snapshot(wh.as_ref()).await,
+        before,
+        "the abort left rows behind"
+    );
+    let run = wh.get_run("aborted").await.unwrap().unwrap();
+    assert_eq!(
+        (run.status.as_str(), run.error_category.as_str()),
+        ("failed", "input")
+    );
+
+    // 4. Partition round trip: drop one, then write it back through a run.
+    let rows = trade_dates[3].rows;
+    assert_eq!(wh.drop_partition(table, &partition).await.unwrap(), rows);
+    let after_drop = wh.list_partitions(table).await.unwrap();
+    assert!(after_drop.iter().all(|p| p.partition != partition));
+    assert_eq!(after_drop.len(), trade_dates.len() - 1);
+    assert!(
+        wh.read_partition(table, &partition)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    wh.begin_run(RunStart {
+        run_id: "restore".into(),
+        source: "conformance".into(),
+        options_json: "{}".into(),
+    })
+    .await
+    .unwrap();
+    for b in original {
+        wh.write("restore", table, WriteMode::ReplacePartitions, b)
+            .await
+            .unwrap();
+    }
+    let committed = wh
+        .commit(RunCommit {
+            run_id: "restore".into(),
+            source_files: vec![],
+            stats: RunStats::default(),
+            quality_json: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed["trades"], rows);
+    assert_eq!(
+        snapshot(wh.as_ref()).await,
+        before,
+        "the round trip changed the tables"
+    );
+    wh.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    conformance(&Env::new()).await;
+}
