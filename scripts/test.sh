@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quarry's test suite, runnable on a fresh machine: installs the Python tools
 # the interoperability tests use (pyarrow.flight, grpcurl) into a cached
-# virtualenv, checks formatting and lints, runs every test, then runs the
-# benchmark at a tiny size against its peers (Polars, DuckDB, pandas).
+# virtualenv, installs and starts the warehouse stand-ins (ClickHouse; see
+# scripts/standins.sh), checks formatting and lints, runs every test, then
+# runs the benchmark at a tiny size against its peers (Polars, DuckDB, pandas).
 #
 # Caches (override with the variables): QUARRY_CACHE (default ~/.cache/quarry)
 # holds the cargo target directory and the virtualenv.
@@ -23,6 +24,10 @@ export QUARRY_PYTHON="$VENV/bin/python"
 export QUARRY_GRPCURL="$VENV/bin/grpcurl"
 "$QUARRY_PYTHON" -c "import pyarrow.flight"
 "$QUARRY_GRPCURL" -version
+
+echo "== stand-ins"
+. scripts/standins.sh
+start_clickhouse
 
 echo "== fmt"
 cargo fmt --all --check

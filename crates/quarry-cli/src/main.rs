@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quarry_cli::client::{self, LoaderClient};
 use quarry_cli::embedded::Cluster;
 use quarry_cli::{health, report};
+use quarry_core::config::WarehouseKind;
 use quarry_core::{Config, grpc, logging};
 use quarry_proto::{
     CsvOptions, RunEvent, RunOptions, RunRecord, RunRequest, SourceFormat, TopMetric, run_event,
@@ -124,6 +125,25 @@ struct Target {
     /// SQLite database to read when no loader is given (default from config: agg_result.db).
     #[arg(long)]
     sqlite: Option<PathBuf>,
+    /// Warehouse to read when no loader is given (default from config: sqlite);
+    /// its connection comes from config and QUARRY_WAREHOUSE__… variables.
+    #[arg(long, value_enum)]
+    warehouse: Option<WarehouseArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WarehouseArg {
+    Sqlite,
+    Clickhouse,
+}
+
+impl From<WarehouseArg> for WarehouseKind {
+    fn from(w: WarehouseArg) -> Self {
+        match w {
+            WarehouseArg::Sqlite => WarehouseKind::Sqlite,
+            WarehouseArg::Clickhouse => WarehouseKind::Clickhouse,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -140,6 +160,10 @@ struct RunArgs {
     /// SQLite database of the embedded run (default from config: agg_result.db).
     #[arg(long)]
     sqlite: Option<PathBuf>,
+    /// Warehouse of the embedded run (default from config: sqlite); its
+    /// connection comes from config and QUARRY_WAREHOUSE__… variables.
+    #[arg(long, value_enum)]
+    warehouse: Option<WarehouseArg>,
     /// Directory for the report files (default from config: output).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -316,8 +340,11 @@ where
     if let Some(db) = target.sqlite {
         config.warehouse.sqlite.path = db;
     }
+    if let Some(w) = target.warehouse {
+        config.warehouse.kind = w.into();
+    }
     let db = &config.warehouse.sqlite.path;
-    if !db.exists() {
+    if config.warehouse.kind == WarehouseKind::Sqlite && !db.exists() {
         bail!(
             "{} does not exist: run `quarry run` first or pass --sqlite / --loader",
             db.display()
@@ -377,9 +404,9 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
 
     let (transformer_url, loader_url, cluster) = match &args.transformer {
         Some(url) => {
-            if args.sqlite.is_some() {
+            if args.sqlite.is_some() || args.warehouse.is_some() {
                 bail!(
-                    "--sqlite applies to embedded runs; a remote loader's warehouse is set in its own config"
+                    "--sqlite and --warehouse apply to embedded runs; a remote loader's warehouse is set in its own config"
                 );
             }
             let loader = args
@@ -391,6 +418,9 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
         None => {
             if let Some(db) = &args.sqlite {
                 config.warehouse.sqlite.path = db.clone();
+            }
+            if let Some(w) = args.warehouse {
+                config.warehouse.kind = w.into();
             }
             if !source.contains("://") {
                 // Embedded: the user's own files are readable, wherever they are.
@@ -560,7 +590,9 @@ fn print_summary(r: &RunRecord, wall: Duration) {
                 "quality warning: {}: {} = {}, {} {}: {}",
                 c["check"].as_str().unwrap_or_default(),
                 c["metric"].as_str().unwrap_or_default(),
-                c["value"],
+                c["value"]
+                    .as_f64()
+                    .map_or("n/a".into(), |v| format!("{v:.6}")),
                 c["bound"].as_str().unwrap_or_default(),
                 c["threshold"],
                 c["detail"].as_str().unwrap_or_default()

@@ -13,6 +13,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type};
 use arrow::util::display::ArrayFormatter;
 use common::{Env, fixtures};
+use quarry_core::config::WarehouseKind;
 use quarry_core::decimal::{PNL_SCALE, SCALE, parse_scaled};
 use quarry_core::{ErrorCategory, Table};
 use quarry_warehouse::{
@@ -285,4 +286,21 @@ async fn conformance(env: &Env) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite() {
     conformance(&Env::new()).await;
+}
+
+/// Against the ClickHouse server scripts/test.sh starts (QUARRY_TEST_CLICKHOUSE_URL);
+/// if the script started it and it does not answer, this fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse() {
+    let Ok(url) = std::env::var("QUARRY_TEST_CLICKHOUSE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_CLICKHOUSE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let mut env = Env::new();
+    let ch = &mut env.config.warehouse.clickhouse;
+    ch.url = url;
+    // A database of its own: runs of the suite never see each other's tables.
+    ch.database = format!("quarry_test_{}", std::process::id());
+    env.config.warehouse.kind = WarehouseKind::Clickhouse;
+    conformance(&env).await;
 }

@@ -213,3 +213,71 @@ fn gen_is_deterministic() {
     assert_eq!(a, std::fs::read(dir.path().join("b.csv")).unwrap());
     assert_eq!(a.iter().filter(|b| **b == b'\n').count(), 5001);
 }
+
+/// `quarry run --warehouse clickhouse` against the server scripts/test.sh
+/// starts gives the same top-3 files as the SQLite run; a wrong address fails
+/// at once with one line naming it.
+#[test]
+fn quarry_run_on_clickhouse_matches_the_sqlite_run() {
+    let Ok(url) = std::env::var("QUARRY_TEST_CLICKHOUSE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_CLICKHOUSE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let dir = setup_user_dir();
+    quarry_ok(dir.path(), &["run", "-q", "--output", "out-sqlite"]);
+    let database = format!("quarry_cli_{}", std::process::id());
+    let on_clickhouse = |url: &str| {
+        quarry()
+            .args([
+                "run",
+                "-q",
+                "--warehouse",
+                "clickhouse",
+                "--output",
+                "out-ch",
+            ])
+            .env("QUARRY_WAREHOUSE__CLICKHOUSE__URL", url)
+            .env("QUARRY_WAREHOUSE__CLICKHOUSE__DATABASE", &database)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = on_clickhouse(&url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["top_bronze_by_volume.csv", "top_bronze_by_pnl.csv"] {
+        assert_eq!(
+            read(dir.path().join("out-ch").join(f)),
+            read(dir.path().join("out-sqlite").join(f)),
+            "{f}"
+        );
+    }
+    // History and reports read from ClickHouse too.
+    let runs = quarry()
+        .args(["runs", "--stats", "--warehouse", "clickhouse"])
+        .env("QUARRY_WAREHOUSE__CLICKHOUSE__URL", &url)
+        .env("QUARRY_WAREHOUSE__CLICKHOUSE__DATABASE", &database)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&runs.stdout);
+    assert!(text.contains("1 (1 / 0 / 0)"), "{text}");
+
+    let started = Instant::now();
+    let out = on_clickhouse(&format!("http://127.0.0.1:{}", free_port()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("clickhouse at http://127.0.0.1:") && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

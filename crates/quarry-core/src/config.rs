@@ -184,6 +184,16 @@ impl Default for LoaderConfig {
 pub enum WarehouseKind {
     #[default]
     Sqlite,
+    Clickhouse,
+}
+
+impl WarehouseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarehouseKind::Sqlite => "sqlite",
+            WarehouseKind::Clickhouse => "clickhouse",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -192,6 +202,34 @@ pub struct WarehouseConfig {
     #[serde(rename = "type")]
     pub kind: WarehouseKind,
     pub sqlite: SqliteConfig,
+    pub clickhouse: ClickHouseConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, e.g. http://127.0.0.1:8123.
+    pub url: String,
+    /// Database holding Quarry's tables; created if missing.
+    pub database: String,
+    pub user: String,
+    /// Environment variable holding the password (never the password itself).
+    pub password_env: String,
+    /// Attempts of one statement on transient errors (connection refused or
+    /// reset, timeouts, overload), with capped exponential backoff.
+    pub max_attempts: u32,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "quarry".into(),
+            user: "default".into(),
+            password_env: "QUARRY_CLICKHOUSE_PASSWORD".into(),
+            max_attempts: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,6 +389,17 @@ impl Config {
         if self.loader.run_idle_timeout_secs == 0 {
             return bad("loader.run_idle_timeout_secs must be positive".into());
         }
+        let ch = &self.warehouse.clickhouse;
+        check_url("warehouse.clickhouse.url", &ch.url)?;
+        if !is_identifier(&ch.database) {
+            return bad(format!(
+                "warehouse.clickhouse.database = {:?} must be letters, digits and _ (not starting with a digit)",
+                ch.database
+            ));
+        }
+        if ch.max_attempts == 0 {
+            return bad("warehouse.clickhouse.max_attempts must be at least 1".into());
+        }
         if self.warehouse.sqlite.path.as_os_str().is_empty() {
             return bad("warehouse.sqlite.path is empty".into());
         }
@@ -359,6 +408,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A plain SQL identifier: `[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters.
+pub fn is_identifier(s: &str) -> bool {
+    s.len() <= 64
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Checks a service URL (`http://host:port` or `https://…`).

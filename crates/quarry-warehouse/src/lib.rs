@@ -16,6 +16,8 @@ use quarry_core::config::{WarehouseConfig, WarehouseKind};
 use quarry_core::{ErrorCategory, Result, Table};
 pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
 
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 pub mod sqlite;
 
 /// Opening facts of a run.
@@ -134,6 +136,14 @@ pub fn open(config: &WarehouseConfig) -> Result<Arc<dyn Warehouse>> {
         WarehouseKind::Sqlite => Ok(Arc::new(sqlite::SqliteWarehouse::open(
             &config.sqlite.path,
         )?)),
+        #[cfg(feature = "clickhouse")]
+        WarehouseKind::Clickhouse => Ok(Arc::new(clickhouse::ClickHouseWarehouse::open(
+            &config.clickhouse,
+        )?)),
+        #[cfg(not(feature = "clickhouse"))]
+        WarehouseKind::Clickhouse => Err(quarry_core::Error::config(
+            "warehouse.type = \"clickhouse\", but this build has no ClickHouse backend (cargo feature `clickhouse`)",
+        )),
     }
 }
 

@@ -1,0 +1,56 @@
+# Local stand-ins for the warehouse backends, sourced by scripts/test.sh:
+# installs what is missing, starts each server on loopback with fresh state
+# under $CACHE/standins, exports the URL the backend tests read, and stops
+# the servers when the script exits. A server that does not come up fails
+# the script (and so the tests) with the end of its log.
+
+STANDINS="$CACHE/standins"
+STANDIN_PIDS=()
+stop_standins() {
+    for pid in "${STANDIN_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${STANDIN_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap stop_standins EXIT
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# wait_for NAME URL LOG: polls URL for up to 30 s.
+wait_for() {
+    for _ in $(seq 300); do
+        if curl -sf "$2" >/dev/null; then
+            echo "$1 is up at $2"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "$1 did not start; end of $3:" >&2
+    tail -n 30 "$3" >&2 || true
+    return 1
+}
+
+# ClickHouse (Debian's clickhouse-server) on 127.0.0.1:18123.
+start_clickhouse() {
+    if ! command -v clickhouse-server >/dev/null && [ ! -x /usr/sbin/clickhouse-server ]; then
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client
+    fi
+    local d="$STANDINS/clickhouse"
+    rm -rf "$d"
+    mkdir -p "$d/data" "$d/tmp" "$d/user_files" "$d/format_schemas" "$d/log"
+    /usr/sbin/clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
+        --path="$d/data/" --tmp_path="$d/tmp/" --user_files_path="$d/user_files/" \
+        --format_schema_path="$d/format_schemas/" \
+        --logger.log="$d/log/server.log" --logger.errorlog="$d/log/server.err.log" \
+        --logger.level=information --listen_host=127.0.0.1 \
+        --http_port=18123 --tcp_port=19000 --interserver_http_port=19009 \
+        >"$d/log/stdout.log" 2>&1 &
+    STANDIN_PIDS+=("$!")
+    wait_for ClickHouse http://127.0.0.1:18123/ping "$d/log/server.err.log"
+    export QUARRY_TEST_CLICKHOUSE_URL=http://127.0.0.1:18123
+}
