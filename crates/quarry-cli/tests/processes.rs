@@ -266,6 +266,25 @@ fn quarry_run_on_clickhouse_matches_the_sqlite_run() {
     let text = String::from_utf8_lossy(&runs.stdout);
     assert!(text.contains("1 (1 / 0 / 0)"), "{text}");
 
+    // A permanent error (unknown user) fails at once with the server's message.
+    let started = Instant::now();
+    let out = quarry()
+        .args(["run", "-q", "--warehouse", "clickhouse"])
+        .env("QUARRY_WAREHOUSE__CLICKHOUSE__URL", &url)
+        .env("QUARRY_WAREHOUSE__CLICKHOUSE__USER", "nobody")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nobody"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A server that is not there: one line naming it.
     let started = Instant::now();
     let out = on_clickhouse(&format!("http://127.0.0.1:{}", free_port()));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -2,11 +2,13 @@
 //! RowBinary, which old and new servers accept).
 //!
 //! Tables are MergeTree, partitioned by their partition column (`trade_date`,
-//! `week_start_date`: DATE; `source_file` for the quarantine). A run writes
-//! into staging tables of the same structure (`<table>_stage_<run>`); commit
-//! checks that each staging table holds what was sent, then swaps every
-//! covered partition in with `ALTER TABLE … REPLACE PARTITION … FROM` (atomic
-//! per partition) and drops the staging tables; abort only drops them.
+//! `week_start_date`: DATE; `source_file` for the quarantine). A run's
+//! batches go into unpartitioned Log tables (`<table>_flat_<run>`); commit
+//! checks that each holds what was sent, copies it server-side into a
+//! staging table of the target's structure (`<table>_stage_<run>`, one part
+//! per partition), swaps every covered partition in with
+//! `ALTER TABLE … REPLACE PARTITION … FROM` (atomic per partition, up to 100
+//! per statement) and drops the staging tables; abort only drops them.
 //! Amounts are Decimal(18,8) / Decimal(38,8) / Decimal(38,16): exact.
 //! `timestamp` is DateTime('UTC') plus `timestamp_nanos` (UInt32), since
 //! servers before 20.1 have no DateTime64.
@@ -284,6 +286,17 @@ fn stage_name(table: Table, tag: &str) -> String {
     format!("{table}_stage_{tag}")
 }
 
+/// Where a run's batches land first: an unpartitioned Log table, so a batch
+/// is one part whatever the number of days it spans. (Inserting batches
+/// straight into the partitioned staging table made a part per day per
+/// batch, and the server spent the run merging them.)
+fn flat_name(table: Table, tag: &str) -> String {
+    format!("{table}_flat_{tag}")
+}
+
+/// Partition commands per ALTER statement.
+const ALTER_CHUNK: usize = 100;
+
 /// Escapes a string literal for ClickHouse SQL ('…').
 fn literal(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -408,13 +421,19 @@ impl ClickHouseWarehouse {
             .await
     }
 
+    fn flat(&self, table: Table, tag: &str) -> String {
+        format!("{}.{}", self.db, flat_name(table, tag))
+    }
+
     async fn drop_stages(&self, tag: &str) -> Result<()> {
         for t in Table::ALL {
-            self.execute(
-                "drop staging table",
-                &format!("DROP TABLE IF EXISTS {}", self.stage(t, tag)),
-            )
-            .await?;
+            for name in [self.stage(t, tag), self.flat(t, tag)] {
+                self.execute(
+                    "drop staging table",
+                    &format!("DROP TABLE IF EXISTS {name}"),
+                )
+                .await?;
+            }
         }
         Ok(())
     }
@@ -430,7 +449,7 @@ impl ClickHouseWarehouse {
             let held = self
                 .count(
                     "read back staged rows",
-                    &format!("SELECT count() FROM {}", self.stage(*table, &run.tag)),
+                    &format!("SELECT count() FROM {}", self.flat(*table, &run.tag)),
                 )
                 .await?;
             if held != *staged {
@@ -439,6 +458,16 @@ impl ClickHouseWarehouse {
                 )));
             }
             rows.insert(table.name().to_string(), held);
+            // Into the partitioned stage in big blocks: one part per day.
+            self.execute(
+                &format!("partition staged {table} rows"),
+                &format!(
+                    "INSERT INTO {} SELECT * FROM {}",
+                    self.stage(*table, &run.tag),
+                    self.flat(*table, &run.tag)
+                ),
+            )
+            .await?;
         }
         if run.rejected_replace {
             let files = run.partitions.entry(Table::TradesRejected).or_default();
@@ -462,19 +491,27 @@ impl ClickHouseWarehouse {
             } else {
                 BTreeSet::new()
             };
-            for p in parts {
-                let sql = if staged.contains(p) {
-                    format!(
-                        "ALTER TABLE {target} REPLACE PARTITION {} FROM {}",
-                        literal(p),
-                        self.stage(*table, &run.tag)
-                    )
-                } else {
-                    // Covered but empty now (e.g. a file without rejects any more).
-                    format!("ALTER TABLE {target} DROP PARTITION {}", literal(p))
-                };
-                self.execute(&format!("replace partition {p} of {table}"), &sql)
-                    .await?;
+            let commands: Vec<String> = parts
+                .iter()
+                .map(|p| {
+                    if staged.contains(p) {
+                        format!(
+                            "REPLACE PARTITION {} FROM {}",
+                            literal(p),
+                            self.stage(*table, &run.tag)
+                        )
+                    } else {
+                        // Covered but empty now (e.g. a file without rejects any more).
+                        format!("DROP PARTITION {}", literal(p))
+                    }
+                })
+                .collect();
+            for chunk in commands.chunks(ALTER_CHUNK) {
+                self.execute(
+                    &format!("replace partitions of {table}"),
+                    &format!("ALTER TABLE {target} {}", chunk.join(", ")),
+                )
+                .await?;
             }
         }
         self.drop_stages(&run.tag).await?;
@@ -550,6 +587,15 @@ impl Warehouse for ClickHouseWarehouse {
                 &format!("CREATE TABLE {} AS {}.{t}", self.stage(t, &tag), self.db),
             )
             .await?;
+            self.execute(
+                "create staging table",
+                &format!(
+                    "CREATE TABLE {} AS {}.{t} ENGINE = Log",
+                    self.flat(t, &tag),
+                    self.db
+                ),
+            )
+            .await?;
         }
         let row = RunRow::new(run.run_id.clone(), run.source, run.options_json, now());
         self.record(&row).await?;
@@ -584,7 +630,7 @@ impl Warehouse for ClickHouseWarehouse {
                 _ => return Err(Error::input(format!("run {run_id} is not open"))),
             }
         };
-        let stage = stage_name(table, &tag);
+        let stage = flat_name(table, &tag);
         let n = batch.num_rows();
         let mut parts = BTreeSet::new();
         match table {
