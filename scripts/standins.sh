@@ -53,4 +53,6 @@ start_clickhouse() {
     STANDIN_PIDS+=("$!")
     wait_for ClickHouse http://127.0.0.1:18123/ping "$d/log/server.err.log"
     export QUARRY_TEST_CLICKHOUSE_URL=http://127.0.0.1:18123
+    # The retry test starts (and restarts) a server of its own with this binary.
+    export QUARRY_TEST_CLICKHOUSE_SERVER=/usr/sbin/clickhouse-server
 }

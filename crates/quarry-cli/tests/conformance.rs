@@ -304,3 +304,177 @@ async fn clickhouse() {
     env.config.warehouse.kind = WarehouseKind::Clickhouse;
     conformance(&env).await;
 }
+
+/// A ClickHouse server of the test's own, on a free port, that can be
+/// stopped and started again on the same data.
+struct OwnServer {
+    bin: String,
+    dir: tempfile::TempDir,
+    /// HTTP, TCP and interserver ports.
+    ports: [u16; 3],
+    child: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    fn start(bin: String) -> Self {
+        // Three distinct free ports (held together while they are picked).
+        let listeners: Vec<_> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports = [0, 1, 2].map(|i| listeners[i].local_addr().unwrap().port());
+        drop(listeners);
+        let mut s = Self {
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            ports,
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[0])
+    }
+
+    fn up(&mut self) {
+        let d = self.dir.path();
+        let arg = |k: &str, v: &str| format!("--{k}={}/{v}/", d.display());
+        let child = std::process::Command::new(&self.bin)
+            .arg("--config-file=/etc/clickhouse-server/config.xml")
+            .arg("--")
+            .args([
+                arg("path", "data"),
+                arg("tmp_path", "tmp"),
+                arg("user_files_path", "user_files"),
+                arg("format_schema_path", "format_schemas"),
+            ])
+            .arg(format!("--logger.log={}/server.log", d.display()))
+            .arg(format!("--logger.errorlog={}/server.err.log", d.display()))
+            .arg("--listen_host=127.0.0.1")
+            .arg(format!("--http_port={}", self.ports[0]))
+            .arg(format!("--tcp_port={}", self.ports[1]))
+            .arg(format!("--interserver_http_port={}", self.ports[2]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.ports[0])).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own ClickHouse did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: a clean shutdown keeps the data for the restart.
+            let _ = std::process::Command::new("kill")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The server stops in the middle of a run and comes back: the writes that
+/// hit the outage are retried (capped exponential backoff), and the run
+/// commits exactly what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_retries_across_a_server_restart() {
+    let Ok(bin) = std::env::var("QUARRY_TEST_CLICKHOUSE_SERVER") else {
+        eprintln!("skipped: QUARRY_TEST_CLICKHOUSE_SERVER is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let mut server = OwnServer::start(bin);
+    let mut config = quarry_core::config::WarehouseConfig {
+        kind: WarehouseKind::Clickhouse,
+        ..Default::default()
+    };
+    config.clickhouse.url = server.url();
+    config.clickhouse.max_attempts = 10;
+    let wh = quarry_warehouse::open(&config).unwrap();
+    wh.check_connectivity().await.unwrap();
+
+    // Agg rows of one week, as the transformer would send them.
+    let batch = |user: &str| {
+        RecordBatch::try_new(
+            Table::AggTradesWeekly.schema(),
+            vec![
+                Arc::new(arrow::array::Date32Array::from(vec![19_360])),
+                Arc::new(arrow::array::StringArray::from(vec!["gold"])),
+                Arc::new(arrow::array::StringArray::from(vec![user])),
+                Arc::new(arrow::array::StringArray::from(vec!["SYM"])),
+                Arc::new(
+                    arrow::array::Decimal128Array::from(vec![150_000_000])
+                        .with_data_type(quarry_core::schema::VOLUME_TYPE),
+                ),
+                Arc::new(
+                    arrow::array::Decimal128Array::from(vec![-1])
+                        .with_data_type(quarry_core::schema::PNL_TYPE),
+                ),
+                Arc::new(arrow::array::Int64Array::from(vec![1])),
+            ],
+        )
+        .unwrap()
+    };
+    wh.begin_run(RunStart {
+        run_id: "restart".into(),
+        source: "test".into(),
+        options_json: "{}".into(),
+    })
+    .await
+    .unwrap();
+    wh.write(
+        "restart",
+        Table::AggTradesWeekly,
+        WriteMode::ReplacePartitions,
+        batch("a"),
+    )
+    .await
+    .unwrap();
+
+    server.down();
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        server.up();
+        server
+    });
+    // Refused while the server is down, then retried until it is back.
+    wh.write(
+        "restart",
+        Table::AggTradesWeekly,
+        WriteMode::ReplacePartitions,
+        batch("b"),
+    )
+    .await
+    .unwrap();
+    let _server = restart.join().unwrap();
+    let rows = wh
+        .commit(RunCommit {
+            run_id: "restart".into(),
+            source_files: vec![],
+            stats: RunStats::default(),
+            quality_json: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows["agg_trades_weekly"], 2);
+    let parts = wh.list_partitions(Table::AggTradesWeekly).await.unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].rows, 2);
+    assert_eq!(
+        wh.get_run("restart").await.unwrap().unwrap().status,
+        "succeeded"
+    );
+}
