@@ -84,6 +84,9 @@ struct Part {
     daily: HashMap<(i32, u8), DayTotals>,
     /// The newest trade timestamp (ns), for the freshness check.
     newest: Option<i64>,
+    /// Reused buffer of the rows of one batch to fold: (week, group, Σ
+    /// quantity, ±notional).
+    folds: Vec<(i32, GroupKey, i128, i128)>,
 }
 
 /// Trades and volume (Σ quantity, scaled by 10^8) of one day and client type.
@@ -204,6 +207,7 @@ impl Part {
             row_bytes: Vec::with_capacity(128),
             daily: HashMap::new(),
             newest: None,
+            folds: Vec::new(),
         }
     }
 
@@ -270,13 +274,20 @@ impl Part {
             let ts = c.ts.value(i);
             self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
             let notional = q * price;
-            let t = self.weeks.entry(week).or_default().entry(key).or_default();
-            t.volume += q;
-            t.pnl += if side.as_bytes().first() == Some(&b's') {
+            let pnl = if side.as_bytes().first() == Some(&b's') {
                 notional
             } else {
                 -notional
             };
+            self.folds.push((week, key, q, pnl));
+        }
+        // Folded in a second, short loop: its probes into the group tables
+        // (mostly cache misses) do not depend on each other, so the CPU
+        // overlaps several of them.
+        for (week, key, q, pnl) in self.folds.drain(..) {
+            let t = self.weeks.entry(week).or_default().entry(key).or_default();
+            t.volume += q;
+            t.pnl += pnl;
             t.count = t
                 .count
                 .checked_add(1)
