@@ -301,8 +301,30 @@ async fn clickhouse() {
     ch.url = url;
     // A database of its own: runs of the suite never see each other's tables.
     ch.database = format!("quarry_test_{}", std::process::id());
+    let (url, database) = (ch.url.clone(), ch.database.clone());
     env.config.warehouse.kind = WarehouseKind::Clickhouse;
     conformance(&env).await;
+    // Nothing left behind: no staging tables of any run, committed or aborted.
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--data-binary"])
+        .arg(format!(
+            "SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"
+        ))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {url} failed");
+    let tables = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        tables.split_whitespace().collect::<Vec<_>>(),
+        [
+            "agg_trades_weekly",
+            "pipeline_runs",
+            "trades",
+            "trades_rejected"
+        ],
+        "{tables}"
+    );
 }
 
 /// A ClickHouse server of the test's own, on a free port, that can be
