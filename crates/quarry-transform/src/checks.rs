@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use quarry_core::config::{CheckConfig, QualityConfig, Severity};
 use quarry_core::decimal::{self, SCALE};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Profile;
+use crate::timestamp::week_start;
 use crate::validate::{BatchStats, Field};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,11 +145,7 @@ pub fn daily_means(profile: &Profile) -> ClientMeans {
 pub fn period_changes(profile: &Profile, week: bool) -> BTreeMap<String, serde_json::Value> {
     let mut series: BTreeMap<&str, BTreeMap<i32, (f64, f64)>> = BTreeMap::new();
     for ((day, ct), t) in &profile.daily {
-        let period = if week {
-            day - weekday_from_monday(*day)
-        } else {
-            *day
-        };
+        let period = if week { week_start(*day) } else { *day };
         let e = series.entry(ct).or_default().entry(period).or_default();
         e.0 += t.trades as f64;
         e.1 += decimal::to_f64(t.volume, SCALE);
@@ -181,12 +178,6 @@ pub fn period_changes(profile: &Profile, week: bool) -> BTreeMap<String, serde_j
         .collect()
 }
 
-fn weekday_from_monday(days_since_epoch: i32) -> i32 {
-    (NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + TimeDelta::days(days_since_epoch.into()))
-        .weekday()
-        .num_days_from_monday() as i32
-}
-
 fn median_sorted(v: &[f64]) -> Option<f64> {
     let n = v.len();
     match n {
@@ -214,13 +205,7 @@ pub struct CheckInput<'a> {
 
 pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
     let s = q.stats;
-    let share = |n: u64| {
-        if s.rows_in == 0 {
-            0.0
-        } else {
-            n as f64 / s.rows_in as f64
-        }
-    };
+    let share = |n: u64| s.share(n);
     let mut out = Vec::new();
 
     // Completeness: the worst critical column.

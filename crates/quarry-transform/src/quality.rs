@@ -35,13 +35,7 @@ pub struct QualityInput<'a> {
 
 pub fn report(q: &QualityInput<'_>) -> Value {
     let s = q.stats;
-    let share = |n: u64| {
-        if s.rows_in == 0 {
-            0.0
-        } else {
-            n as f64 / s.rows_in as f64
-        }
-    };
+    let share = |n: u64| s.share(n);
     let completeness: serde_json::Map<String, Value> = Field::ALL
         .iter()
         .map(|f| {

@@ -124,6 +124,15 @@ impl BatchStats {
         }
     }
 
+    /// `n` as a share of the rows read (0 when none were).
+    pub fn share(&self, n: u64) -> f64 {
+        if self.rows_in == 0 {
+            0.0
+        } else {
+            n as f64 / self.rows_in as f64
+        }
+    }
+
     pub fn rows_rejected(&self) -> u64 {
         self.rejected.iter().sum()
     }
