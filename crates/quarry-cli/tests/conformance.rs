@@ -14,6 +14,7 @@ use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type};
 use arrow::util::display::ArrayFormatter;
 use common::{Env, fixtures};
 use quarry_core::config::WarehouseKind;
+use quarry_core::dates::date_text;
 use quarry_core::decimal::{PNL_SCALE, SCALE, parse_scaled};
 use quarry_core::{ErrorCategory, Table};
 use quarry_warehouse::{
@@ -68,11 +69,6 @@ fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
     out
 }
 
-fn days_to_date(d: i32) -> String {
-    (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::TimeDelta::days(d.into()))
-        .to_string()
-}
-
 /// The contract, against the warehouse `env.config.warehouse` selects.
 async fn conformance(env: &Env) {
     let expected: serde_json::Value = serde_json::from_str(
@@ -118,7 +114,7 @@ async fn conformance(env: &Env) {
             let d = |i: usize| b.column(i).as_primitive::<Decimal128Type>();
             for i in 0..b.num_rows() {
                 got.push((
-                    days_to_date(b.column(0).as_primitive::<Date32Type>().value(i)),
+                    date_text(b.column(0).as_primitive::<Date32Type>().value(i)),
                     s(1).value(i).to_string(),
                     s(2).value(i).to_string(),
                     s(3).value(i).to_string(),

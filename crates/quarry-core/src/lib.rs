@@ -2,6 +2,7 @@
 //! exact decimals, table schemas, and gRPC/Flight helpers.
 
 pub mod config;
+pub mod dates;
 pub mod decimal;
 pub mod error;
 pub mod flight;

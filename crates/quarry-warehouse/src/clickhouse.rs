@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use clickhouse::{Client, Row, RowWrite};
 use quarry_core::config::ClickHouseConfig;
+use quarry_core::dates::{date_text, now_text};
 use quarry_core::decimal::{self, PNL_SCALE};
 use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result, Table};
@@ -190,7 +191,7 @@ impl RunRow {
     fn finished(&mut self, status: &str) {
         self.version = version().max(self.version + 1);
         self.status = status.into();
-        self.finished_at = now();
+        self.finished_at = now_text();
     }
 
     fn set_stats(&mut self, s: &RunStats) {
@@ -312,30 +313,17 @@ fn literal(s: &str) -> String {
     out
 }
 
-fn days_to_date(d: i32) -> String {
-    (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
-        + chrono::TimeDelta::days(d.into()))
-    .format("%Y-%m-%d")
-    .to_string()
-}
-
 /// Row versions of pipeline_runs: microseconds since the epoch, so the
 /// latest write of a run wins.
 fn version() -> u64 {
     chrono::Utc::now().timestamp_micros() as u64
 }
 
-fn now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
-
 fn day_u16(d: i32, what: &str) -> Result<u16> {
     u16::try_from(d).map_err(|_| {
         Error::input(format!(
             "{what} {} is outside ClickHouse's Date range (1970-2149)",
-            days_to_date(d)
+            date_text(d)
         ))
     })
 }
@@ -597,7 +585,7 @@ impl Warehouse for ClickHouseWarehouse {
             )
             .await?;
         }
-        let row = RunRow::new(run.run_id.clone(), run.source, run.options_json, now());
+        let row = RunRow::new(run.run_id.clone(), run.source, run.options_json, now_text());
         self.record(&row).await?;
         *self.run.lock().expect("run lock") = Some(ActiveRun {
             run_id: run.run_id,
@@ -720,7 +708,7 @@ impl Warehouse for ClickHouseWarehouse {
             run.partitions
                 .entry(table)
                 .or_default()
-                .extend(parts.into_iter().map(days_to_date));
+                .extend(parts.into_iter().map(date_text));
         }
         Ok(n as u64)
     }
@@ -760,7 +748,7 @@ impl Warehouse for ClickHouseWarehouse {
             // is known of it.
             match self.get_run(&f.run_id).await? {
                 Some(r) => RunRow::new(r.run_id, r.source, r.options_json, r.started_at),
-                None => RunRow::new(f.run_id.clone(), String::new(), String::new(), now()),
+                None => RunRow::new(f.run_id.clone(), String::new(), String::new(), now_text()),
             }
         };
         row.finished("failed");

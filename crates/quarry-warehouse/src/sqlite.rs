@@ -22,7 +22,7 @@ use arrow::datatypes::{
     Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
 };
 use async_trait::async_trait;
-use chrono::{NaiveDate, TimeDelta, Utc};
+use quarry_core::dates::{date_text, now_text, parse_date};
 use quarry_core::decimal::{self, PNL_SCALE};
 use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result, Table};
@@ -411,10 +411,6 @@ fn run_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-fn now() -> String {
-    Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
 /// What the open run has written so far.
 struct ActiveRun {
     run_id: String,
@@ -500,7 +496,7 @@ impl Writer {
             .execute(
                 "INSERT INTO pipeline_runs (run_id, source, status, started_at, options)
                  VALUES (?1, ?2, 'running', ?3, ?4)",
-                params![run.run_id, run.source, now(), run.options_json],
+                params![run.run_id, run.source, now_text(), run.options_json],
             )
             .map_err(|e| db_err("record run start", e))?;
         self.conn
@@ -705,7 +701,7 @@ impl Writer {
             .execute(
                 "INSERT OR IGNORE INTO pipeline_runs (run_id, source, status, started_at)
                  VALUES (?1, '', 'failed', ?2)",
-                params![f.run_id, now()],
+                params![f.run_id, now_text()],
             )
             .map_err(|e| db_err("record failed run", e))?;
         record_end(
@@ -740,7 +736,7 @@ fn record_end(
         params![
             run_id,
             status,
-            now(),
+            now_text(),
             i(s.rows_in),
             i(s.rows_valid),
             i(s.rows_rejected),
@@ -760,12 +756,6 @@ fn record_end(
     )
     .map_err(|e| db_err("record run end", e))?;
     Ok(())
-}
-
-fn date_text(days: i32) -> String {
-    (NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + TimeDelta::days(days as i64))
-        .format("%Y-%m-%d")
-        .to_string()
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.fraction]` in UTC: sorts as text and SQLite's date
@@ -962,9 +952,7 @@ fn exact(r: &rusqlite::Row<'_>, i: usize, scale: u32) -> rusqlite::Result<i128> 
 
 fn date(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<i32> {
     let t: String = r.get(i)?;
-    NaiveDate::parse_from_str(&t, "%Y-%m-%d")
-        .map(|d| (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32)
-        .map_err(|e| conversion(i, rusqlite::types::Type::Text, format!("date {t:?}: {e}")))
+    parse_date(&t).ok_or_else(|| conversion(i, rusqlite::types::Type::Text, format!("date {t:?}")))
 }
 
 fn timestamp(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<i64> {
