@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,
-    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode,
+    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode, check_batch,
 };
 
 const NANOS: i64 = 1_000_000_000;
@@ -605,11 +605,7 @@ impl Warehouse for ClickHouseWarehouse {
         mode: WriteMode,
         batch: RecordBatch,
     ) -> Result<u64> {
-        if batch.schema().fields() != table.schema().fields() {
-            return Err(Error::input(format!(
-                "batch for {table} does not match its schema"
-            )));
-        }
+        check_batch(table, &batch)?;
         let _w = self.writing.lock().await;
         let tag = {
             let guard = self.run.lock().expect("run lock");

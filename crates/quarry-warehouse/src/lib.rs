@@ -147,6 +147,19 @@ pub fn open(config: &WarehouseConfig) -> Result<Arc<dyn Warehouse>> {
     }
 }
 
+/// Refuses a batch that is not in `table.schema()` (every backend's `write`).
+pub fn check_batch(table: Table, batch: &RecordBatch) -> Result<()> {
+    let expected = table.schema();
+    if batch.schema().fields() != expected.fields() {
+        return Err(quarry_core::Error::input(format!(
+            "batch for {table} does not match its schema: got {:?}, expected {:?}",
+            batch.schema().fields(),
+            expected.fields()
+        )));
+    }
+    Ok(())
+}
+
 /// Sorts per-user exact totals (scaled integers) into a top-N list.
 pub fn rank_top_users(
     totals: impl IntoIterator<Item = (String, i128)>,

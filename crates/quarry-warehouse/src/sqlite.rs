@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,
-    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode, rank_top_users,
+    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode, check_batch, rank_top_users,
 };
 
 const SCHEMA_SQL: &str = "
@@ -545,14 +545,7 @@ impl Writer {
         batch: &RecordBatch,
     ) -> Result<u64> {
         self.active(run_id)?;
-        let expected = table.schema();
-        if batch.schema().fields() != expected.fields() {
-            return Err(Error::input(format!(
-                "batch for {table} does not match its schema: got {:?}, expected {:?}",
-                batch.schema().fields(),
-                expected.fields()
-            )));
-        }
+        check_batch(table, batch)?;
         let replace = mode != WriteMode::Append;
         let conn = &self.conn;
         let run = self.run.as_mut().expect("checked above");
