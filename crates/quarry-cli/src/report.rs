@@ -44,6 +44,35 @@ fn num(text: &str) -> f64 {
     text.parse().unwrap_or(0.0)
 }
 
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// An SVG document of one chart: a white page that `draw` fills.
+fn svg_chart(draw: impl FnOnce(&Area<'_>) -> Result<()>) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        draw(&root)?;
+        root.present().map_err(draw_err)?;
+    }
+    Ok(svg)
+}
+
+/// The common frame: title, margin, label areas of the given sizes.
+fn frame<'a, 'b>(
+    root: &'a Area<'b>,
+    title: &str,
+    x_labels: u32,
+    y_labels: u32,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(x_labels)
+        .y_label_area_size(y_labels);
+    b
+}
+
 /// One line per client type over the weeks.
 fn weekly_chart(title: &str, weekly: &[WeeklyTotal], pnl: bool) -> Result<String> {
     let weeks: Vec<&str> = {
@@ -58,15 +87,8 @@ fn weekly_chart(title: &str, weekly: &[WeeklyTotal], pnl: bool) -> Result<String
         .map(value)
         .fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let pad = ((hi - lo) * 0.05).max(1.0);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(90)
+    svg_chart(|root| {
+        let mut chart = frame(root, title, 36, 90)
             .build_cartesian_2d(0..weeks.len().max(1), (lo - pad)..(hi + pad))
             .map_err(draw_err)?;
         chart
@@ -98,25 +120,17 @@ fn weekly_chart(title: &str, weekly: &[WeeklyTotal], pnl: bool) -> Result<String
             .border_style(BLACK)
             .draw()
             .map_err(draw_err)?;
-        root.present().map_err(draw_err)?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// Vertical bars with a label under each.
 fn bar_chart(title: &str, bars: &[(String, f64, RGBColor)], y_desc: &str) -> Result<String> {
     let hi = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1.0);
     let lo = bars.iter().map(|b| b.1).fold(0.0f64, f64::min);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_err)?;
+    svg_chart(|root| {
         let n = bars.len().max(1);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(60)
-            .y_label_area_size(90)
+        let mut chart = frame(root, title, 60, 90)
             .build_cartesian_2d(0.0..n as f64, lo.min(0.0)..hi * 1.1)
             .map_err(draw_err)?;
         chart
@@ -142,9 +156,8 @@ fn bar_chart(title: &str, bars: &[(String, f64, RGBColor)], y_desc: &str) -> Res
                 Rectangle::new([(x + 0.15, 0.0), (x + 0.85, *v)], color.filled())
             }))
             .map_err(draw_err)?;
-        root.present().map_err(draw_err)?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// Lines of the share-valued checks over the recent runs, oldest first.
@@ -164,15 +177,8 @@ fn quality_trend(title: &str, runs: &[(String, serde_json::Value)]) -> Result<St
         m.into_iter().collect()
     };
     let palette = [BAR, FAILED, RGBColor(78, 154, 6), RGBColor(117, 80, 123)];
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
+    svg_chart(|root| {
+        let mut chart = frame(root, title, 36, 60)
             .build_cartesian_2d(0..runs.len().max(1), 0.0..1.05)
             .map_err(draw_err)?;
         chart
@@ -203,9 +209,8 @@ fn quality_trend(title: &str, runs: &[(String, serde_json::Value)]) -> Result<St
             .border_style(BLACK)
             .draw()
             .map_err(draw_err)?;
-        root.present().map_err(draw_err)?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// 1.2M, 35.0k, 12.5: short axis labels.
