@@ -12,10 +12,10 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type};
 use arrow::util::display::ArrayFormatter;
-use common::{Env, fixtures};
+use common::{Env, expected_agg, fixtures};
 use quarry_core::config::WarehouseKind;
 use quarry_core::dates::date_text;
-use quarry_core::decimal::{PNL_SCALE, SCALE, parse_scaled};
+use quarry_core::decimal::{PNL_SCALE, parse_scaled};
 use quarry_core::{ErrorCategory, Table};
 use quarry_warehouse::{
     Metric, RunCommit, RunFailure, RunStart, RunStats, TopUsersQuery, Warehouse, WriteMode,
@@ -83,24 +83,7 @@ async fn conformance(env: &Env) {
     wh.check_connectivity().await.unwrap();
 
     // agg_trades_weekly equals the expected CSV, decimal for decimal.
-    let mut want: Vec<(String, String, String, String, i128, i128, i64)> =
-        csv::Reader::from_path(fixtures().join("trades_sample.expected_agg.csv"))
-            .unwrap()
-            .records()
-            .map(|r| {
-                let r = r.unwrap();
-                (
-                    r[0].to_string(),
-                    r[1].to_string(),
-                    r[2].to_string(),
-                    r[3].to_string(),
-                    parse_scaled(r[4].as_bytes(), SCALE).unwrap(),
-                    parse_scaled(r[5].as_bytes(), PNL_SCALE).unwrap(),
-                    r[6].parse().unwrap(),
-                )
-            })
-            .collect();
-    want.sort();
+    let want = expected_agg(|t, scale| parse_scaled(t.as_bytes(), scale).unwrap());
     let weeks = wh.list_partitions(Table::AggTradesWeekly).await.unwrap();
     assert_eq!(weeks.len() as u64, expected["weeks"].as_u64().unwrap());
     let mut got = vec![];

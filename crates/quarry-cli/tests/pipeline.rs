@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Env, HEADER, fixtures, valid_rows};
+use common::{Env, HEADER, expected_agg, fixtures, valid_rows};
 use quarry_proto::RunOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,24 +26,7 @@ async fn the_reference_sample_gives_the_expected_results() {
 
     // agg_trades_weekly equals the expected CSV row for row; REAL values are
     // the doubles nearest to the exact decimals.
-    let mut want =
-        csv::Reader::from_path(fixtures().join("trades_sample.expected_agg.csv")).unwrap();
-    let mut want: Vec<(String, String, String, String, f64, f64, i64)> = want
-        .records()
-        .map(|r| {
-            let r = r.unwrap();
-            (
-                r[0].to_string(),
-                r[1].to_string(),
-                r[2].to_string(),
-                r[3].to_string(),
-                r[4].parse().unwrap(),
-                r[5].parse().unwrap(),
-                r[6].parse().unwrap(),
-            )
-        })
-        .collect();
-    want.sort_by(|a, b| (&a.0, &a.1, &a.2, &a.3).cmp(&(&b.0, &b.1, &b.2, &b.3)));
+    let want = expected_agg(|t, _| t.parse::<f64>().unwrap());
     let conn = env.conn();
     let mut st = conn
         .prepare(

@@ -156,3 +156,32 @@ pub fn valid_rows(n: usize) -> String {
     }
     s
 }
+
+/// One row of `agg_trades_weekly`: week, client type, user, symbol, volume,
+/// PnL, trade count.
+pub type AggRow<T> = (String, String, String, String, T, T, i64);
+
+/// The expected aggregate of the sample, sorted by its group key; `amount`
+/// reads a volume or PnL from its text and scale.
+pub fn expected_agg<T>(amount: impl Fn(&str, u32) -> T) -> Vec<AggRow<T>> {
+    use quarry_core::decimal::{PNL_SCALE, SCALE};
+    let mut rows: Vec<AggRow<T>> =
+        csv::Reader::from_path(fixtures().join("trades_sample.expected_agg.csv"))
+            .unwrap()
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (
+                    r[0].to_string(),
+                    r[1].to_string(),
+                    r[2].to_string(),
+                    r[3].to_string(),
+                    amount(&r[4], SCALE),
+                    amount(&r[5], PNL_SCALE),
+                    r[6].parse().unwrap(),
+                )
+            })
+            .collect();
+    rows.sort_by(|a, b| (&a.0, &a.1, &a.2, &a.3).cmp(&(&b.0, &b.1, &b.2, &b.3)));
+    rows
+}
