@@ -305,18 +305,9 @@ impl Warehouse for SqliteWarehouse {
             // Summed exactly like top_users: each REAL is the decimal it stands for.
             let mut totals: BTreeMap<(String, String), (i128, i128, u64)> = BTreeMap::new();
             while let Some(r) = rows.next()? {
-                let exact = |i: usize| -> rusqlite::Result<i128> {
-                    let v: f64 = r.get(i)?;
-                    decimal::from_f64(v, PNL_SCALE).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            i,
-                            rusqlite::types::Type::Real,
-                            format!("{v} is not a decimal: {e:?}").into(),
-                        )
-                    })
-                };
                 let key = (r.get(0)?, r.get(1)?);
-                let (vol, pnl, n) = (exact(2)?, exact(3)?, r.get::<_, i64>(4)?);
+                let (vol, pnl) = (exact(r, 2, PNL_SCALE)?, exact(r, 3, PNL_SCALE)?);
+                let n = r.get::<_, i64>(4)?;
                 let t = totals.entry(key).or_default();
                 t.0 += vol;
                 t.1 += pnl;
@@ -352,19 +343,12 @@ impl Warehouse for SqliteWarehouse {
                 // decimal it stands for and summed exactly.
                 let mut totals: HashMap<String, i128> = HashMap::new();
                 while let Some(r) = rows.next()? {
-                    let v: f64 = r.get(1)?;
-                    let exact = decimal::from_f64(v, PNL_SCALE).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            1,
-                            rusqlite::types::Type::Real,
-                            format!("{column} {v} is not a decimal: {e:?}").into(),
-                        )
-                    })?;
+                    let value = exact(r, 1, PNL_SCALE)?;
                     let user = r.get_ref(0)?.as_str()?;
                     match totals.get_mut(user) {
-                        Some(total) => *total += exact,
+                        Some(total) => *total += value,
                         None => {
-                            totals.insert(user.to_owned(), exact);
+                            totals.insert(user.to_owned(), value);
                         }
                     }
                 }
