@@ -239,7 +239,7 @@ impl RunRow {
 
 /// The run being written: what it staged, per table.
 struct ActiveRun {
-    run_id: String,
+    /// The run's record (its id included), written again at the end.
     row: RunRow,
     /// Staging table suffix derived from the run id.
     tag: String,
@@ -247,6 +247,12 @@ struct ActiveRun {
     /// Partitions each table's rows fall in.
     partitions: BTreeMap<Table, BTreeSet<String>>,
     rejected_replace: bool,
+}
+
+impl ActiveRun {
+    fn run_id(&self) -> &str {
+        &self.row.run_id
+    }
 }
 
 pub struct ClickHouseWarehouse {
@@ -513,7 +519,7 @@ impl ClickHouseWarehouse {
 
     fn take_run(&self, run_id: &str) -> Result<ActiveRun> {
         let mut guard = self.run.lock().expect("run lock");
-        match guard.as_ref().map(|r| r.run_id.as_str()) {
+        match guard.as_ref().map(ActiveRun::run_id) {
             Some(open) if open == run_id => Ok(guard.take().expect("checked")),
             Some(open) => Err(Error::internal(format!(
                 "run {run_id} is not open (run {open} is)"
@@ -562,7 +568,8 @@ impl Warehouse for ClickHouseWarehouse {
             if let Some(open) = guard.as_ref() {
                 return Err(Error::internal(format!(
                     "cannot begin run {}: run {} is still open",
-                    run.run_id, open.run_id
+                    run.run_id,
+                    open.run_id()
                 )));
             }
         }
@@ -585,10 +592,9 @@ impl Warehouse for ClickHouseWarehouse {
             )
             .await?;
         }
-        let row = RunRow::new(run.run_id.clone(), run.source, run.options_json, now_text());
+        let row = RunRow::new(run.run_id, run.source, run.options_json, now_text());
         self.record(&row).await?;
         *self.run.lock().expect("run lock") = Some(ActiveRun {
-            run_id: run.run_id,
             row,
             tag,
             staged: BTreeMap::new(),
@@ -610,7 +616,7 @@ impl Warehouse for ClickHouseWarehouse {
         let tag = {
             let guard = self.run.lock().expect("run lock");
             match guard.as_ref() {
-                Some(r) if r.run_id == run_id => r.tag.clone(),
+                Some(r) if r.run_id() == run_id => r.tag.clone(),
                 _ => return Err(Error::input(format!("run {run_id} is not open"))),
             }
         };
@@ -734,7 +740,7 @@ impl Warehouse for ClickHouseWarehouse {
             .lock()
             .expect("run lock")
             .as_ref()
-            .is_some_and(|r| r.run_id == f.run_id);
+            .is_some_and(|r| r.run_id() == f.run_id);
         let mut row = if open {
             let run = self.take_run(&f.run_id)?;
             self.drop_stages(&run.tag).await?;
@@ -974,7 +980,7 @@ impl Warehouse for ClickHouseWarehouse {
             return Err(Error::backend(
                 format!(
                     "cannot drop partition {partition} of {table} while run {} is open",
-                    run.run_id
+                    run.run_id()
                 ),
                 true,
             ));
@@ -1005,7 +1011,7 @@ impl Warehouse for ClickHouseWarehouse {
     async fn close(&self) -> Result<()> {
         let run = self.run.lock().expect("run lock").take();
         if let Some(run) = run {
-            tracing::warn!(run_id = %run.run_id, "shutting down during a run: discarding it");
+            tracing::warn!(run_id = %run.run_id(), "shutting down during a run: discarding it");
             self.drop_stages(&run.tag).await?;
         }
         Ok(())
