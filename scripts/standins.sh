@@ -56,3 +56,27 @@ start_clickhouse() {
     # The retry test starts (and restarts) a server of its own with this binary.
     export QUARRY_TEST_CLICKHOUSE_SERVER=/usr/sbin/clickhouse-server
 }
+
+# venv_from DIR REQUIREMENTS: (re)creates the virtualenv DIR unless it holds
+# exactly the pinned packages already.
+venv_from() {
+    if ! "$1/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort "$2") >/dev/null; then
+        python3 -m venv "$1"
+        "$1/bin/pip" install --quiet --disable-pip-version-check -r "$2"
+    fi
+}
+
+# S3 (PyPI moto[server], in its own virtualenv) on 127.0.0.1:15055; the
+# tests create their own buckets. moto accepts any credentials.
+start_s3() {
+    local venv="$CACHE/venv-s3"
+    venv_from "$venv" scripts/requirements-s3.txt
+    local d="$STANDINS/s3"
+    rm -rf "$d"
+    mkdir -p "$d"
+    "$venv/bin/moto_server" -H 127.0.0.1 -p 15055 >"$d/moto.log" 2>&1 &
+    STANDIN_PIDS+=("$!")
+    wait_for S3 http://127.0.0.1:15055/moto-api/ "$d/moto.log"
+    export QUARRY_TEST_S3_ENDPOINT=http://127.0.0.1:15055
+    export AWS_ACCESS_KEY_ID=quarry-test AWS_SECRET_ACCESS_KEY=quarry-test
+}

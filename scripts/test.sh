@@ -28,6 +28,7 @@ export QUARRY_GRPCURL="$VENV/bin/grpcurl"
 echo "== stand-ins"
 . scripts/standins.sh
 start_clickhouse
+start_s3
 
 echo "== fmt"
 cargo fmt --all --check

@@ -2,6 +2,7 @@
 //! in-process on loopback ports, talking real gRPC) and the client calls that
 //! run a pipeline and fetch its reports.
 
+pub mod archive;
 pub mod client;
 pub mod embedded;
 pub mod health;

@@ -10,7 +10,7 @@ use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressStyle};
 use quarry_cli::client::{self, LoaderClient};
 use quarry_cli::embedded::Cluster;
-use quarry_cli::{health, report};
+use quarry_cli::{archive, health, report};
 use quarry_core::config::WarehouseKind;
 use quarry_core::{Config, grpc, logging};
 use quarry_proto::{
@@ -65,6 +65,24 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Hot/cold tiering: move old partitions to Parquet in object storage,
+    /// list them, restore them. Embedded (in-process archiver) unless --archiver.
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
+        /// Archiver URL (e.g. http://127.0.0.1:50054); without it one runs in-process.
+        #[arg(long, global = true)]
+        archiver: Option<String>,
+        /// Cold storage root of the in-process archiver (default from config: cold).
+        #[arg(long, global = true, value_name = "DIR|URL")]
+        cold: Option<String>,
+        /// SQLite database of the in-process archiver (default from config: agg_result.db).
+        #[arg(long, global = true)]
+        sqlite: Option<PathBuf>,
+        /// Warehouse of the in-process archiver (default from config: sqlite).
+        #[arg(long, global = true, value_enum)]
+        warehouse: Option<WarehouseArg>,
+    },
     /// Write deterministic synthetic trades as CSV.
     Gen {
         #[arg(long)]
@@ -96,6 +114,44 @@ enum Report {
     },
 }
 
+#[derive(Subcommand)]
+enum ArchiveAction {
+    /// Move the partitions older than hot_days to cold storage.
+    Run {
+        /// Only this table (default: every table in archiver.tables).
+        #[arg(long)]
+        table: Option<String>,
+        /// Count hot_days back from this date instead of today (YYYY-MM-DD).
+        #[arg(long, value_name = "DATE")]
+        as_of: Option<String>,
+        /// Print what would move; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Hot and cold partitions with row counts and sizes.
+    List {
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Copy cold partitions back into the warehouse (atomic partition overwrite).
+    Restore {
+        #[arg(long, default_value = "trades")]
+        table: String,
+        /// First partition (YYYY-MM-DD), inclusive.
+        #[arg(long, value_name = "DATE")]
+        from: String,
+        /// Last partition (YYYY-MM-DD), inclusive.
+        #[arg(long, value_name = "DATE")]
+        to: String,
+    },
+    /// Configuration, last run and recent events.
+    Status {
+        /// Events to show.
+        #[arg(long, default_value_t = 20)]
+        events: u32,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum MetricArg {
     Volume,
@@ -107,6 +163,7 @@ enum Service {
     Extractor,
     Transformer,
     Loader,
+    Archiver,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -277,6 +334,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Archive {
+            action,
+            archiver,
+            cold,
+            sqlite,
+            warehouse,
+        } => {
+            if let Some(c) = cold {
+                config.archiver.cold_root = c;
+            }
+            if let Some(db) = sqlite {
+                config.warehouse.sqlite.path = db;
+            }
+            if let Some(w) = warehouse {
+                config.warehouse.kind = w.into();
+            }
+            archive_command(&config, archiver.as_deref(), action).await
+        }
         Command::Gen {
             rows,
             out,
@@ -324,6 +399,57 @@ async fn serve(config: &Config, service: Service) -> anyhow::Result<()> {
             )
             .await?
         }
+        Service::Archiver => {
+            let l = grpc::bind(&config.archiver.listen).await?;
+            quarry_archiver::serve(config, l, grpc::shutdown_signal()).await?
+        }
+    }
+    Ok(())
+}
+
+async fn archive_command(
+    config: &Config,
+    url: Option<&str>,
+    action: ArchiveAction,
+) -> anyhow::Result<()> {
+    let failed = archive::with_archiver(config, url, |mut c| async move {
+        let report = match action {
+            ArchiveAction::Run {
+                table,
+                as_of,
+                dry_run,
+            } => {
+                let req = quarry_proto::ArchiveRequest {
+                    table: table.unwrap_or_default(),
+                    as_of: as_of.unwrap_or_default(),
+                    dry_run,
+                };
+                archive::archive(&mut c, req).await?
+            }
+            ArchiveAction::Restore { table, from, to } => {
+                let req = quarry_proto::RestoreRequest { table, from, to };
+                archive::restore(&mut c, req).await?
+            }
+            ArchiveAction::List { table } => {
+                let parts = archive::list(&mut c, &table.unwrap_or_default()).await?;
+                print!("{}", archive::render_list(&parts));
+                return Ok(0);
+            }
+            ArchiveAction::Status { events } => {
+                print!("{}", archive::status(&mut c, events).await?);
+                return Ok(0);
+            }
+        };
+        print!("{}", archive::render_report(&report));
+        Ok(report
+            .moves
+            .iter()
+            .filter(|m| m.outcome == "failed")
+            .count())
+    })
+    .await?;
+    if failed > 0 {
+        bail!("{failed} partition(s) failed to move; nothing was lost (see the detail column)");
     }
     Ok(())
 }

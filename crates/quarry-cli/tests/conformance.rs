@@ -9,10 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type};
-use arrow::util::display::ArrayFormatter;
-use common::{Env, expected_agg, fixtures};
+use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type};
+use common::{Env, expected_agg, fixtures, rows_text};
 use quarry_core::config::WarehouseKind;
 use quarry_core::dates::date_text;
 use quarry_core::decimal::{PNL_SCALE, parse_scaled};
@@ -34,36 +32,6 @@ async fn snapshot(wh: &dyn Warehouse) -> Snapshot {
             assert_eq!(rows.len() as u64, p.rows, "{table} {}", p.partition);
             rows.sort();
             out.insert((table, p.partition), rows);
-        }
-    }
-    out
-}
-
-/// Rows as `|`-joined text, using Arrow's display of each value.
-fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = vec![];
-    for b in batches {
-        // Timestamps as their nanoseconds: formatting a named time zone
-        // would need chrono-tz.
-        let cols: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| match c.data_type() {
-                DataType::Timestamp(..) => cast(c, &DataType::Int64).unwrap(),
-                _ => c.clone(),
-            })
-            .collect();
-        let cols: Vec<_> = cols
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c, &Default::default()).unwrap())
-            .collect();
-        for i in 0..b.num_rows() {
-            out.push(
-                cols.iter()
-                    .map(|c| c.value(i).to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            );
         }
     }
     out

@@ -15,6 +15,8 @@ pub struct Config {
     pub transformer: TransformerConfig,
     pub loader: LoaderConfig,
     pub warehouse: WarehouseConfig,
+    pub archiver: ArchiverConfig,
+    pub storage: StorageConfig,
     pub run: RunConfig,
 }
 
@@ -246,6 +248,82 @@ impl Default for SqliteConfig {
     }
 }
 
+/// The archiver: hot/cold tiering of date partitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiverConfig {
+    pub listen: String,
+    /// Where cold partitions go: a directory (`cold`, `file:///var/quarry/cold`),
+    /// `s3://bucket/prefix` or `gs://bucket/prefix`.
+    pub cold_root: String,
+    /// Partitions older than this many days (before today or `--as-of`) move.
+    pub hot_days: u32,
+    /// Seconds between scheduled archive runs of the service (0: on demand only).
+    pub interval_secs: u64,
+    /// Tables archived; each must be partitioned by a date.
+    pub tables: Vec<String>,
+    /// Rows per Parquet file (a partition larger than this gets several files).
+    pub rows_per_file: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// How long a partition's lease holds off other archivers; longer than
+    /// the slowest single move.
+    pub lease_secs: u64,
+    /// Days a restored partition stays hot before it may move again.
+    pub hold_days: u32,
+}
+
+impl Default for ArchiverConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50054".into(),
+            cold_root: "cold".into(),
+            hot_days: 30,
+            interval_secs: 3600,
+            tables: vec!["trades".into()],
+            rows_per_file: 1_000_000,
+            row_group_rows: 128 * 1024,
+            lease_secs: 900,
+            hold_days: 30,
+        }
+    }
+}
+
+/// Object-store settings shared by every `s3://` URL. Credentials come from
+/// the standard AWS environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, web identity, instance metadata); `gs://` from
+/// `GOOGLE_APPLICATION_CREDENTIALS` / `GOOGLE_SERVICE_ACCOUNT`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Empty: AWS itself; else an S3-compatible endpoint (MinIO, R2, moto…).
+    pub endpoint: String,
+    /// Empty: from AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.
+    pub region: String,
+    /// Allow a plain-HTTP endpoint (local servers only).
+    pub allow_http: bool,
+    /// `bucket.host` addressing (AWS) instead of `host/bucket` (most
+    /// S3-compatible servers).
+    pub virtual_hosted_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: String::new(),
+            allow_http: false,
+            virtual_hosted_style: true,
+        }
+    }
+}
+
 /// Defaults of `quarry run` and the report commands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -321,6 +399,7 @@ impl Config {
             ("extractor.listen", &self.extractor.listen),
             ("transformer.listen", &self.transformer.listen),
             ("loader.listen", &self.loader.listen),
+            ("archiver.listen", &self.archiver.listen),
         ] {
             if addr.parse::<SocketAddr>().is_err() {
                 return bad(format!(
@@ -402,6 +481,24 @@ impl Config {
         }
         if self.warehouse.sqlite.path.as_os_str().is_empty() {
             return bad("warehouse.sqlite.path is empty".into());
+        }
+        let a = &self.archiver;
+        if a.cold_root.trim().is_empty() {
+            return bad("archiver.cold_root is empty".into());
+        }
+        if let Some(t) = a.tables.iter().find(|t| {
+            !crate::Table::ALL
+                .iter()
+                .any(|x| x.name() == t.as_str() && x.partition_is_date())
+        }) {
+            return bad(format!(
+                "archiver.tables: {t:?} is not a date-partitioned table (trades, agg_trades_weekly)"
+            ));
+        }
+        if a.rows_per_file == 0 || a.row_group_rows == 0 || a.lease_secs == 0 {
+            return bad(
+                "archiver.rows_per_file, row_group_rows and lease_secs must be positive".into(),
+            );
         }
         if self.run.top_limit == 0 {
             return bad("run.top_limit must be positive".into());

@@ -56,6 +56,11 @@ impl Table {
         }
     }
 
+    /// Whether the partition column is a DATE (the tables the archiver can tier).
+    pub fn partition_is_date(self) -> bool {
+        matches!(self, Table::Trades | Table::AggTradesWeekly)
+    }
+
     /// The schema of the batches sent to the loader for this table
     /// (the loader adds `run_id`).
     pub fn schema(self) -> SchemaRef {

@@ -185,3 +185,35 @@ pub fn expected_agg<T>(amount: impl Fn(&str, u32) -> T) -> Vec<AggRow<T>> {
     rows.sort_by(|a, b| (&a.0, &a.1, &a.2, &a.3).cmp(&(&b.0, &b.1, &b.2, &b.3)));
     rows
 }
+
+/// Rows as `|`-joined text, using Arrow's display of each value.
+pub fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    let mut out = vec![];
+    for b in batches {
+        // Timestamps as their nanoseconds: formatting a named time zone
+        // would need chrono-tz.
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                arrow::datatypes::DataType::Timestamp(..) => {
+                    arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap()
+                }
+                _ => c.clone(),
+            })
+            .collect();
+        let cols: Vec<_> = cols
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c, &Default::default()).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| c.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}

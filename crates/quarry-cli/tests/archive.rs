@@ -1,0 +1,293 @@
+//! The archiver end to end: the reference sample through the pipeline, old
+//! partitions archived through the running service (gRPC) to a local
+//! directory, S3 (the moto server scripts/test.sh starts) or from ClickHouse,
+//! read back over Flight DoGet and as plain Parquet, and restored.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use arrow_flight::Ticket;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use common::{Env, fixtures, rows_text};
+use futures::TryStreamExt;
+use prost::Message;
+use quarry_core::config::WarehouseKind;
+use quarry_core::{Config, Table};
+use quarry_proto::archiver_service_client::ArchiverServiceClient;
+use quarry_proto::{ArchiveRequest, ColdTicket, ListPartitionsRequest, RestoreRequest};
+use quarry_warehouse::Warehouse;
+
+/// Every hot row of `trades`, as sorted text, by partition.
+async fn hot(wh: &dyn Warehouse) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for p in wh.list_partitions(Table::Trades).await.unwrap() {
+        let mut rows = rows_text(
+            &wh.read_partition(Table::Trades, &p.partition)
+                .await
+                .unwrap(),
+        );
+        rows.sort();
+        out.insert(p.partition, rows);
+    }
+    out
+}
+
+/// Starts the archiver service of `config` on a loopback port; returns its URL.
+async fn start_archiver(config: &Config) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let archiver = quarry_archiver::Archiver::open(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(archiver.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (url, stop)
+}
+
+/// The sample through the pipeline; then, as of 2023-03-15 with 30 hot days,
+/// the 43 days before 2023-02-13 move to `config.archiver.cold_root`; hot plus
+/// cold hold exactly the original rows; restore brings the warehouse back.
+/// Returns the rows archived.
+async fn round_trip(env: &Env) -> u64 {
+    let src = env.copy_fixture();
+    env.run(&src).await.unwrap();
+    let wh = quarry_warehouse::open(&env.config.warehouse).unwrap();
+    let before = hot(wh.as_ref()).await;
+    assert_eq!(before.len(), 91);
+
+    let (url, _stop) = start_archiver(&env.config).await;
+    let mut c = ArchiverServiceClient::connect(url.clone()).await.unwrap();
+    let req = |dry_run| ArchiveRequest {
+        table: "trades".into(),
+        as_of: "2023-03-15".into(),
+        dry_run,
+    };
+    let dry = c.archive(req(true)).await.unwrap().into_inner();
+    assert_eq!(dry.cutoff, "2023-02-13");
+    assert_eq!(dry.moves.len(), 43);
+    assert!(dry.moves.iter().all(|m| m.outcome == "would_archive"));
+    assert_eq!(hot(wh.as_ref()).await, before, "a dry run moves nothing");
+
+    let done = c.archive(req(false)).await.unwrap().into_inner();
+    assert_eq!(done.moves.len(), 43);
+    assert!(
+        done.moves
+            .iter()
+            .all(|m| m.outcome == "archived" && m.files == 1 && m.bytes > 0),
+        "{:?}",
+        done.moves
+    );
+    let after = hot(wh.as_ref()).await;
+    assert_eq!(after.len(), 48);
+    assert!(after.keys().all(|p| p.as_str() >= "2023-02-13"));
+
+    // Hot plus cold (read over Flight) is the original, partition by partition.
+    let channel = quarry_core::grpc::connect("archiver", &url).await.unwrap();
+    let mut flight = FlightServiceClient::new(channel);
+    let mut union = after.clone();
+    for m in &done.moves {
+        let ticket = ColdTicket {
+            table: "trades".into(),
+            partition: m.partition.clone(),
+        };
+        let stream = flight
+            .do_get(Ticket::new(ticket.encode_to_vec()))
+            .await
+            .unwrap()
+            .into_inner();
+        let batches: Vec<_> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            stream.map_err(arrow_flight::error::FlightError::from),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+        let mut rows = rows_text(&batches);
+        rows.sort();
+        assert_eq!(rows.len() as u64, m.rows);
+        assert!(union.insert(m.partition.clone(), rows).is_none());
+    }
+    assert_eq!(union, before, "hot + cold = the original rows");
+
+    let listed = c
+        .list_partitions(ListPartitionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .partitions;
+    assert_eq!(listed.len(), 91);
+    assert_eq!(listed.iter().filter(|p| p.cold_rows.is_some()).count(), 43);
+    assert_eq!(listed.iter().filter(|p| p.hot_rows.is_some()).count(), 48);
+
+    let restored = c
+        .restore(RestoreRequest {
+            table: "trades".into(),
+            from: "2023-01-01".into(),
+            to: "2023-02-12".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(restored.moves.len(), 43);
+    assert_eq!(
+        hot(wh.as_ref()).await,
+        before,
+        "restored to the pre-archive state"
+    );
+    wh.close().await.unwrap();
+    done.moves.iter().map(|m| m.rows).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_a_local_directory() {
+    let mut env = Env::new();
+    env.config.archiver.cold_root = env.dir.path().join("cold").display().to_string();
+    let archived = round_trip(&env).await;
+
+    // The cold tree is plain Hive-layout Parquet any reader takes.
+    let cold = env.dir.path().join("cold/trades");
+    let files: Vec<_> = std::fs::read_dir(&cold)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 43, "one directory per archived day");
+    assert!(files.iter().all(|f| f.starts_with("trade_date=2023-")));
+    let Ok(python) = std::env::var("QUARRY_PYTHON") else {
+        eprintln!("skipped the pyarrow check: QUARRY_PYTHON is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let script = "import sys, pyarrow.dataset as ds\n\
+        t = ds.dataset(sys.argv[1], format='parquet', partitioning='hive').to_table()\n\
+        print(t.num_rows, t.schema.field('quantity').type)";
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(&cold)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(s.trim(), format!("{archived} decimal128(18, 8)"));
+}
+
+/// Against the moto S3 server scripts/test.sh starts (QUARRY_TEST_S3_ENDPOINT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_s3() {
+    let Ok(endpoint) = std::env::var("QUARRY_TEST_S3_ENDPOINT") else {
+        eprintln!("skipped: QUARRY_TEST_S3_ENDPOINT is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let bucket = format!("quarry-test-{}", std::process::id());
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "PUT"])
+        .arg(format!("{endpoint}/{bucket}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "creating bucket {bucket} at {endpoint} failed"
+    );
+    let mut env = Env::new();
+    env.config.archiver.cold_root = format!("s3://{bucket}/cold");
+    let s3 = &mut env.config.storage.s3;
+    s3.endpoint = endpoint;
+    s3.allow_http = true;
+    s3.virtual_hosted_style = false;
+    assert!(round_trip(&env).await > 0);
+}
+
+/// The same round trip with ClickHouse as the warehouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_and_a_local_directory() {
+    let Ok(url) = std::env::var("QUARRY_TEST_CLICKHOUSE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_CLICKHOUSE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let mut env = Env::new();
+    env.config.warehouse.kind = WarehouseKind::Clickhouse;
+    env.config.warehouse.clickhouse.url = url;
+    env.config.warehouse.clickhouse.database = format!("quarry_archive_{}", std::process::id());
+    env.config.archiver.cold_root = env.dir.path().join("cold").display().to_string();
+    assert!(round_trip(&env).await > 0);
+}
+
+/// `quarry archive …` as a user runs it, in-process archiver, SQLite.
+#[test]
+fn the_archive_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::copy(
+        fixtures().join("trades_sample.csv"),
+        dir.path().join("data/trades.csv"),
+    )
+    .unwrap();
+    let quarry = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .env_remove("QUARRY_CONFIG")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (code, out, err) = quarry(args);
+        assert_eq!(code, Some(0), "quarry {args:?}: {err}");
+        out
+    };
+    ok(&["run", "-q"]);
+    let dry = ok(&["archive", "run", "--as-of", "2023-03-15", "--dry-run"]);
+    assert!(
+        dry.contains("partitions before 2023-02-13 are due"),
+        "{dry}"
+    );
+    assert_eq!(dry.matches("would_archive").count(), 43, "{dry}");
+    assert!(
+        !dir.path().join("cold/trades").exists(),
+        "a dry run writes nothing"
+    );
+
+    let run = ok(&["archive", "run", "--as-of", "2023-03-15"]);
+    assert_eq!(run.matches("archived").count(), 43, "{run}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cold/trades"))
+            .unwrap()
+            .count(),
+        43
+    );
+    let list = ok(&["archive", "list"]);
+    assert!(list.contains("48 hot, 43 cold partitions"), "{list}");
+    let status = ok(&["archive", "status", "--events", "5"]);
+    assert!(
+        status.contains("hot days: 30") && status.contains("archived"),
+        "{status}"
+    );
+
+    let restore = ok(&[
+        "archive",
+        "restore",
+        "--from",
+        "2023-01-01",
+        "--to",
+        "2023-01-31",
+    ]);
+    assert_eq!(restore.matches("restored").count(), 31, "{restore}");
+    let list = ok(&["archive", "list"]);
+    assert!(list.contains("79 hot, 43 cold partitions"), "{list}");
+
+    // Bad input: one clear line.
+    let (code, _, err) = quarry(&["archive", "run", "--as-of", "15/03/2023"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a date like"), "{err}");
+    let (code, _, err) = quarry(&["archive", "run", "--table", "agg_trades_weekly"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not archived"), "{err}");
+}
