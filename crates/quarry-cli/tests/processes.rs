@@ -300,3 +300,84 @@ fn quarry_run_on_clickhouse_matches_the_sqlite_run() {
         started.elapsed()
     );
 }
+
+/// `quarry run --warehouse bigquery` against the emulator scripts/test.sh
+/// starts gives the same top-3 files as the SQLite run; missing credentials
+/// and a wrong address fail at once with one line.
+#[test]
+fn quarry_run_on_bigquery_matches_the_sqlite_run() {
+    let Ok(url) = std::env::var("QUARRY_TEST_BIGQUERY_URL") else {
+        eprintln!("skipped: QUARRY_TEST_BIGQUERY_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let project = std::env::var("QUARRY_TEST_BIGQUERY_PROJECT").unwrap();
+    let dir = setup_user_dir();
+    quarry_ok(dir.path(), &["run", "-q", "--output", "out-sqlite"]);
+    let dataset = format!("quarry_cli_{}", std::process::id());
+    let bigquery = |url: &str, args: &[&str]| {
+        quarry()
+            .args(args)
+            .args(["--warehouse", "bigquery"])
+            .env("QUARRY_WAREHOUSE__BIGQUERY__API_URL", url)
+            .env("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", &project)
+            .env("QUARRY_WAREHOUSE__BIGQUERY__DATASET", &dataset)
+            // The emulator takes any bearer token (scripts/standins.sh sets one).
+            .env(
+                "QUARRY_WAREHOUSE__BIGQUERY__ACCESS_TOKEN_ENV",
+                "QUARRY_TEST_BIGQUERY_TOKEN",
+            )
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = bigquery(&url, &["run", "-q", "--output", "out-bq"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["top_bronze_by_volume.csv", "top_bronze_by_pnl.csv"] {
+        assert_eq!(
+            read(dir.path().join("out-bq").join(f)),
+            read(dir.path().join("out-sqlite").join(f)),
+            "{f}"
+        );
+    }
+    // History read from BigQuery too.
+    let runs = bigquery(&url, &["runs", "--stats"]);
+    let text = String::from_utf8_lossy(&runs.stdout);
+    assert!(text.contains("1 (1 / 0 / 0)"), "{text}");
+
+    // No credentials at all: a configuration error before any request.
+    let out = quarry()
+        .args(["run", "-q", "--warehouse", "bigquery"])
+        .env("QUARRY_WAREHOUSE__BIGQUERY__API_URL", &url)
+        .env("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", &project)
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{err}");
+
+    // An endpoint that is not there: one line naming it.
+    let started = Instant::now();
+    let out = bigquery(
+        &format!("http://127.0.0.1:{}", free_port()),
+        &["run", "-q"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bigquery") && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
