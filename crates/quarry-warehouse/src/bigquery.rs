@@ -196,8 +196,10 @@ impl Fail {
             reasons.push(e.reason.clone().unwrap_or_default());
             messages.push(e.message.clone().unwrap_or_default());
         }
-        let transient =
-            !reasons.is_empty() && reasons.iter().all(|r| TRANSIENT_REASONS.contains(&r.as_str()));
+        let transient = !reasons.is_empty()
+            && reasons
+                .iter()
+                .all(|r| TRANSIENT_REASONS.contains(&r.as_str()));
         messages.dedup();
         Self {
             message: format!("{}: {}", reasons.join(","), messages.join("; ")),
@@ -245,8 +247,7 @@ impl From<BQError> for Fail {
                 transient: r.is_connect()
                     || r.is_timeout()
                     || r.is_request()
-                    || r
-                        .status()
+                    || r.status()
                         .is_some_and(|s| s.is_server_error() || s.as_u16() == 429),
                 message: request_error_text(r),
             },
@@ -751,9 +752,9 @@ impl BigQueryWarehouse {
             .with_jitter();
         op.retry(backoff)
             .when(|f: &Fail| f.transient)
-            .notify(|f, wait| {
-                tracing::warn!(error = %f.message, ?wait, "bigquery: {what}: retrying")
-            })
+            .notify(
+                |f, wait| tracing::warn!(error = %f.message, ?wait, "bigquery: {what}: retrying"),
+            )
             .await
             .map_err(|f| self.err(what, f))
     }
@@ -1113,10 +1114,7 @@ impl Warehouse for BigQueryWarehouse {
         self.record(&record).await?;
         *self.run.lock().expect("run lock") = Some(ActiveRun {
             record,
-            job_prefix: format!(
-                "quarry_{tag}_{}",
-                chrono::Utc::now().timestamp_micros()
-            ),
+            job_prefix: format!("quarry_{tag}_{}", chrono::Utc::now().timestamp_micros()),
             tag,
             loads: 0,
             staged: BTreeMap::new(),
@@ -1140,7 +1138,10 @@ impl Warehouse for BigQueryWarehouse {
             match guard.as_mut() {
                 Some(r) if r.record.run_id == run_id => {
                     r.loads += 1;
-                    (r.tag.clone(), format!("{}_{table}_{}", r.job_prefix, r.loads))
+                    (
+                        r.tag.clone(),
+                        format!("{}_{table}_{}", r.job_prefix, r.loads),
+                    )
                 }
                 _ => return Err(Error::input(format!("run {run_id} is not open"))),
             }
@@ -1158,7 +1159,12 @@ impl Warehouse for BigQueryWarehouse {
                 self.load_once(&stage, &job_id, &data)
             })
             .await?;
-        tracing::debug!(job_id, rows = n, output_rows = loaded, "bigquery: batch loaded");
+        tracing::debug!(
+            job_id,
+            rows = n,
+            output_rows = loaded,
+            "bigquery: batch loaded"
+        );
         let mut guard = self.run.lock().expect("run lock");
         let run = guard
             .as_mut()
@@ -1512,8 +1518,27 @@ mod tests {
         assert!(values.starts_with("('r1', 's\\'rc', 'failed'"), "{values}");
         assert!(values.contains(r"'line\nbreak'"), "{values}");
         let cells: Vec<Option<String>> = [
-            "r1", "src", "failed", "a", "b", "7", "0", "0", "0", "0", "0", "0", "0", "0", "0",
-            "0", "{\"trades\":3}", "input", "m", "{}", "{}",
+            "r1",
+            "src",
+            "failed",
+            "a",
+            "b",
+            "7",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "{\"trades\":3}",
+            "input",
+            "m",
+            "{}",
+            "{}",
         ]
         .iter()
         .map(|s| Some(s.to_string()))
