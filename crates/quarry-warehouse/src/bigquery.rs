@@ -1018,7 +1018,7 @@ impl BigQueryWarehouse {
             }
         }
         run.record.finished("succeeded");
-        run.record.stats = c.stats.clone();
+        run.record.stats = c.stats;
         run.record.rows_committed = serde_json::to_string(&rows).expect("a map serialises");
         run.record.quality = c.quality_json.clone();
         script.push_str(&self.record_sql(&run.record));
