@@ -765,6 +765,7 @@ async fn bigquery_retries_across_an_emulator_restart() {
         emulator
     });
     // Refused while the emulator is down, then retried until it is back.
+    let started = std::time::Instant::now();
     wh.write(
         "restart",
         Table::AggTradesWeekly,
@@ -773,6 +774,12 @@ async fn bigquery_retries_across_an_emulator_restart() {
     )
     .await
     .unwrap();
+    // It waited for the restart (0.8 s down, then the emulator's start-up).
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
     let _emulator = restart.join().unwrap();
     let rows = wh
         .commit(RunCommit {
@@ -790,5 +797,96 @@ async fn bigquery_retries_across_an_emulator_restart() {
     assert_eq!(
         wh.get_run("restart").await.unwrap().unwrap().status,
         "succeeded"
+    );
+}
+
+/// A commit whose transaction fails (here: its staging table vanished, which
+/// the emulator reports as HTTP 200 with an `errors` array) is not a
+/// success: the error is permanent, the tables keep their previous rows, the
+/// run is recorded as failed and its staging tables are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigquery_failed_commit_changes_nothing() {
+    let Some((url, project)) = bigquery_target() else {
+        return;
+    };
+    let dataset = format!("quarry_commit_{}", std::process::id());
+    let config = quarry_core::config::BigQueryConfig {
+        api_url: url.clone(),
+        project: project.clone(),
+        dataset: dataset.clone(),
+        ..Default::default()
+    };
+    let wh = bigquery_with_static_token(&config);
+    wh.check_connectivity().await.unwrap();
+    let commit = |run_id: &str| RunCommit {
+        run_id: run_id.into(),
+        source_files: vec![],
+        stats: RunStats::default(),
+        quality_json: String::new(),
+    };
+    let start = |run_id: &str| RunStart {
+        run_id: run_id.into(),
+        source: "test".into(),
+        options_json: "{}".into(),
+    };
+    wh.begin_run(start("good")).await.unwrap();
+    let mode = WriteMode::ReplacePartitions;
+    wh.write("good", Table::AggTradesWeekly, mode, agg_batch("a"))
+        .await
+        .unwrap();
+    wh.commit(commit("good")).await.unwrap();
+    let before = snapshot(&wh).await;
+
+    wh.begin_run(start("broken")).await.unwrap();
+    wh.write("broken", Table::AggTradesWeekly, mode, agg_batch("b"))
+        .await
+        .unwrap();
+    let drop = serde_json::json!({
+        "query": format!("DROP TABLE `{project}.{dataset}.agg_trades_weekly_stage_broken`"),
+        "useLegacySql": false,
+    });
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(drop.to_string())
+        .arg(format!("{url}/bigquery/v2/projects/{project}/queries"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {url} failed");
+
+    let e = wh.commit(commit("broken")).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            quarry_core::Error::Backend {
+                transient: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("notFound"), "{e}");
+    assert_eq!(
+        snapshot(&wh).await,
+        before,
+        "a failed commit changed the tables"
+    );
+    let run = wh.get_run("broken").await.unwrap().unwrap();
+    assert_eq!(
+        (run.status.as_str(), run.error_category.as_str()),
+        ("failed", "backend")
+    );
+    assert_eq!(
+        bigquery_tables(&url, &project, &dataset),
+        [
+            "agg_trades_weekly",
+            "pipeline_runs",
+            "trades",
+            "trades_rejected"
+        ]
     );
 }

@@ -729,10 +729,12 @@ impl BigQueryWarehouse {
     }
 
     fn err(&self, what: &str, f: Fail) -> Error {
+        // One line, whatever the backend's message holds.
+        let message = f.message.split_whitespace().collect::<Vec<_>>().join(" ");
         Error::backend(
             format!(
-                "bigquery {}.{} at {}: {what}: {}",
-                self.project, self.dataset, self.api_url, f.message
+                "bigquery {}.{} at {}: {what}: {message}",
+                self.project, self.dataset, self.api_url
             ),
             f.transient,
         )
@@ -1061,13 +1063,26 @@ impl Warehouse for BigQueryWarehouse {
         self.query_once("SELECT 1")
             .await
             .map_err(|f| self.err("cannot connect", f))?;
-        let create = format!(
-            "CREATE SCHEMA IF NOT EXISTS `{}.{}` OPTIONS (location = {})",
-            self.project,
-            self.dataset,
-            literal(&self.location)
-        );
-        self.query("create dataset", &create).await?;
+        // Created only when missing: creating needs more than writing into it.
+        let exists = self
+            .retry("look up dataset", || async {
+                let client = self.client().await?;
+                match client.dataset().get(&self.project, &self.dataset).await {
+                    Ok(_) => Ok(true),
+                    Err(BQError::ResponseError { error }) if error.error.code == 404 => Ok(false),
+                    Err(e) => Err(Fail::from(e)),
+                }
+            })
+            .await?;
+        if !exists {
+            let create = format!(
+                "CREATE SCHEMA IF NOT EXISTS `{}.{}` OPTIONS (location = {})",
+                self.project,
+                self.dataset,
+                literal(&self.location)
+            );
+            self.query("create dataset", &create).await?;
+        }
         for sql in tables_sql(&format!("`{}.{}`", self.project, self.dataset)) {
             self.query("create tables", &sql).await?;
         }
@@ -1506,6 +1521,41 @@ mod tests {
             )
             .transient
         );
+    }
+
+    #[test]
+    fn batches_become_exact_json_lines() {
+        let batch = RecordBatch::try_new(
+            Table::Trades.schema(),
+            vec![
+                Arc::new(
+                    arrow::array::TimestampNanosecondArray::from(vec![1_704_103_200_123_456_789])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(arrow::array::StringArray::from(vec!["u\"1"])),
+                Arc::new(arrow::array::StringArray::from(vec!["gold"])),
+                Arc::new(arrow::array::StringArray::from(vec!["SYM"])),
+                Arc::new(arrow::array::StringArray::from(vec!["buy"])),
+                Arc::new(
+                    arrow::array::Decimal128Array::from(vec![150_000_001])
+                        .with_data_type(QUANTITY_TYPE),
+                ),
+                Arc::new(
+                    arrow::array::Decimal128Array::from(vec![-1]).with_data_type(QUANTITY_TYPE),
+                ),
+                Arc::new(arrow::array::Date32Array::from(vec![19_723])),
+            ],
+        )
+        .unwrap();
+        let (json, parts) = batch_json(Table::Trades, &batch, "r").unwrap();
+        let row: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(row["timestamp"], "2024-01-01 10:00:00.123456 UTC");
+        assert_eq!(row["timestamp_extra_nanos"], 789);
+        assert_eq!(row["user_id"], "u\"1");
+        assert_eq!(row["quantity"], "1.50000001");
+        assert_eq!(row["price"], "-0.00000001");
+        assert_eq!(row["trade_date"], "2024-01-01");
+        assert_eq!(parts, BTreeSet::from(["2024-01-01".to_string()]));
     }
 
     #[test]
