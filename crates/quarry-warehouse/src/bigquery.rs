@@ -72,6 +72,11 @@ const TRANSIENT_REASONS: [&str; 5] = [
 /// How long one jobs.query / getQueryResults call waits for a job.
 const WAIT_MS: i32 = 30_000;
 
+/// Newline-delimited JSON gathered per table before one load job takes it:
+/// few, big jobs (each has seconds of overhead on BigQuery, and a table takes
+/// at most 1 500 load jobs a day), with bounded memory.
+const LOAD_BYTES: usize = 32 << 20;
+
 /// Staging tables outlive a crashed run by this long at most.
 const STAGE_EXPIRY: &str = "INTERVAL 2 DAY";
 
@@ -336,9 +341,31 @@ struct ActiveRun {
     /// Makes load job ids unique across runs that reuse a run id.
     job_prefix: String,
     loads: u64,
+    /// Rows accepted but not loaded yet, per table.
+    pending: BTreeMap<Table, Vec<u8>>,
     staged: BTreeMap<Table, u64>,
     partitions: BTreeMap<Table, BTreeSet<String>>,
     rejected_replace: bool,
+}
+
+/// One load job's worth of rows for a staging table.
+struct Load {
+    table_id: String,
+    job_id: String,
+    data: Vec<u8>,
+}
+
+impl ActiveRun {
+    /// The rows gathered for `table`, if any, as the run's next load job.
+    fn take_load(&mut self, table: Table) -> Option<Load> {
+        let data = self.pending.remove(&table).filter(|d| !d.is_empty())?;
+        self.loads += 1;
+        Some(Load {
+            table_id: format!("{table}_stage_{}", self.tag),
+            job_id: format!("{}_{table}_{}", self.job_prefix, self.loads),
+            data,
+        })
+    }
 }
 
 /// One `pipeline_runs` row.
@@ -900,6 +927,19 @@ impl BigQueryWarehouse {
         self.wait_for_job(&started_id).await
     }
 
+    /// Runs one load job, retried (with the same job id) on transient errors.
+    async fn load(&self, load: &Load) -> Result<()> {
+        // What the staging table holds is checked once, at commit: the
+        // emulator reports the table's total as a job's outputRows.
+        let output_rows = self
+            .retry(&format!("load into {}", load.table_id), || {
+                self.load_once(&load.table_id, &load.job_id, &load.data)
+            })
+            .await?;
+        tracing::debug!(job_id = %load.job_id, bytes = load.data.len(), output_rows, "bigquery: loaded");
+        Ok(())
+    }
+
     /// Polls a job until it is done; its `errorResult` fails it. Returns the
     /// rows a load job wrote.
     async fn wait_for_job(&self, job_id: &str) -> std::result::Result<u64, Fail> {
@@ -973,6 +1013,12 @@ impl BigQueryWarehouse {
         run: &mut ActiveRun,
         c: &RunCommit,
     ) -> Result<BTreeMap<String, u64>> {
+        // The rows still gathered go in first.
+        for table in Table::ALL {
+            if let Some(load) = run.take_load(table) {
+                self.load(&load).await?;
+            }
+        }
         // Read back what each staging table holds before anything is replaced.
         let mut rows = BTreeMap::new();
         for (table, staged) in &run.staged {
@@ -1132,6 +1178,7 @@ impl Warehouse for BigQueryWarehouse {
             job_prefix: format!("quarry_{tag}_{}", chrono::Utc::now().timestamp_micros()),
             tag,
             loads: 0,
+            pending: BTreeMap::new(),
             staged: BTreeMap::new(),
             partitions: BTreeMap::new(),
             rejected_replace: true,
@@ -1147,49 +1194,32 @@ impl Warehouse for BigQueryWarehouse {
         batch: RecordBatch,
     ) -> Result<u64> {
         check_batch(table, &batch)?;
+        let n = batch.num_rows() as u64;
+        let (data, parts) = batch_json(table, &batch, run_id)?;
         let _w = self.writing.lock().await;
-        let (tag, job_id) = {
+        let load = {
             let mut guard = self.run.lock().expect("run lock");
-            match guard.as_mut() {
-                Some(r) if r.record.run_id == run_id => {
-                    r.loads += 1;
-                    (
-                        r.tag.clone(),
-                        format!("{}_{table}_{}", r.job_prefix, r.loads),
-                    )
-                }
+            let run = match guard.as_mut() {
+                Some(r) if r.record.run_id == run_id => r,
                 _ => return Err(Error::input(format!("run {run_id} is not open"))),
+            };
+            *run.staged.entry(table).or_default() += n;
+            let replace = mode != WriteMode::Append;
+            if table == Table::TradesRejected {
+                run.rejected_replace &= replace;
+            } else if replace {
+                run.partitions.entry(table).or_default().extend(parts);
+            }
+            let pending = run.pending.entry(table).or_default();
+            pending.extend_from_slice(&data);
+            if pending.len() >= LOAD_BYTES {
+                run.take_load(table)
+            } else {
+                None
             }
         };
-        let n = batch.num_rows() as u64;
-        if n == 0 {
-            return Ok(0);
-        }
-        let (data, parts) = batch_json(table, &batch, run_id)?;
-        let stage = format!("{table}_stage_{tag}");
-        // What the staging table holds is checked once, at commit: the
-        // emulator reports the table's total as the job's outputRows.
-        let loaded = self
-            .retry(&format!("load into {stage}"), || {
-                self.load_once(&stage, &job_id, &data)
-            })
-            .await?;
-        tracing::debug!(
-            job_id,
-            rows = n,
-            output_rows = loaded,
-            "bigquery: batch loaded"
-        );
-        let mut guard = self.run.lock().expect("run lock");
-        let run = guard
-            .as_mut()
-            .ok_or_else(|| Error::input(format!("run {run_id} is not open")))?;
-        *run.staged.entry(table).or_default() += n;
-        let replace = mode != WriteMode::Append;
-        if table == Table::TradesRejected {
-            run.rejected_replace &= replace;
-        } else if replace {
-            run.partitions.entry(table).or_default().extend(parts);
+        if let Some(load) = load {
+            self.load(&load).await?;
         }
         Ok(n)
     }
