@@ -931,12 +931,18 @@ impl BigQueryWarehouse {
     async fn load(&self, load: &Load) -> Result<()> {
         // What the staging table holds is checked once, at commit: the
         // emulator reports the table's total as a job's outputRows.
-        let output_rows = self
-            .retry(&format!("load into {}", load.table_id), || {
-                self.load_once(&load.table_id, &load.job_id, &load.data)
-            })
-            .await?;
-        tracing::debug!(job_id = %load.job_id, bytes = load.data.len(), output_rows, "bigquery: loaded");
+        let started = std::time::Instant::now();
+        self.retry(&format!("load into {}", load.table_id), || {
+            self.load_once(&load.table_id, &load.job_id, &load.data)
+        })
+        .await?;
+        tracing::debug!(
+            job_id = %load.job_id,
+            rows = load.data.iter().filter(|b| **b == b'\n').count(),
+            bytes = load.data.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "bigquery: loaded"
+        );
         Ok(())
     }
 
