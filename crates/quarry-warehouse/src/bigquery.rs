@@ -7,7 +7,8 @@
 //! `pipeline_runs`. A run's batches go into per-run staging tables
 //! (`<table>_stage_<run>`, created `LIKE` their target, expiring after two
 //! days should a crash leave them) through load jobs (newline-delimited JSON,
-//! multipart upload, one job per batch): load jobs write no streaming buffer,
+//! multipart upload; batches are gathered per table into jobs of up to
+//! 32 MiB, the rest loaded at commit): load jobs write no streaming buffer,
 //! so the rows can be deleted or replaced by DML at once. Commit checks the
 //! staged row counts, then runs ONE multi-statement transaction: per table
 //! `DELETE` the covered partitions and `INSERT … SELECT` from staging, plus
