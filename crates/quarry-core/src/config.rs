@@ -570,6 +570,35 @@ mod tests {
     }
 
     #[test]
+    fn bigquery_is_configured_from_the_environment() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("QUARRY_WAREHOUSE__TYPE", "bigquery"),
+                ("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", "my-project"),
+                ("QUARRY_WAREHOUSE__BIGQUERY__DATASET", "trades_eu"),
+                ("QUARRY_WAREHOUSE__BIGQUERY__MAX_ATTEMPTS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.warehouse.kind, WarehouseKind::Bigquery);
+        assert_eq!(c.warehouse.bigquery.project, "my-project");
+        assert_eq!(c.warehouse.bigquery.dataset, "trades_eu");
+        assert_eq!(c.warehouse.bigquery.max_attempts, 7);
+        let e = Config::load_with_env(None, env(&[("QUARRY_WAREHOUSE__TYPE", "bigquery")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warehouse.bigquery.project"), "{e}");
+        let e = Config::load_with_env(
+            None,
+            env(&[("QUARRY_WAREHOUSE__BIGQUERY__DATASET", "a-b; DROP")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("warehouse.bigquery.dataset"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("q.toml");
