@@ -80,3 +80,29 @@ start_s3() {
     export QUARRY_TEST_S3_ENDPOINT=http://127.0.0.1:15055
     export AWS_ACCESS_KEY_ID=quarry-test AWS_SECRET_ACCESS_KEY=quarry-test
 }
+
+# BigQuery emulator (PyPI bqemulator, in its own virtualenv) on 127.0.0.1:
+# REST on 19050, Storage Read/Write gRPC on 19060. duckdb is pinned and its
+# spatial extension installed from the wheel: otherwise the emulator tries to
+# download the extension and dies.
+start_bigquery() {
+    local venv="$CACHE/venv-bigquery"
+    venv_from "$venv" scripts/requirements-bigquery.txt
+    "$venv/bin/python" -c "import duckdb, pathlib, duckdb_extension_spatial as m; duckdb.sql(\"INSTALL '%s'\" % next(pathlib.Path(m.__file__).parent.glob('extensions/*/spatial.duckdb_extension')))"
+    local d="$STANDINS/bigquery"
+    rm -rf "$d"
+    mkdir -p "$d/gcs"
+    BQEMU_GCS_LOCAL_ROOT="$d/gcs" "$venv/bin/bqemulator" start --project quarry-test \
+        --rest-host 127.0.0.1 --rest-port 19050 --grpc-host 127.0.0.1 --grpc-port 19060 --log-level warning \
+        >"$d/emulator.log" 2>&1 &
+    STANDIN_PIDS+=("$!")
+    wait_for BigQuery http://127.0.0.1:19050/readyz "$d/emulator.log"
+    export QUARRY_TEST_BIGQUERY_URL=http://127.0.0.1:19050
+    export QUARRY_TEST_BIGQUERY_GRPC=http://127.0.0.1:19060
+    export QUARRY_TEST_BIGQUERY_PROJECT=quarry-test
+    # The emulator accepts any bearer token; the tests hand it over the way a
+    # short production run can (warehouse.bigquery.access_token_env).
+    export QUARRY_TEST_BIGQUERY_TOKEN=emulator
+    # The retry test starts (and restarts) an emulator of its own with this binary.
+    export QUARRY_TEST_BIGQUERY_EMULATOR="$venv/bin/bqemulator"
+}

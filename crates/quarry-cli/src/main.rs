@@ -192,6 +192,7 @@ struct Target {
 enum WarehouseArg {
     Sqlite,
     Clickhouse,
+    Bigquery,
 }
 
 impl From<WarehouseArg> for WarehouseKind {
@@ -199,6 +200,7 @@ impl From<WarehouseArg> for WarehouseKind {
         match w {
             WarehouseArg::Sqlite => WarehouseKind::Sqlite,
             WarehouseArg::Clickhouse => WarehouseKind::Clickhouse,
+            WarehouseArg::Bigquery => WarehouseKind::Bigquery,
         }
     }
 }

@@ -447,3 +447,464 @@ async fn clickhouse_retries_across_a_server_restart() {
         "succeeded"
     );
 }
+
+/// The BigQuery emulator's project and endpoint, from scripts/standins.sh.
+fn bigquery_target() -> Option<(String, String)> {
+    let Ok(url) = std::env::var("QUARRY_TEST_BIGQUERY_URL") else {
+        eprintln!("skipped: QUARRY_TEST_BIGQUERY_URL is not set (scripts/test.sh sets it)");
+        return None;
+    };
+    let project = std::env::var("QUARRY_TEST_BIGQUERY_PROJECT")
+        .expect("QUARRY_TEST_BIGQUERY_PROJECT is set with QUARRY_TEST_BIGQUERY_URL");
+    Some((url, project))
+}
+
+/// The tables of a BigQuery dataset, by name (REST tables.list).
+fn bigquery_tables(url: &str, project: &str, dataset: &str) -> Vec<String> {
+    let out = std::process::Command::new("curl")
+        .arg("-sf")
+        .arg(format!(
+            "{url}/bigquery/v2/projects/{project}/datasets/{dataset}/tables?maxResults=1000"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {url} failed");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<String> = list["tables"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| t["tableReference"]["tableId"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Against the BigQuery emulator scripts/test.sh starts (QUARRY_TEST_BIGQUERY_URL);
+/// if the script started it and it does not answer, this fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigquery() {
+    let Some((url, project)) = bigquery_target() else {
+        return;
+    };
+    let mut env = Env::new();
+    let bq = &mut env.config.warehouse.bigquery;
+    bq.api_url = url.clone();
+    bq.project = project.clone();
+    // A dataset of its own: runs of the suite never see each other's tables.
+    bq.dataset = format!("quarry_test_{}", std::process::id());
+    // The emulator takes any bearer token: handed over in a variable, as
+    // `access_token_env` does in production.
+    bq.access_token_env = "QUARRY_TEST_BIGQUERY_TOKEN".into();
+    let dataset = bq.dataset.clone();
+    env.config.warehouse.kind = WarehouseKind::Bigquery;
+    conformance(&env).await;
+    // Nothing left behind: no staging tables of any run, committed or aborted.
+    assert_eq!(
+        bigquery_tables(&url, &project, &dataset),
+        [
+            "agg_trades_weekly",
+            "pipeline_runs",
+            "trades",
+            "trades_rejected"
+        ]
+    );
+}
+
+/// Test-only credentials for the emulator, which accepts any bearer token:
+/// a real account goes through the service-account key file instead.
+#[derive(Clone)]
+struct StaticToken;
+
+#[async_trait::async_trait]
+impl gcp_bigquery_client::auth::Authenticator for StaticToken {
+    async fn access_token(&self) -> Result<String, gcp_bigquery_client::error::BQError> {
+        Ok("emulator".into())
+    }
+}
+
+fn bigquery_with_static_token(
+    config: &quarry_core::config::BigQueryConfig,
+) -> quarry_warehouse::bigquery::BigQueryWarehouse {
+    quarry_warehouse::bigquery::BigQueryWarehouse::with_authenticator(config, Arc::new(StaticToken))
+}
+
+/// One agg row of a week, as the transformer would send it.
+fn agg_batch(user: &str) -> RecordBatch {
+    RecordBatch::try_new(
+        Table::AggTradesWeekly.schema(),
+        vec![
+            Arc::new(arrow::array::Date32Array::from(vec![19_360])),
+            Arc::new(arrow::array::StringArray::from(vec!["gold"])),
+            Arc::new(arrow::array::StringArray::from(vec![user])),
+            Arc::new(arrow::array::StringArray::from(vec!["SYM"])),
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![150_000_000])
+                    .with_data_type(quarry_core::schema::VOLUME_TYPE),
+            ),
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![-1])
+                    .with_data_type(quarry_core::schema::PNL_TYPE),
+            ),
+            Arc::new(arrow::array::Int64Array::from(vec![1])),
+        ],
+    )
+    .unwrap()
+}
+
+/// Permanent errors are not retried: a dataset that does not exist fails
+/// the first request with the backend's notFound message, at once; a wrong
+/// endpoint gives one clear line from check_connectivity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigquery_permanent_errors_fail_at_once() {
+    let Some((url, project)) = bigquery_target() else {
+        return;
+    };
+    let mut config = quarry_core::config::BigQueryConfig {
+        api_url: url,
+        project,
+        dataset: format!("quarry_missing_{}", std::process::id()),
+        // Retries would take seconds: 0.2 + 0.4 + … with max 10 attempts.
+        max_attempts: 10,
+        ..Default::default()
+    };
+    let wh = bigquery_with_static_token(&config);
+    let started = std::time::Instant::now();
+    let e = wh.list_partitions(Table::Trades).await.unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            e,
+            quarry_core::Error::Backend {
+                transient: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("notFound"), "{e}");
+
+    // Nothing listens on this port: refused, one line, not retried here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.api_url = format!("http://127.0.0.1:{port}");
+    let e = bigquery_with_static_token(&config)
+        .check_connectivity()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot connect") && e.contains(&config.api_url) && !e.contains('\n'),
+        "{e}"
+    );
+}
+
+/// An emulator of the test's own, file-backed, that can be stopped and
+/// started again on the same data.
+struct OwnEmulator {
+    bin: String,
+    dir: tempfile::TempDir,
+    /// REST and gRPC ports.
+    ports: [u16; 2],
+    child: Option<std::process::Child>,
+}
+
+impl OwnEmulator {
+    fn start(bin: String) -> Self {
+        let listeners: Vec<_> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports = [0, 1].map(|i| listeners[i].local_addr().unwrap().port());
+        drop(listeners);
+        let mut e = Self {
+            bin,
+            dir: tempfile::tempdir().unwrap(),
+            ports,
+            child: None,
+        };
+        e.up();
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[0])
+    }
+
+    fn up(&mut self) {
+        let d = self.dir.path();
+        std::fs::create_dir_all(d.join("gcs")).unwrap();
+        let log = std::fs::File::create(d.join("emulator.log")).unwrap();
+        let child = std::process::Command::new(&self.bin)
+            .args(["start", "--persistent", "--data-dir"])
+            .arg(d.join("data"))
+            .args(["--project", "quarry-test", "--rest-host", "127.0.0.1"])
+            .args(["--rest-port", &self.ports[0].to_string()])
+            .args(["--grpc-host", "127.0.0.1", "--grpc-port"])
+            .arg(self.ports[1].to_string())
+            .args(["--log-level", "warning"])
+            .env("BQEMU_GCS_LOCAL_ROOT", d.join("gcs"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ready = format!("{}/readyz", self.url());
+        while !std::process::Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &ready])
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own BigQuery emulator did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: a clean shutdown keeps the data for the restart.
+            let _ = std::process::Command::new("kill")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnEmulator {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The emulator stops in the middle of a run and comes back (file-backed,
+/// so its tables survive): the requests that hit the outage are retried
+/// (connection refused, capped exponential backoff), and the run commits
+/// exactly what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigquery_retries_across_an_emulator_restart() {
+    let Ok(bin) = std::env::var("QUARRY_TEST_BIGQUERY_EMULATOR") else {
+        eprintln!("skipped: QUARRY_TEST_BIGQUERY_EMULATOR is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let mut emulator = OwnEmulator::start(bin);
+    let config = quarry_core::config::BigQueryConfig {
+        api_url: emulator.url(),
+        project: "quarry-test".into(),
+        dataset: "quarry_restart".into(),
+        max_attempts: 12,
+        ..Default::default()
+    };
+    let wh = bigquery_with_static_token(&config);
+    wh.check_connectivity().await.unwrap();
+    wh.begin_run(RunStart {
+        run_id: "restart".into(),
+        source: "test".into(),
+        options_json: "{}".into(),
+    })
+    .await
+    .unwrap();
+    wh.write(
+        "restart",
+        Table::AggTradesWeekly,
+        WriteMode::ReplacePartitions,
+        agg_batch("a"),
+    )
+    .await
+    .unwrap();
+
+    wh.write(
+        "restart",
+        Table::AggTradesWeekly,
+        WriteMode::ReplacePartitions,
+        agg_batch("b"),
+    )
+    .await
+    .unwrap();
+
+    emulator.down();
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        emulator.up();
+        emulator
+    });
+    // The commit loads the gathered rows and runs the transaction: refused
+    // while the emulator is down, then retried until it is back.
+    let started = std::time::Instant::now();
+    let rows = wh
+        .commit(RunCommit {
+            run_id: "restart".into(),
+            source_files: vec![],
+            stats: RunStats::default(),
+            quality_json: String::new(),
+        })
+        .await
+        .unwrap();
+    // It waited for the restart (0.8 s down, then the emulator's start-up).
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    let _emulator = restart.join().unwrap();
+    assert_eq!(rows["agg_trades_weekly"], 2);
+    let parts = wh.list_partitions(Table::AggTradesWeekly).await.unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].rows, 2);
+    assert_eq!(
+        wh.get_run("restart").await.unwrap().unwrap().status,
+        "succeeded"
+    );
+}
+
+/// One trade of 2024-01-05, as the transformer would send it.
+fn trade_batch(user: &str) -> RecordBatch {
+    RecordBatch::try_new(
+        Table::Trades.schema(),
+        vec![
+            Arc::new(
+                arrow::array::TimestampNanosecondArray::from(vec![1_704_448_800_123_456_789])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(arrow::array::StringArray::from(vec![user])),
+            Arc::new(arrow::array::StringArray::from(vec!["gold"])),
+            Arc::new(arrow::array::StringArray::from(vec!["SYM"])),
+            Arc::new(arrow::array::StringArray::from(vec!["buy"])),
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![150_000_001])
+                    .with_data_type(quarry_core::schema::QUANTITY_TYPE),
+            ),
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![1_025_000_000])
+                    .with_data_type(quarry_core::schema::QUANTITY_TYPE),
+            ),
+            Arc::new(arrow::array::Date32Array::from(vec![19_727])),
+        ],
+    )
+    .unwrap()
+}
+
+/// Every committed row of `tables`, as text.
+async fn rows_of(wh: &dyn Warehouse, tables: &[Table]) -> Vec<String> {
+    let mut out = vec![];
+    for &table in tables {
+        for p in wh.list_partitions(table).await.unwrap() {
+            out.extend(rows_text(
+                &wh.read_partition(table, &p.partition).await.unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+/// A commit whose transaction fails half-way (here: the quarantine table
+/// vanished, which the emulator reports as HTTP 200 with an `errors` array)
+/// is not a success: the error is permanent, the statements that ran before
+/// the failure are rolled back (the trades partition keeps its rows, to the
+/// nanosecond), the run is recorded as failed and its staging tables are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigquery_failed_commit_changes_nothing() {
+    let Some((url, project)) = bigquery_target() else {
+        return;
+    };
+    let dataset = format!("quarry_commit_{}", std::process::id());
+    let config = quarry_core::config::BigQueryConfig {
+        api_url: url.clone(),
+        project: project.clone(),
+        dataset: dataset.clone(),
+        ..Default::default()
+    };
+    let wh = bigquery_with_static_token(&config);
+    wh.check_connectivity().await.unwrap();
+    let commit = |run_id: &str| RunCommit {
+        run_id: run_id.into(),
+        source_files: vec!["trades.csv".into()],
+        stats: RunStats::default(),
+        quality_json: String::new(),
+    };
+    let start = |run_id: &str| RunStart {
+        run_id: run_id.into(),
+        source: "test".into(),
+        options_json: "{}".into(),
+    };
+    let mode = WriteMode::ReplacePartitions;
+    wh.begin_run(start("good")).await.unwrap();
+    wh.write("good", Table::Trades, mode, trade_batch("a"))
+        .await
+        .unwrap();
+    wh.write("good", Table::AggTradesWeekly, mode, agg_batch("a"))
+        .await
+        .unwrap();
+    wh.commit(commit("good")).await.unwrap();
+    let tables = [Table::Trades, Table::AggTradesWeekly];
+    let before = rows_of(&wh, &tables).await;
+    assert_eq!(before.len(), 2);
+    assert!(
+        before[0].starts_with("1704448800123456789|a|"),
+        "{before:?}"
+    );
+
+    wh.begin_run(start("broken")).await.unwrap();
+    wh.write("broken", Table::Trades, mode, trade_batch("b"))
+        .await
+        .unwrap();
+    wh.write("broken", Table::AggTradesWeekly, mode, agg_batch("b"))
+        .await
+        .unwrap();
+    let drop = serde_json::json!({
+        "query": format!("DROP TABLE `{project}.{dataset}.trades_rejected`"),
+        "useLegacySql": false,
+    });
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(drop.to_string())
+        .arg(format!("{url}/bigquery/v2/projects/{project}/queries"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {url} failed");
+
+    let e = wh.commit(commit("broken")).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            quarry_core::Error::Backend {
+                transient: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("notFound"), "{e}");
+    assert_eq!(
+        rows_of(&wh, &tables).await,
+        before,
+        "a failed commit changed the tables"
+    );
+    let run = wh.get_run("broken").await.unwrap().unwrap();
+    assert_eq!(
+        (run.status.as_str(), run.error_category.as_str()),
+        ("failed", "backend")
+    );
+    assert_eq!(
+        bigquery_tables(&url, &project, &dataset),
+        ["agg_trades_weekly", "pipeline_runs", "trades"]
+    );
+}

@@ -300,3 +300,231 @@ fn quarry_run_on_clickhouse_matches_the_sqlite_run() {
         started.elapsed()
     );
 }
+
+/// `quarry run --warehouse bigquery` against the emulator scripts/test.sh
+/// starts gives the same top-3 files as the SQLite run; missing credentials
+/// and a wrong address fail at once with one line.
+#[test]
+fn quarry_run_on_bigquery_matches_the_sqlite_run() {
+    let Ok(url) = std::env::var("QUARRY_TEST_BIGQUERY_URL") else {
+        eprintln!("skipped: QUARRY_TEST_BIGQUERY_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let project = std::env::var("QUARRY_TEST_BIGQUERY_PROJECT").unwrap();
+    let dir = setup_user_dir();
+    quarry_ok(dir.path(), &["run", "-q", "--output", "out-sqlite"]);
+    let dataset = format!("quarry_cli_{}", std::process::id());
+    let bigquery = |url: &str, args: &[&str]| {
+        quarry()
+            .args(args)
+            .args(["--warehouse", "bigquery"])
+            .env("QUARRY_WAREHOUSE__BIGQUERY__API_URL", url)
+            .env("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", &project)
+            .env("QUARRY_WAREHOUSE__BIGQUERY__DATASET", &dataset)
+            // The emulator takes any bearer token (scripts/standins.sh sets one).
+            .env(
+                "QUARRY_WAREHOUSE__BIGQUERY__ACCESS_TOKEN_ENV",
+                "QUARRY_TEST_BIGQUERY_TOKEN",
+            )
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = bigquery(&url, &["run", "-q", "--output", "out-bq"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["top_bronze_by_volume.csv", "top_bronze_by_pnl.csv"] {
+        assert_eq!(
+            read(dir.path().join("out-bq").join(f)),
+            read(dir.path().join("out-sqlite").join(f)),
+            "{f}"
+        );
+    }
+    // History read from BigQuery too.
+    let runs = bigquery(&url, &["runs", "--stats"]);
+    let text = String::from_utf8_lossy(&runs.stdout);
+    assert!(text.contains("1 (1 / 0 / 0)"), "{text}");
+
+    // The service-account path: a key file whose token exchange is answered
+    // by a test-only token endpoint (the emulator has none), then reading
+    // the run history with the token it hands out.
+    let token_server = TokenEndpoint::start();
+    let key = dir.path().join("sa.json");
+    write_service_account_key(&key, &token_server.url());
+    let runs = quarry()
+        .args(["runs", "--warehouse", "bigquery"])
+        .env("QUARRY_WAREHOUSE__BIGQUERY__API_URL", &url)
+        .env("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", &project)
+        .env("QUARRY_WAREHOUSE__BIGQUERY__DATASET", &dataset)
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &key)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        runs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&runs.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&runs.stdout).contains("succeeded"),
+        "{}",
+        String::from_utf8_lossy(&runs.stdout)
+    );
+    assert!(token_server.requests() >= 1);
+    // The same key with its token endpoint gone: one line, at once.
+    drop(token_server);
+    let out = quarry()
+        .args(["run", "-q", "--warehouse", "bigquery"])
+        .env("QUARRY_WAREHOUSE__BIGQUERY__API_URL", &url)
+        .env("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", &project)
+        .env("QUARRY_WAREHOUSE__BIGQUERY__DATASET", &dataset)
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &key)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+    // No credentials at all: a configuration error before any request.
+    let out = quarry()
+        .args(["run", "-q", "--warehouse", "bigquery"])
+        .env("QUARRY_WAREHOUSE__BIGQUERY__API_URL", &url)
+        .env("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", &project)
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{err}");
+
+    // An endpoint that is not there: one line naming it.
+    let started = Instant::now();
+    let out = bigquery(&format!("http://127.0.0.1:{}", free_port()), &["run", "-q"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bigquery") && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A test-only OAuth2 token endpoint: answers every request with a fixed
+/// access token, as Google's would after checking the signed assertion.
+struct TokenEndpoint {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TokenEndpoint {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, done) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                assert!(
+                    String::from_utf8_lossy(&body).contains("assertion="),
+                    "not a JWT bearer grant"
+                );
+                count.fetch_add(1, Ordering::SeqCst);
+                let token = r#"{"access_token":"granted","expires_in":3600,"token_type":"Bearer"}"#;
+                let mut stream = reader.into_inner();
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{token}",
+                    token.len()
+                )
+                .unwrap();
+            }
+        });
+        Self {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The listener closes when its thread sees the flag.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A service-account key file (fresh RSA key from openssl) whose token
+/// exchange goes to `token_uri`.
+fn write_service_account_key(path: &Path, token_uri: &str) {
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl genpkey failed");
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "quarry-test",
+        "private_key_id": "test",
+        "private_key": String::from_utf8(out.stdout).unwrap(),
+        "client_email": "quarry@quarry-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "auth_uri": "http://127.0.0.1/auth",
+        "token_uri": token_uri,
+        "auth_provider_x509_cert_url": "http://127.0.0.1/certs",
+        "client_x509_cert_url": "http://127.0.0.1/cert",
+    });
+    std::fs::write(path, key.to_string()).unwrap();
+}

@@ -187,6 +187,7 @@ pub enum WarehouseKind {
     #[default]
     Sqlite,
     Clickhouse,
+    Bigquery,
 }
 
 impl WarehouseKind {
@@ -194,6 +195,7 @@ impl WarehouseKind {
         match self {
             WarehouseKind::Sqlite => "sqlite",
             WarehouseKind::Clickhouse => "clickhouse",
+            WarehouseKind::Bigquery => "bigquery",
         }
     }
 }
@@ -205,6 +207,7 @@ pub struct WarehouseConfig {
     pub kind: WarehouseKind,
     pub sqlite: SqliteConfig,
     pub clickhouse: ClickHouseConfig,
+    pub bigquery: BigQueryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +232,44 @@ impl Default for ClickHouseConfig {
             database: "quarry".into(),
             user: "default".into(),
             password_env: "QUARRY_CLICKHOUSE_PASSWORD".into(),
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BigQueryConfig {
+    /// Google Cloud project that runs the jobs and holds the dataset.
+    pub project: String,
+    /// Dataset holding Quarry's tables; created with them if missing.
+    pub dataset: String,
+    /// Location of the dataset and its jobs, e.g. US, EU, europe-west1.
+    pub location: String,
+    /// Service-account JSON key file; empty: the file named by `credentials_env`.
+    pub credentials_file: PathBuf,
+    /// Environment variable naming the service-account key file.
+    pub credentials_env: String,
+    /// Environment variable holding an OAuth2 access token to use instead of
+    /// a key file (empty: off), e.g. from `gcloud auth print-access-token`.
+    pub access_token_env: String,
+    /// REST API root (jobs, datasets, tables; uploads go to its /upload twin).
+    pub api_url: String,
+    /// Attempts of one request on transient errors (connection refused or
+    /// reset, 5xx, rate limits), with capped exponential backoff.
+    pub max_attempts: u32,
+}
+
+impl Default for BigQueryConfig {
+    fn default() -> Self {
+        Self {
+            project: String::new(),
+            dataset: "quarry".into(),
+            location: "US".into(),
+            credentials_file: PathBuf::new(),
+            credentials_env: "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            access_token_env: String::new(),
+            api_url: "https://bigquery.googleapis.com".into(),
             max_attempts: 5,
         }
     }
@@ -479,6 +520,23 @@ impl Config {
         if ch.max_attempts == 0 {
             return bad("warehouse.clickhouse.max_attempts must be at least 1".into());
         }
+        let bq = &self.warehouse.bigquery;
+        check_url("warehouse.bigquery.api_url", &bq.api_url)?;
+        if !is_identifier(&bq.dataset) {
+            return bad(format!(
+                "warehouse.bigquery.dataset = {:?} must be letters, digits and _ (not starting with a digit)",
+                bq.dataset
+            ));
+        }
+        if bq.max_attempts == 0 {
+            return bad("warehouse.bigquery.max_attempts must be at least 1".into());
+        }
+        if self.warehouse.kind == WarehouseKind::Bigquery && !is_project_id(&bq.project) {
+            return bad(format!(
+                "warehouse.bigquery.project = {:?} is not a Google Cloud project id (set it, or QUARRY_WAREHOUSE__BIGQUERY__PROJECT)",
+                bq.project
+            ));
+        }
         if self.warehouse.sqlite.path.as_os_str().is_empty() {
             return bad("warehouse.sqlite.path is empty".into());
         }
@@ -514,6 +572,15 @@ pub fn is_identifier(s: &str) -> bool {
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A Google Cloud project id as it may appear in a table path: lower-case
+/// letters, digits and hyphens, optionally behind a `domain:` prefix.
+pub fn is_project_id(s: &str) -> bool {
+    let id = s.rsplit_once(':').map_or(s, |(_, id)| id);
+    (1..=63).contains(&id.len())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | ':'))
 }
 
 /// Checks a service URL (`http://host:port` or `https://…`).
@@ -597,6 +664,35 @@ mod tests {
         );
         assert_eq!(c.warehouse.sqlite.path, PathBuf::from("/tmp/x.db"));
         assert!(c.transformer.dedup);
+    }
+
+    #[test]
+    fn bigquery_is_configured_from_the_environment() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("QUARRY_WAREHOUSE__TYPE", "bigquery"),
+                ("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", "my-project"),
+                ("QUARRY_WAREHOUSE__BIGQUERY__DATASET", "trades_eu"),
+                ("QUARRY_WAREHOUSE__BIGQUERY__MAX_ATTEMPTS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.warehouse.kind, WarehouseKind::Bigquery);
+        assert_eq!(c.warehouse.bigquery.project, "my-project");
+        assert_eq!(c.warehouse.bigquery.dataset, "trades_eu");
+        assert_eq!(c.warehouse.bigquery.max_attempts, 7);
+        let e = Config::load_with_env(None, env(&[("QUARRY_WAREHOUSE__TYPE", "bigquery")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warehouse.bigquery.project"), "{e}");
+        let e = Config::load_with_env(
+            None,
+            env(&[("QUARRY_WAREHOUSE__BIGQUERY__DATASET", "a-b; DROP")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("warehouse.bigquery.dataset"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,8 @@ use quarry_core::config::{WarehouseConfig, WarehouseKind};
 use quarry_core::{ErrorCategory, Result, Table};
 pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
 
+#[cfg(feature = "bigquery")]
+pub mod bigquery;
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
 pub mod sqlite;
@@ -143,6 +145,14 @@ pub fn open(config: &WarehouseConfig) -> Result<Arc<dyn Warehouse>> {
         #[cfg(not(feature = "clickhouse"))]
         WarehouseKind::Clickhouse => Err(quarry_core::Error::config(
             "warehouse.type = \"clickhouse\", but this build has no ClickHouse backend (cargo feature `clickhouse`)",
+        )),
+        #[cfg(feature = "bigquery")]
+        WarehouseKind::Bigquery => Ok(Arc::new(bigquery::BigQueryWarehouse::open(
+            &config.bigquery,
+        )?)),
+        #[cfg(not(feature = "bigquery"))]
+        WarehouseKind::Bigquery => Err(quarry_core::Error::config(
+            "warehouse.type = \"bigquery\", but this build has no BigQuery backend (cargo feature `bigquery`)",
         )),
     }
 }
