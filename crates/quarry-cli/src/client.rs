@@ -43,6 +43,22 @@ pub async fn run_pipeline(
     ))
 }
 
+/// The grpc.health.v1 status of a server (or of one of its services), e.g. `SERVING`.
+pub async fn health(url: &str, service: &str) -> Result<String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = grpc::connect("service", url).await?;
+    let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| Error::from_status(&s))?
+        .into_inner();
+    Ok(ServingStatus::try_from(reply.status)
+        .map_or("UNKNOWN", |s| s.as_str_name())
+        .to_string())
+}
+
 /// A loader's control service. Cheap to clone: clones share one connection.
 #[derive(Clone)]
 pub struct LoaderClient(LoaderServiceClient<Channel>);

@@ -83,6 +83,18 @@ enum Command {
         #[arg(long, global = true, value_enum)]
         warehouse: Option<WarehouseArg>,
     },
+    /// Check a service's gRPC health (grpc.health.v1); exits 0 only when it
+    /// reports SERVING (container health checks use it).
+    Ping {
+        /// The service's URL, e.g. http://127.0.0.1:50053.
+        url: String,
+        /// A service name to ask about (default: the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Write deterministic synthetic trades as CSV.
     Gen {
         #[arg(long)]
@@ -353,6 +365,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 config.warehouse.kind = w.into();
             }
             archive_command(&config, archiver.as_deref(), action).await
+        }
+        Command::Ping {
+            url,
+            service,
+            timeout,
+        } => {
+            let status =
+                tokio::time::timeout(Duration::from_secs(timeout), client::health(&url, &service))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout} s"))??;
+            println!("{status}");
+            if status != "SERVING" {
+                bail!("{url} is {status}");
+            }
+            Ok(())
         }
         Command::Gen {
             rows,

@@ -528,3 +528,39 @@ fn write_service_account_key(path: &Path, token_uri: &str) {
     });
     std::fs::write(path, key.to_string()).unwrap();
 }
+
+/// `quarry ping URL`: exit 0 and SERVING from a running service, exit 1 with
+/// one line when nothing listens (what container health checks rely on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reports_a_services_health() {
+    let env = Env::new();
+    let cluster = Cluster::start_loader(&env.config).await.unwrap();
+    let out = quarry()
+        .args([
+            "ping",
+            &cluster.loader_url,
+            "--service",
+            "quarry.v1.LoaderService",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    let out = quarry()
+        .args(["ping", &cluster.loader_url, "--service", "no.such.Service"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    cluster.stop().await.unwrap();
+    let out = quarry()
+        .args(["ping", &format!("http://127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
