@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Quarry's test suite, runnable on a fresh machine: installs the Python tools
 # the interoperability tests use (pyarrow.flight, grpcurl) into a cached
-# virtualenv, installs and starts the warehouse stand-ins (ClickHouse; see
-# scripts/standins.sh), checks formatting and lints, runs every test, then
+# virtualenv, installs and starts the warehouse stand-ins (ClickHouse,
+# fakesnow for Snowflake; see scripts/standins.sh), checks formatting and lints, runs every test, then
 # runs the benchmark at a tiny size against its peers (Polars, DuckDB, pandas).
 #
 # Caches (override with the variables): QUARRY_CACHE (default ~/.cache/quarry)
@@ -28,6 +28,7 @@ export QUARRY_GRPCURL="$VENV/bin/grpcurl"
 echo "== stand-ins"
 . scripts/standins.sh
 start_clickhouse
+start_snowflake
 
 echo "== fmt"
 cargo fmt --all --check

@@ -135,6 +135,7 @@ struct Target {
 enum WarehouseArg {
     Sqlite,
     Clickhouse,
+    Snowflake,
 }
 
 impl From<WarehouseArg> for WarehouseKind {
@@ -142,6 +143,7 @@ impl From<WarehouseArg> for WarehouseKind {
         match w {
             WarehouseArg::Sqlite => WarehouseKind::Sqlite,
             WarehouseArg::Clickhouse => WarehouseKind::Clickhouse,
+            WarehouseArg::Snowflake => WarehouseKind::Snowflake,
         }
     }
 }

@@ -185,6 +185,7 @@ pub enum WarehouseKind {
     #[default]
     Sqlite,
     Clickhouse,
+    Snowflake,
 }
 
 impl WarehouseKind {
@@ -192,6 +193,7 @@ impl WarehouseKind {
         match self {
             WarehouseKind::Sqlite => "sqlite",
             WarehouseKind::Clickhouse => "clickhouse",
+            WarehouseKind::Snowflake => "snowflake",
         }
     }
 }
@@ -203,6 +205,7 @@ pub struct WarehouseConfig {
     pub kind: WarehouseKind,
     pub sqlite: SqliteConfig,
     pub clickhouse: ClickHouseConfig,
+    pub snowflake: SnowflakeConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +230,49 @@ impl Default for ClickHouseConfig {
             database: "quarry".into(),
             user: "default".into(),
             password_env: "QUARRY_CLICKHOUSE_PASSWORD".into(),
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnowflakeConfig {
+    /// Account identifier, e.g. `myorg-myaccount` or `xy12345.eu-central-1`.
+    pub account: String,
+    pub user: String,
+    /// Role of the session (empty: the user's default role).
+    pub role: String,
+    /// Virtual warehouse running the queries (empty: the user's default).
+    pub warehouse: String,
+    /// Database and schema holding Quarry's tables; created if missing.
+    pub database: String,
+    pub schema: String,
+    /// Environment variable holding the password (password authentication).
+    pub password_env: String,
+    /// PEM file of the user's private key: key-pair authentication instead
+    /// of the password when set.
+    pub private_key_path: String,
+    /// Base URL of the account (empty: https://<account>.snowflakecomputing.com),
+    /// e.g. a private-link host.
+    pub endpoint: String,
+    /// Attempts of one statement on transient errors (connection refused or
+    /// reset, HTTP 5xx, 429), with capped exponential backoff.
+    pub max_attempts: u32,
+}
+
+impl Default for SnowflakeConfig {
+    fn default() -> Self {
+        Self {
+            account: String::new(),
+            user: String::new(),
+            role: String::new(),
+            warehouse: String::new(),
+            database: "quarry".into(),
+            schema: "public".into(),
+            password_env: "QUARRY_SNOWFLAKE_PASSWORD".into(),
+            private_key_path: String::new(),
+            endpoint: String::new(),
             max_attempts: 5,
         }
     }
@@ -399,6 +445,41 @@ impl Config {
         }
         if ch.max_attempts == 0 {
             return bad("warehouse.clickhouse.max_attempts must be at least 1".into());
+        }
+        let sf = &self.warehouse.snowflake;
+        for (key, value, required) in [
+            ("database", &sf.database, true),
+            ("schema", &sf.schema, true),
+            ("role", &sf.role, false),
+            ("warehouse", &sf.warehouse, false),
+        ] {
+            if (required || !value.is_empty()) && !is_identifier(value) {
+                return bad(format!(
+                    "warehouse.snowflake.{key} = {value:?} must be letters, digits and _ (not starting with a digit)"
+                ));
+            }
+        }
+        if !sf.endpoint.is_empty() {
+            check_url("warehouse.snowflake.endpoint", &sf.endpoint)?;
+        }
+        if sf.max_attempts == 0 {
+            return bad("warehouse.snowflake.max_attempts must be at least 1".into());
+        }
+        if self.warehouse.kind == WarehouseKind::Snowflake {
+            let account_ok = !sf.account.is_empty()
+                && sf
+                    .account
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !account_ok {
+                return bad(format!(
+                    "warehouse.snowflake.account = {:?} must be an account identifier like myorg-myaccount",
+                    sf.account
+                ));
+            }
+            if sf.user.is_empty() {
+                return bad("warehouse.snowflake.user is empty".into());
+            }
         }
         if self.warehouse.sqlite.path.as_os_str().is_empty() {
             return bad("warehouse.sqlite.path is empty".into());

@@ -18,6 +18,8 @@ pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
 
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
+#[cfg(feature = "snowflake")]
+pub mod snowflake;
 pub mod sqlite;
 
 /// Opening facts of a run.
@@ -143,6 +145,14 @@ pub fn open(config: &WarehouseConfig) -> Result<Arc<dyn Warehouse>> {
         #[cfg(not(feature = "clickhouse"))]
         WarehouseKind::Clickhouse => Err(quarry_core::Error::config(
             "warehouse.type = \"clickhouse\", but this build has no ClickHouse backend (cargo feature `clickhouse`)",
+        )),
+        #[cfg(feature = "snowflake")]
+        WarehouseKind::Snowflake => Ok(Arc::new(snowflake::SnowflakeWarehouse::open(
+            &config.snowflake,
+        )?)),
+        #[cfg(not(feature = "snowflake"))]
+        WarehouseKind::Snowflake => Err(quarry_core::Error::config(
+            "warehouse.type = \"snowflake\", but this build has no Snowflake backend (cargo feature `snowflake`)",
         )),
     }
 }
