@@ -440,6 +440,48 @@ async fn snowflake_retries_transient_errors_only() {
     assert_eq!(proxy.state.queries.load(SeqCst) - before, 1);
 }
 
+/// The load rate against fakesnow (run by hand: `cargo test -p quarry-cli
+/// --test conformance snowflake_load_rate -- --ignored --nocapture`, with
+/// QUARRY_SNOWFLAKE_LOAD_ROWS input rows, default 2000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn snowflake_load_rate() {
+    let Ok(url) = std::env::var("QUARRY_TEST_SNOWFLAKE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_SNOWFLAKE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let rows: u64 = std::env::var("QUARRY_SNOWFLAKE_LOAD_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let proxy = snowflake_proxy::start(&url);
+    let mut env = Env::new();
+    let database = format!("quarry_rate_{}", std::process::id());
+    snowflake_config(&mut env.config.warehouse, &proxy, &database);
+    let mut csv = vec![];
+    quarry_testkit::generate(
+        &quarry_testkit::GenOptions {
+            rows,
+            ..Default::default()
+        },
+        &mut csv,
+    )
+    .unwrap();
+    let src = env.write("gen.csv", csv);
+    let started = std::time::Instant::now();
+    env.run(&src).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let wh = quarry_warehouse::open(&env.config.warehouse).unwrap();
+    let mut loaded = 0;
+    for t in Table::ALL {
+        loaded += wh.list_partitions(t).await.unwrap().iter().map(|p| p.rows).sum::<u64>();
+    }
+    println!(
+        "snowflake load: {rows} input rows, {loaded} rows loaded into 3 tables in {secs:.1} s = {:.0} rows/s",
+        loaded as f64 / secs
+    );
+}
+
 /// A ClickHouse server of the test's own, on a free port, that can be
 /// stopped and started again on the same data.
 struct OwnServer {

@@ -1157,10 +1157,10 @@ impl Warehouse for SnowflakeWarehouse {
             Metric::Volume => "total_volume",
             Metric::Pnl => "total_pnl",
         };
+        let sum = exact_sum(column, PNL_SCALE);
         let sql = format!(
-            "SELECT user_id, TO_VARCHAR(CAST(SUM({column}) AS NUMBER(38, 16)))
-             FROM {} WHERE client_type = {}
-             GROUP BY user_id ORDER BY SUM({column}) DESC, user_id ASC LIMIT {}",
+            "SELECT user_id, TO_VARCHAR({sum}) FROM {} WHERE client_type = {}
+             GROUP BY user_id ORDER BY {sum} DESC, user_id ASC LIMIT {}",
             self.table(Table::AggTradesWeekly),
             literal(&query.client_type),
             query.limit
@@ -1183,11 +1183,12 @@ impl Warehouse for SnowflakeWarehouse {
     async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
         let sql = format!(
             "SELECT TO_VARCHAR(week_start_date, 'YYYY-MM-DD'), client_type,
-                    TO_VARCHAR(CAST(SUM(total_volume) AS NUMBER(38, 8))),
-                    TO_VARCHAR(CAST(SUM(total_pnl) AS NUMBER(38, 16))),
+                    TO_VARCHAR({}), TO_VARCHAR({}),
                     TO_VARCHAR(SUM(trade_count))
              FROM {} GROUP BY week_start_date, client_type
              ORDER BY week_start_date, client_type",
+            exact_sum("total_volume", SCALE),
+            exact_sum("total_pnl", PNL_SCALE),
             self.table(Table::AggTradesWeekly)
         );
         let rows = self.read("weekly totals", &sql).await?;
@@ -1391,6 +1392,13 @@ impl Warehouse for SnowflakeWarehouse {
         }
         Ok(())
     }
+}
+
+/// `SUM` of a decimal column at `scale`. The explicit cast
+/// changes nothing on Snowflake (the column already has that type); the
+/// stand-in, fakesnow, sums a bare column as DOUBLE and would drift.
+fn exact_sum(column: &str, scale: u32) -> String {
+    format!("SUM(CAST({column} AS NUMBER(38, {scale})))")
 }
 
 /// The partition column of `table` as text.
