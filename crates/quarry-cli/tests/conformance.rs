@@ -392,9 +392,14 @@ async fn snowflake_retries_transient_errors_only() {
     .unwrap();
     // The staging INSERT meets two 503s, then goes through.
     proxy.state.fail_next.store(2, SeqCst);
-    wh.write("retried", Table::AggTradesWeekly, WriteMode::ReplacePartitions, batch.clone())
-        .await
-        .unwrap();
+    wh.write(
+        "retried",
+        Table::AggTradesWeekly,
+        WriteMode::ReplacePartitions,
+        batch.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(proxy.state.failed.load(SeqCst), 2);
     // The commit meets one more.
     proxy.state.fail_next.store(1, SeqCst);
@@ -414,17 +419,33 @@ async fn snowflake_retries_transient_errors_only() {
     // Exact values and escaped text came back as sent.
     let mut back = vec![];
     for p in &parts {
-        back.extend(wh.read_partition(Table::AggTradesWeekly, &p.partition).await.unwrap());
+        back.extend(
+            wh.read_partition(Table::AggTradesWeekly, &p.partition)
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(rows_text(&back), rows_text(&[batch]));
-    assert_eq!(wh.get_run("retried").await.unwrap().unwrap().status, "succeeded");
+    assert_eq!(
+        wh.get_run("retried").await.unwrap().unwrap().status,
+        "succeeded"
+    );
 
     // More 503s than attempts: fails as a transient backend error after
     // exactly max_attempts tries.
     proxy.state.fail_next.store(100, SeqCst);
     let before = proxy.state.queries.load(SeqCst);
     let e = wh.list_partitions(Table::Trades).await.unwrap_err();
-    assert!(matches!(e, quarry_core::Error::Backend { transient: true, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            quarry_core::Error::Backend {
+                transient: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("503"), "{e}");
     assert_eq!(proxy.state.queries.load(SeqCst) - before, 4);
     proxy.state.fail_next.store(0, SeqCst);
@@ -435,7 +456,16 @@ async fn snowflake_retries_transient_errors_only() {
     let wh2 = quarry_warehouse::open(&missing).unwrap();
     let before = proxy.state.queries.load(SeqCst);
     let e = wh2.list_runs(10).await.unwrap_err();
-    assert!(matches!(e, quarry_core::Error::Backend { transient: false, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            quarry_core::Error::Backend {
+                transient: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert_eq!(proxy.state.queries.load(SeqCst) - before, 1);
 }
@@ -474,7 +504,13 @@ async fn snowflake_load_rate() {
     let wh = quarry_warehouse::open(&env.config.warehouse).unwrap();
     let mut loaded = 0;
     for t in Table::ALL {
-        loaded += wh.list_partitions(t).await.unwrap().iter().map(|p| p.rows).sum::<u64>();
+        loaded += wh
+            .list_partitions(t)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.rows)
+            .sum::<u64>();
     }
     println!(
         "snowflake load: {rows} input rows, {loaded} rows loaded into 3 tables in {secs:.1} s = {:.0} rows/s",

@@ -349,10 +349,7 @@ fn quarry_run_on_snowflake_matches_the_sqlite_run() {
 
     // A host that is not there: one line naming it.
     let started = Instant::now();
-    let out = on_snowflake(
-        &format!("http://127.0.0.1:{}", free_port()),
-        &["run", "-q"],
-    );
+    let out = on_snowflake(&format!("http://127.0.0.1:{}", free_port()), &["run", "-q"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -22,17 +22,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{
-    ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type};
+use arrow::datatypes::{
+    Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
+};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use quarry_core::config::SnowflakeConfig;
+use quarry_core::config::is_identifier;
 use quarry_core::dates::{date_text, now_text, parse_date};
 use quarry_core::decimal::{self, PNL_SCALE, SCALE};
 use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
-use quarry_core::config::is_identifier;
 use quarry_core::{Error, Result, Table};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 use snowflake_api::{
@@ -118,11 +120,15 @@ const RUN_COLUMNS: [&str; 22] = [
     "updated_at",
 ];
 
+/// Positions of the counters (NUMBER) in `RUN_COLUMNS`; the rest is text.
+const RUN_COUNTERS: std::ops::Range<usize> = 5..16;
+
 fn runs_table_sql(qualified: &str) -> String {
     let cols: Vec<String> = RUN_COLUMNS
         .iter()
-        .map(|c| {
-            let ty = if (5..16).contains(&RUN_COLUMNS.iter().position(|x| x == c).unwrap_or(0)) {
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = if RUN_COUNTERS.contains(&i) {
                 "NUMBER(20, 0)"
             } else {
                 "VARCHAR"
@@ -309,9 +315,15 @@ fn is_transient(e: &SnowflakeApiError) -> bool {
         // The login's error type is not public: its message tells.
         S::AuthError(a) => {
             let m = a.to_string();
-            ["HTTP 5", "HTTP 429", "HTTP 408", "error sending request", "timed out"]
-                .iter()
-                .any(|p| m.contains(p))
+            [
+                "HTTP 5",
+                "HTTP 429",
+                "HTTP 408",
+                "error sending request",
+                "timed out",
+            ]
+            .iter()
+            .any(|p| m.contains(p))
         }
         S::ApiError(code, _) => TRANSIENT_CODES.contains(&code.as_str()),
         _ => false,
@@ -323,9 +335,7 @@ type Rows = Vec<Vec<Option<String>>>;
 
 fn text_column(col: &dyn sf_arrow::Array) -> Option<Vec<Option<String>>> {
     use sf_arrow::cast::AsArray as _;
-    use sf_arrow::types::{
-        Decimal128Type as D, Int8Type, Int16Type, Int32Type, Int64Type as I64,
-    };
+    use sf_arrow::types::{Decimal128Type as D, Int8Type, Int16Type, Int32Type, Int64Type as I64};
     let n = col.len();
     let get = |f: &dyn Fn(usize) -> String| {
         (0..n)
@@ -588,10 +598,7 @@ impl SnowflakeWarehouse {
     /// Logs in on first use with the configured credentials (password from
     /// the environment variable named in config, or the private key file).
     pub fn open(config: &SnowflakeConfig) -> Result<Self> {
-        for (key, v) in [
-            ("database", &config.database),
-            ("schema", &config.schema),
-        ] {
+        for (key, v) in [("database", &config.database), ("schema", &config.schema)] {
             if !is_identifier(v) {
                 return Err(Error::config(format!(
                     "warehouse.snowflake.{key} = {v:?} is not a plain identifier"
@@ -739,7 +746,15 @@ impl SnowflakeWarehouse {
         };
         attempt
             .retry(self.backoff())
-            .when(|e: &Error| matches!(e, Error::Backend { transient: true, .. }))
+            .when(|e: &Error| {
+                matches!(
+                    e,
+                    Error::Backend {
+                        transient: true,
+                        ..
+                    }
+                )
+            })
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "snowflake: transaction: retrying"))
             .await
     }
@@ -755,7 +770,10 @@ impl SnowflakeWarehouse {
                 ),
             )
             .await?;
-        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
     }
 
     /// The statements that replace a run's record.
@@ -778,7 +796,8 @@ impl SnowflakeWarehouse {
     /// Writes a run's record in a transaction of its own.
     async fn record(&self, row: &RunRow) -> Result<()> {
         let statements = self.record_sql(row);
-        self.transaction(&statements, &row.run_id, &row.status).await
+        self.transaction(&statements, &row.run_id, &row.status)
+            .await
     }
 
     async fn count(&self, what: &str, sql: &str) -> Result<u64> {
@@ -802,7 +821,10 @@ impl SnowflakeWarehouse {
             let held = self
                 .count(
                     "read back staged rows",
-                    &format!("SELECT TO_VARCHAR(COUNT(*)) FROM {}", self.stage(*table, &run.tag)),
+                    &format!(
+                        "SELECT TO_VARCHAR(COUNT(*)) FROM {}",
+                        self.stage(*table, &run.tag)
+                    ),
                 )
                 .await?;
             if held != *staged {
@@ -838,7 +860,7 @@ impl SnowflakeWarehouse {
             ));
         }
         run.row.finished("succeeded");
-        run.row.stats = c.stats.clone();
+        run.row.stats = c.stats;
         run.row.rows_committed = serde_json::to_string(&rows).expect("a map serialises");
         run.row.quality = c.quality_json.clone();
         statements.extend(self.record_sql(&run.row));
@@ -1169,9 +1191,8 @@ impl Warehouse for SnowflakeWarehouse {
         rows.into_iter()
             .map(|r| {
                 let total = r.get(1).cloned().flatten().unwrap_or_default();
-                let v = decimal::parse_scaled(total.as_bytes(), PNL_SCALE).map_err(|e| {
-                    Error::internal(format!("snowflake returned {total:?}: {e:?}"))
-                })?;
+                let v = decimal::parse_scaled(total.as_bytes(), PNL_SCALE)
+                    .map_err(|e| Error::internal(format!("snowflake returned {total:?}: {e:?}")))?;
                 Ok(TopUser {
                     user_id: r.first().cloned().flatten().unwrap_or_default(),
                     value: decimal::format_scaled(v, PNL_SCALE),
@@ -1317,7 +1338,8 @@ impl Warehouse for SnowflakeWarehouse {
                         b.append_option(r.get(k).cloned().flatten());
                     }
                     let t = text(r, 9)?;
-                    row_no.append_value(t.parse().map_err(|_| bad_value("a row number", &Some(t)))?);
+                    row_no
+                        .append_value(t.parse().map_err(|_| bad_value("a row number", &Some(t)))?);
                 }
                 let mut cols: Vec<ArrayRef> = strs
                     .into_iter()
@@ -1414,7 +1436,7 @@ fn runs_select(qualified: &str, filter: &str, limit: u32) -> String {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            if (5..16).contains(&i) {
+            if RUN_COUNTERS.contains(&i) {
                 format!("TO_VARCHAR({c})")
             } else {
                 (*c).to_string()

@@ -82,7 +82,10 @@ fn respond(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    s: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req
         .uri()
         .path_and_query()
@@ -212,8 +215,11 @@ pub async fn tables(upstream: &str, database: &str) -> Vec<String> {
     if b64.is_empty() {
         return vec![];
     }
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
     let mut out = vec![];
     for b in reader {
         let b = b.unwrap();
