@@ -618,6 +618,48 @@ pub struct ServiceArgs {
 }
 
 #[cfg(test)]
+mod snowflake_section {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn snowflake_is_configured_from_the_environment() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("QUARRY_WAREHOUSE__TYPE", "snowflake"),
+                ("QUARRY_WAREHOUSE__SNOWFLAKE__ACCOUNT", "myorg-acct"),
+                ("QUARRY_WAREHOUSE__SNOWFLAKE__USER", "loader"),
+                ("QUARRY_WAREHOUSE__SNOWFLAKE__MAX_ATTEMPTS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.warehouse.kind, WarehouseKind::Snowflake);
+        assert_eq!(c.warehouse.snowflake.account, "myorg-acct");
+        assert_eq!(c.warehouse.snowflake.max_attempts, 3);
+
+        // Selected without an account: refused before anything starts.
+        let e = Config::load_with_env(None, env(&[("QUARRY_WAREHOUSE__TYPE", "snowflake")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warehouse.snowflake.account"), "{e}");
+        let e = Config::load_with_env(
+            None,
+            env(&[("QUARRY_WAREHOUSE__SNOWFLAKE__SCHEMA", "x; DROP TABLE t")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("warehouse.snowflake.schema"), "{e}");
+    }
+}
+
+#[cfg(test)]
 mod shipped {
     use super::*;
 
