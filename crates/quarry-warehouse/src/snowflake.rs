@@ -183,10 +183,10 @@ const INSERT_BYTES: usize = 900_000;
 /// Values per `IN (…)` list of the commit's DELETEs.
 const IN_CHUNK: usize = 1_000;
 
-/// Snowflake error codes worth another attempt: the warehouse is
-/// overloaded or resuming, a statement was queued too long, the service is
-/// briefly unavailable.
-const TRANSIENT_CODES: [&str; 4] = ["000625", "000630", "390400", "390403"];
+/// Snowflake error codes worth another attempt: too many statements
+/// waiting for a table lock (000625), a statement that reached its timeout
+/// while queued or running (000630).
+const TRANSIENT_CODES: [&str; 2] = ["000625", "000630"];
 
 /// An HTTP answer that is not a success (the crate reads every body as
 /// JSON, so statuses are checked before it does).
