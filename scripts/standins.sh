@@ -106,3 +106,30 @@ start_bigquery() {
     # The retry test starts (and restarts) an emulator of its own with this binary.
     export QUARRY_TEST_BIGQUERY_EMULATOR="$venv/bin/bqemulator"
 }
+
+# Snowflake stand-in: fakesnow's HTTP server (PyPI, pinned in
+# scripts/requirements-snowflake.txt) on 127.0.0.1:18765, one shared
+# in-memory database (tests create a database of their own per run).
+start_snowflake() {
+    local venv="$CACHE/venv-snowflake"
+    venv_from "$venv" scripts/requirements-snowflake.txt
+    local d="$STANDINS/snowflake"
+    rm -rf "$d"
+    mkdir -p "$d/log"
+    "$venv/bin/fakesnow" -s --host 127.0.0.1 -p 18765 >"$d/log/server.log" 2>&1 &
+    STANDIN_PIDS+=("$!")
+    # Any HTTP answer (404 for /) means it is up.
+    for _ in $(seq 300); do
+        if curl -s -o /dev/null http://127.0.0.1:18765/; then
+            echo "fakesnow is up at http://127.0.0.1:18765"
+            export QUARRY_TEST_SNOWFLAKE_URL=http://127.0.0.1:18765
+            # fakesnow accepts any password; the backend reads it from here.
+            export QUARRY_SNOWFLAKE_PASSWORD=fakesnow
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "fakesnow did not start; end of $d/log/server.log:" >&2
+    tail -n 30 "$d/log/server.log" >&2 || true
+    return 1
+}

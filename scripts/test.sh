@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quarry's test suite, runnable on a fresh machine: installs the Python tools
 # the interoperability tests use (pyarrow.flight, grpcurl) into a cached
-# virtualenv, installs and starts the warehouse stand-ins (ClickHouse, the
-# BigQuery emulator; see scripts/standins.sh), checks formatting and lints, runs every test, then
+# virtualenv, installs and starts the local stand-ins (ClickHouse, the BigQuery
+# emulator, fakesnow for Snowflake, moto for S3; see scripts/standins.sh),
+# checks formatting and lints, runs every test, then
 # runs the benchmark at a tiny size against its peers (Polars, DuckDB, pandas).
 #
 # Caches (override with the variables): QUARRY_CACHE (default ~/.cache/quarry)
@@ -30,6 +31,7 @@ echo "== stand-ins"
 start_clickhouse
 start_s3
 start_bigquery
+start_snowflake
 
 echo "== fmt"
 cargo fmt --all --check

@@ -205,6 +205,7 @@ enum WarehouseArg {
     Sqlite,
     Clickhouse,
     Bigquery,
+    Snowflake,
 }
 
 impl From<WarehouseArg> for WarehouseKind {
@@ -213,6 +214,7 @@ impl From<WarehouseArg> for WarehouseKind {
             WarehouseArg::Sqlite => WarehouseKind::Sqlite,
             WarehouseArg::Clickhouse => WarehouseKind::Clickhouse,
             WarehouseArg::Bigquery => WarehouseKind::Bigquery,
+            WarehouseArg::Snowflake => WarehouseKind::Snowflake,
         }
     }
 }

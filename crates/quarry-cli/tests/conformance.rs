@@ -4,6 +4,7 @@
 //! be listed, read back exactly, dropped and written back.
 
 mod common;
+mod snowflake_proxy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -271,6 +272,217 @@ async fn clickhouse() {
             "trades_rejected"
         ],
         "{tables}"
+    );
+}
+
+/// Against the fakesnow server scripts/test.sh starts (QUARRY_TEST_SNOWFLAKE_URL),
+/// through the test-only proxy that fills in the answers fakesnow leaves
+/// short; if the script started it and it does not answer, this fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snowflake() {
+    let Ok(url) = std::env::var("QUARRY_TEST_SNOWFLAKE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_SNOWFLAKE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let proxy = snowflake_proxy::start(&url);
+    let mut env = Env::new();
+    // A database of its own: fakesnow keeps one in-memory store for everyone.
+    let database = format!("quarry_test_{}", std::process::id());
+    snowflake_config(&mut env.config.warehouse, &proxy, &database);
+    conformance(&env).await;
+    // Nothing left behind: no staging tables of any run, committed or aborted.
+    assert_eq!(
+        snowflake_proxy::tables(&url, &database).await,
+        [
+            "AGG_TRADES_WEEKLY",
+            "PIPELINE_RUNS",
+            "TRADES",
+            "TRADES_REJECTED"
+        ]
+    );
+}
+
+fn snowflake_config(
+    config: &mut quarry_core::config::WarehouseConfig,
+    proxy: &snowflake_proxy::Proxy,
+    database: &str,
+) {
+    config.kind = WarehouseKind::Snowflake;
+    let sf = &mut config.snowflake;
+    sf.account = "quarry-test".into();
+    sf.user = "quarry".into();
+    sf.endpoint = proxy.url.clone();
+    sf.database = database.into();
+}
+
+/// Transient failures (HTTP 503 from the service, here from the proxy for
+/// the next N statements) are retried with backoff until they pass or the
+/// attempts run out; permanent ones (a missing object) fail on the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snowflake_retries_transient_errors_only() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Ok(url) = std::env::var("QUARRY_TEST_SNOWFLAKE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_SNOWFLAKE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let proxy = snowflake_proxy::start(&url);
+    let mut config = quarry_core::config::WarehouseConfig::default();
+    let database = format!("quarry_retry_{}", std::process::id());
+    snowflake_config(&mut config, &proxy, &database);
+    config.snowflake.max_attempts = 4;
+    let wh = quarry_warehouse::open(&config).unwrap();
+    wh.check_connectivity().await.unwrap();
+    let batch = RecordBatch::try_new(
+        Table::AggTradesWeekly.schema(),
+        vec![
+            Arc::new(arrow::array::Date32Array::from(vec![19_360, 19_367])),
+            Arc::new(arrow::array::StringArray::from(vec!["gold", "it's"])),
+            Arc::new(arrow::array::StringArray::from(vec!["a\\b", "u"])),
+            Arc::new(arrow::array::StringArray::from(vec!["SYM", "S"])),
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![150_000_000, 1])
+                    .with_data_type(quarry_core::schema::VOLUME_TYPE),
+            ),
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![-1, 12_345_678_901_234_567_890_123])
+                    .with_data_type(quarry_core::schema::PNL_TYPE),
+            ),
+            Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+        ],
+    )
+    .unwrap();
+    wh.begin_run(RunStart {
+        run_id: "retried".into(),
+        source: "test".into(),
+        options_json: "{}".into(),
+    })
+    .await
+    .unwrap();
+    // The staging INSERT meets two 503s, then goes through.
+    proxy.state.fail_next.store(2, SeqCst);
+    wh.write(
+        "retried",
+        Table::AggTradesWeekly,
+        WriteMode::ReplacePartitions,
+        batch.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.state.failed.load(SeqCst), 2);
+    // The commit meets one more.
+    proxy.state.fail_next.store(1, SeqCst);
+    let rows = wh
+        .commit(RunCommit {
+            run_id: "retried".into(),
+            source_files: vec![],
+            stats: RunStats::default(),
+            quality_json: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(proxy.state.failed.load(SeqCst), 3);
+    assert_eq!(rows["agg_trades_weekly"], 2);
+    let parts = wh.list_partitions(Table::AggTradesWeekly).await.unwrap();
+    assert_eq!(parts.len(), 2);
+    // Exact values and escaped text came back as sent.
+    let mut back = vec![];
+    for p in &parts {
+        back.extend(
+            wh.read_partition(Table::AggTradesWeekly, &p.partition)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(rows_text(&back), rows_text(&[batch]));
+    assert_eq!(
+        wh.get_run("retried").await.unwrap().unwrap().status,
+        "succeeded"
+    );
+
+    // More 503s than attempts: fails as a transient backend error after
+    // exactly max_attempts tries.
+    proxy.state.fail_next.store(100, SeqCst);
+    let before = proxy.state.queries.load(SeqCst);
+    let e = wh.list_partitions(Table::Trades).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            quarry_core::Error::Backend {
+                transient: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("503"), "{e}");
+    assert_eq!(proxy.state.queries.load(SeqCst) - before, 4);
+    proxy.state.fail_next.store(0, SeqCst);
+
+    // A missing object: permanent, one try, the service's message.
+    let mut missing = config.clone();
+    missing.snowflake.database = format!("{database}_missing");
+    let wh2 = quarry_warehouse::open(&missing).unwrap();
+    let before = proxy.state.queries.load(SeqCst);
+    let e = wh2.list_runs(10).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            quarry_core::Error::Backend {
+                transient: false,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert_eq!(proxy.state.queries.load(SeqCst) - before, 1);
+}
+
+/// The load rate against fakesnow (run by hand: `cargo test -p quarry-cli
+/// --test conformance snowflake_load_rate -- --ignored --nocapture`, with
+/// QUARRY_SNOWFLAKE_LOAD_ROWS input rows, default 2000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn snowflake_load_rate() {
+    let Ok(url) = std::env::var("QUARRY_TEST_SNOWFLAKE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_SNOWFLAKE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let rows: u64 = std::env::var("QUARRY_SNOWFLAKE_LOAD_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let proxy = snowflake_proxy::start(&url);
+    let mut env = Env::new();
+    let database = format!("quarry_rate_{}", std::process::id());
+    snowflake_config(&mut env.config.warehouse, &proxy, &database);
+    let mut csv = vec![];
+    quarry_testkit::generate(
+        &quarry_testkit::GenOptions {
+            rows,
+            ..Default::default()
+        },
+        &mut csv,
+    )
+    .unwrap();
+    let src = env.write("gen.csv", csv);
+    let started = std::time::Instant::now();
+    env.run(&src).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let wh = quarry_warehouse::open(&env.config.warehouse).unwrap();
+    let mut loaded = 0;
+    for t in Table::ALL {
+        loaded += wh
+            .list_partitions(t)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.rows)
+            .sum::<u64>();
+    }
+    println!(
+        "snowflake load: {rows} input rows, {loaded} rows loaded into 3 tables in {secs:.1} s = {:.0} rows/s",
+        loaded as f64 / secs
     );
 }
 

@@ -1,6 +1,7 @@
 //! Services as separate processes, and the `quarry` command as a user runs it.
 
 mod common;
+mod snowflake_proxy;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -563,4 +564,67 @@ async fn ping_reports_a_services_health() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// `quarry run --warehouse snowflake` against the fakesnow server
+/// scripts/test.sh starts, through the test-only proxy (set as the
+/// account's `endpoint`), gives the same top-3 files as the SQLite run; a
+/// host that is not there fails at once with one line naming it.
+#[test]
+fn quarry_run_on_snowflake_matches_the_sqlite_run() {
+    let Ok(url) = std::env::var("QUARRY_TEST_SNOWFLAKE_URL") else {
+        eprintln!("skipped: QUARRY_TEST_SNOWFLAKE_URL is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let proxy = snowflake_proxy::start(&url);
+    let dir = setup_user_dir();
+    quarry_ok(dir.path(), &["run", "-q", "--output", "out-sqlite"]);
+    let database = format!("quarry_cli_{}", std::process::id());
+    let on_snowflake = |endpoint: &str, args: &[&str]| {
+        quarry()
+            .args(args)
+            .args(["--warehouse", "snowflake"])
+            .env("QUARRY_WAREHOUSE__SNOWFLAKE__ACCOUNT", "quarry-test")
+            .env("QUARRY_WAREHOUSE__SNOWFLAKE__USER", "quarry")
+            .env("QUARRY_WAREHOUSE__SNOWFLAKE__ENDPOINT", endpoint)
+            .env("QUARRY_WAREHOUSE__SNOWFLAKE__DATABASE", &database)
+            .env("QUARRY_WAREHOUSE__SNOWFLAKE__MAX_ATTEMPTS", "2")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = on_snowflake(&proxy.url, &["run", "-q", "--output", "out-sf"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["top_bronze_by_volume.csv", "top_bronze_by_pnl.csv"] {
+        assert_eq!(
+            read(dir.path().join("out-sf").join(f)),
+            read(dir.path().join("out-sqlite").join(f)),
+            "{f}"
+        );
+    }
+    // History reads from Snowflake too.
+    let runs = on_snowflake(&proxy.url, &["runs", "--stats"]);
+    let text = String::from_utf8_lossy(&runs.stdout);
+    assert!(text.contains("1 (1 / 0 / 0)"), "{text}");
+
+    // A host that is not there: one line naming it.
+    let started = Instant::now();
+    let out = on_snowflake(&format!("http://127.0.0.1:{}", free_port()), &["run", "-q"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("snowflake account quarry-test at http://127.0.0.1:")
+            && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -188,6 +188,7 @@ pub enum WarehouseKind {
     Sqlite,
     Clickhouse,
     Bigquery,
+    Snowflake,
 }
 
 impl WarehouseKind {
@@ -196,6 +197,7 @@ impl WarehouseKind {
             WarehouseKind::Sqlite => "sqlite",
             WarehouseKind::Clickhouse => "clickhouse",
             WarehouseKind::Bigquery => "bigquery",
+            WarehouseKind::Snowflake => "snowflake",
         }
     }
 }
@@ -208,6 +210,7 @@ pub struct WarehouseConfig {
     pub sqlite: SqliteConfig,
     pub clickhouse: ClickHouseConfig,
     pub bigquery: BigQueryConfig,
+    pub snowflake: SnowflakeConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,6 +273,49 @@ impl Default for BigQueryConfig {
             credentials_env: "GOOGLE_APPLICATION_CREDENTIALS".into(),
             access_token_env: String::new(),
             api_url: "https://bigquery.googleapis.com".into(),
+            max_attempts: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnowflakeConfig {
+    /// Account identifier, e.g. `myorg-myaccount` or `xy12345.eu-central-1`.
+    pub account: String,
+    pub user: String,
+    /// Role of the session (empty: the user's default role).
+    pub role: String,
+    /// Virtual warehouse running the queries (empty: the user's default).
+    pub warehouse: String,
+    /// Database and schema holding Quarry's tables; created if missing.
+    pub database: String,
+    pub schema: String,
+    /// Environment variable holding the password (password authentication).
+    pub password_env: String,
+    /// PEM file of the user's private key: key-pair authentication instead
+    /// of the password when set.
+    pub private_key_path: String,
+    /// Base URL of the account (empty: https://<account>.snowflakecomputing.com),
+    /// e.g. a private-link host.
+    pub endpoint: String,
+    /// Attempts of one statement on transient errors (connection refused or
+    /// reset, HTTP 5xx, 429), with capped exponential backoff.
+    pub max_attempts: u32,
+}
+
+impl Default for SnowflakeConfig {
+    fn default() -> Self {
+        Self {
+            account: String::new(),
+            user: String::new(),
+            role: String::new(),
+            warehouse: String::new(),
+            database: "quarry".into(),
+            schema: "public".into(),
+            password_env: "QUARRY_SNOWFLAKE_PASSWORD".into(),
+            private_key_path: String::new(),
+            endpoint: String::new(),
             max_attempts: 5,
         }
     }
@@ -537,6 +583,41 @@ impl Config {
                 bq.project
             ));
         }
+        let sf = &self.warehouse.snowflake;
+        for (key, value, required) in [
+            ("database", &sf.database, true),
+            ("schema", &sf.schema, true),
+            ("role", &sf.role, false),
+            ("warehouse", &sf.warehouse, false),
+        ] {
+            if (required || !value.is_empty()) && !is_identifier(value) {
+                return bad(format!(
+                    "warehouse.snowflake.{key} = {value:?} must be letters, digits and _ (not starting with a digit)"
+                ));
+            }
+        }
+        if !sf.endpoint.is_empty() {
+            check_url("warehouse.snowflake.endpoint", &sf.endpoint)?;
+        }
+        if sf.max_attempts == 0 {
+            return bad("warehouse.snowflake.max_attempts must be at least 1".into());
+        }
+        if self.warehouse.kind == WarehouseKind::Snowflake {
+            let account_ok = !sf.account.is_empty()
+                && sf
+                    .account
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !account_ok {
+                return bad(format!(
+                    "warehouse.snowflake.account = {:?} must be an account identifier like myorg-myaccount",
+                    sf.account
+                ));
+            }
+            if sf.user.is_empty() {
+                return bad("warehouse.snowflake.user is empty".into());
+            }
+        }
         if self.warehouse.sqlite.path.as_os_str().is_empty() {
             return bad("warehouse.sqlite.path is empty".into());
         }
@@ -727,6 +808,48 @@ pub struct ServiceArgs {
     /// TOML configuration file (see config/quarry.toml).
     #[arg(long, short, env = "QUARRY_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod snowflake_section {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn snowflake_is_configured_from_the_environment() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("QUARRY_WAREHOUSE__TYPE", "snowflake"),
+                ("QUARRY_WAREHOUSE__SNOWFLAKE__ACCOUNT", "myorg-acct"),
+                ("QUARRY_WAREHOUSE__SNOWFLAKE__USER", "loader"),
+                ("QUARRY_WAREHOUSE__SNOWFLAKE__MAX_ATTEMPTS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.warehouse.kind, WarehouseKind::Snowflake);
+        assert_eq!(c.warehouse.snowflake.account, "myorg-acct");
+        assert_eq!(c.warehouse.snowflake.max_attempts, 3);
+
+        // Selected without an account: refused before anything starts.
+        let e = Config::load_with_env(None, env(&[("QUARRY_WAREHOUSE__TYPE", "snowflake")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warehouse.snowflake.account"), "{e}");
+        let e = Config::load_with_env(
+            None,
+            env(&[("QUARRY_WAREHOUSE__SNOWFLAKE__SCHEMA", "x; DROP TABLE t")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("warehouse.snowflake.schema"), "{e}");
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
 pub mod bigquery;
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
+#[cfg(feature = "snowflake")]
+pub mod snowflake;
 pub mod sqlite;
 
 /// Opening facts of a run.
@@ -153,6 +155,14 @@ pub fn open(config: &WarehouseConfig) -> Result<Arc<dyn Warehouse>> {
         #[cfg(not(feature = "bigquery"))]
         WarehouseKind::Bigquery => Err(quarry_core::Error::config(
             "warehouse.type = \"bigquery\", but this build has no BigQuery backend (cargo feature `bigquery`)",
+        )),
+        #[cfg(feature = "snowflake")]
+        WarehouseKind::Snowflake => Ok(Arc::new(snowflake::SnowflakeWarehouse::open(
+            &config.snowflake,
+        )?)),
+        #[cfg(not(feature = "snowflake"))]
+        WarehouseKind::Snowflake => Err(quarry_core::Error::config(
+            "warehouse.type = \"snowflake\", but this build has no Snowflake backend (cargo feature `snowflake`)",
         )),
     }
 }

@@ -1,0 +1,1504 @@
+//! The Snowflake backend, over Snowflake's REST API (`snowflake-api` crate:
+//! password or key-pair login, one session, statements one at a time).
+//!
+//! Tables are created if missing in `<database>.<schema>` (both created too):
+//! amounts are NUMBER(18,8) / NUMBER(38,8) / NUMBER(38,16) (exact), dates
+//! DATE, `timestamp` TIMESTAMP_NTZ(9) holding UTC, and the dated tables are
+//! clustered on their partition column. A run's batches go into per-run
+//! transient staging tables (`<table>_stage_<run>`) in multi-row INSERT
+//! statements of thousands of rows; commit reads back what each staging
+//! table holds, then runs ONE transaction that deletes every covered
+//! partition, copies the staged rows in and writes the run's record, and
+//! drops the staging tables once the COMMIT is confirmed. Abort only drops
+//! them. Every statement runs in the session of the warehouse object.
+//!
+//! Query results come back as Arrow batches of the crate's own arrow
+//! version; every value is selected as text (`TO_VARCHAR`) and read by value
+//! into this workspace's arrow types, so the types Snowflake picks for
+//! NUMBER or TIMESTAMP results never matter and decimals stay exact.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder, UInt64Builder,
+};
+use arrow::datatypes::{
+    Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
+};
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use quarry_core::config::SnowflakeConfig;
+use quarry_core::config::is_identifier;
+use quarry_core::dates::{date_text, now_text, parse_date};
+use quarry_core::decimal::{self, PNL_SCALE, SCALE};
+use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
+use quarry_core::{Error, Result, Table};
+use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
+use snowflake_api::{
+    AuthArgs, AuthType, CertificateArgs, PasswordArgs, QueryResult, SnowflakeApi,
+    SnowflakeApiBuilder, SnowflakeApiError,
+};
+
+use crate::{
+    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,
+    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode, check_batch,
+};
+
+/// Column definitions of the tables (the staging tables share them).
+fn columns(table: Table) -> &'static str {
+    match table {
+        Table::Trades => {
+            "timestamp TIMESTAMP_NTZ(9) NOT NULL, user_id VARCHAR NOT NULL,
+             client_type VARCHAR NOT NULL, symbol VARCHAR NOT NULL, side VARCHAR NOT NULL,
+             quantity NUMBER(18, 8) NOT NULL, price NUMBER(18, 8) NOT NULL,
+             trade_date DATE NOT NULL, run_id VARCHAR NOT NULL"
+        }
+        Table::TradesRejected => {
+            "timestamp VARCHAR, user_id VARCHAR, client_type VARCHAR, symbol VARCHAR,
+             side VARCHAR, quantity VARCHAR, price VARCHAR, reason VARCHAR NOT NULL,
+             source_file VARCHAR NOT NULL, source_row NUMBER(20, 0) NOT NULL,
+             run_id VARCHAR NOT NULL"
+        }
+        Table::AggTradesWeekly => {
+            "week_start_date DATE NOT NULL, client_type VARCHAR NOT NULL,
+             user_id VARCHAR NOT NULL, symbol VARCHAR NOT NULL,
+             total_volume NUMBER(38, 8) NOT NULL, total_pnl NUMBER(38, 16) NOT NULL,
+             trade_count NUMBER(19, 0) NOT NULL, run_id VARCHAR NOT NULL"
+        }
+    }
+}
+
+/// Column names in the order of `columns`.
+fn column_names(table: Table) -> &'static str {
+    match table {
+        Table::Trades => {
+            "timestamp, user_id, client_type, symbol, side, quantity, price, trade_date, run_id"
+        }
+        Table::TradesRejected => {
+            "timestamp, user_id, client_type, symbol, side, quantity, price, reason, source_file, source_row, run_id"
+        }
+        Table::AggTradesWeekly => {
+            "week_start_date, client_type, user_id, symbol, total_volume, total_pnl, trade_count, run_id"
+        }
+    }
+}
+
+/// Clustering key: the DATE partition column (the quarantine has none).
+fn cluster(table: Table) -> &'static str {
+    match table {
+        Table::Trades => " CLUSTER BY (trade_date)",
+        Table::AggTradesWeekly => " CLUSTER BY (week_start_date)",
+        Table::TradesRejected => "",
+    }
+}
+
+const RUN_COLUMNS: [&str; 22] = [
+    "run_id",
+    "source",
+    "status",
+    "started_at",
+    "finished_at",
+    "rows_in",
+    "rows_valid",
+    "rows_rejected",
+    "rows_duplicate",
+    "agg_rows",
+    "plan_ms",
+    "extract_ms",
+    "transform_ms",
+    "load_ms",
+    "commit_ms",
+    "total_ms",
+    "rows_committed",
+    "error_category",
+    "error_message",
+    "quality",
+    "options",
+    "updated_at",
+];
+
+/// Positions of the counters (NUMBER) in `RUN_COLUMNS`; the rest is text.
+const RUN_COUNTERS: std::ops::Range<usize> = 5..16;
+
+fn runs_table_sql(qualified: &str) -> String {
+    let cols: Vec<String> = RUN_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = if RUN_COUNTERS.contains(&i) {
+                "NUMBER(20, 0)"
+            } else {
+                "VARCHAR"
+            };
+            format!("{c} {ty}")
+        })
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {qualified}.pipeline_runs ({})",
+        cols.join(", ")
+    )
+}
+
+/// Escapes a string literal for Snowflake SQL ('…'; backslash is an escape
+/// character there).
+fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            '\0' => out.push_str("\\0"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn opt_literal(s: Option<&str>) -> String {
+    s.map_or_else(|| "NULL".into(), literal)
+}
+
+/// Nanoseconds since the epoch as a TIMESTAMP_NTZ literal (UTC).
+fn timestamp_literal(nanos: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_nanos(nanos);
+    format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.9f"))
+}
+
+/// Reads `YYYY-MM-DD HH:MM:SS[.fffffffff]` (UTC) back into nanoseconds.
+fn parse_timestamp(s: &str) -> Option<i64> {
+    let t = chrono::NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()?;
+    t.and_utc().timestamp_nanos_opt()
+}
+
+/// Snowflake caps a statement's text at 1 MB and a VALUES list at 16,384
+/// rows: one INSERT carries at most this many rows or bytes.
+const INSERT_ROWS: usize = 16_000;
+const INSERT_BYTES: usize = 900_000;
+
+/// Values per `IN (…)` list of the commit's DELETEs.
+const IN_CHUNK: usize = 1_000;
+
+/// Snowflake error codes worth another attempt: too many statements
+/// waiting for a table lock (000625), a statement that reached its timeout
+/// while queued or running (000630).
+const TRANSIENT_CODES: [&str; 2] = ["000625", "000630"];
+
+/// An HTTP answer that is not a success (the crate reads every body as
+/// JSON, so statuses are checked before it does).
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP {status} from {path}: {body}")]
+pub struct HttpStatus {
+    pub status: u16,
+    pub path: String,
+    pub body: String,
+}
+
+impl HttpStatus {
+    fn transient(&self) -> bool {
+        self.status >= 500 || self.status == 429 || self.status == 408
+    }
+}
+
+/// Turns non-success HTTP statuses into errors that say what they were.
+struct CheckStatus;
+
+#[async_trait]
+impl Middleware for CheckStatus {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let path = req.url().path().to_string();
+        let resp = next.run(req, extensions).await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let mut body = resp.text().await.unwrap_or_default();
+        body.truncate(300);
+        Err(reqwest_middleware::Error::Middleware(anyhow::Error::new(
+            HttpStatus {
+                status: status.as_u16(),
+                path,
+                body,
+            },
+        )))
+    }
+}
+
+/// Sends the account's requests to `endpoint` (a private-link or proxy
+/// host) instead of `https://<account>.snowflakecomputing.com`; other hosts
+/// (result chunks in cloud storage) are left alone.
+struct Endpoint {
+    account_host: String,
+    base: reqwest::Url,
+}
+
+#[async_trait]
+impl Middleware for Endpoint {
+    async fn handle(
+        &self,
+        mut req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        if req
+            .url()
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&self.account_host))
+        {
+            let url = req.url_mut();
+            let moved = url
+                .set_scheme(self.base.scheme())
+                .and_then(|()| url.set_host(self.base.host_str()).map_err(|_| ()))
+                .and_then(|()| url.set_port(self.base.port()));
+            if moved.is_err() {
+                return Err(reqwest_middleware::Error::Middleware(anyhow::anyhow!(
+                    "cannot send a request to {}",
+                    self.base
+                )));
+            }
+        }
+        next.run(req, extensions).await
+    }
+}
+
+fn http_client(config: &SnowflakeConfig) -> Result<ClientWithMiddleware> {
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("quarry/", env!("CARGO_PKG_VERSION")))
+        .gzip(true)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(600))
+        .build()
+        .map_err(|e| Error::internal(format!("snowflake: HTTP client: {e}")))?;
+    let mut builder = reqwest_middleware::ClientBuilder::new(client);
+    if !config.endpoint.is_empty() {
+        let base = reqwest::Url::parse(&config.endpoint).map_err(|e| {
+            Error::config(format!(
+                "warehouse.snowflake.endpoint = {:?}: {e}",
+                config.endpoint
+            ))
+        })?;
+        builder = builder.with(Endpoint {
+            account_host: format!("{}.snowflakecomputing.com", config.account),
+            base,
+        });
+    }
+    Ok(builder.with(CheckStatus).build())
+}
+
+fn connection_transient(e: &snowflake_api::connection::ConnectionError) -> bool {
+    use snowflake_api::connection::ConnectionError as C;
+    let reqwest_transient =
+        |e: &reqwest::Error| e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
+    match e {
+        C::RequestError(e) => reqwest_transient(e),
+        C::RequestMiddlewareError(reqwest_middleware::Error::Reqwest(e)) => reqwest_transient(e),
+        C::RequestMiddlewareError(reqwest_middleware::Error::Middleware(e)) => e
+            .downcast_ref::<HttpStatus>()
+            .is_some_and(HttpStatus::transient),
+        _ => false,
+    }
+}
+
+fn is_transient(e: &SnowflakeApiError) -> bool {
+    use snowflake_api::SnowflakeApiError as S;
+    match e {
+        S::RequestError(c) => connection_transient(c),
+        // The login's error type is not public: its message tells.
+        S::AuthError(a) => {
+            let m = a.to_string();
+            [
+                "HTTP 5",
+                "HTTP 429",
+                "HTTP 408",
+                "error sending request",
+                "timed out",
+            ]
+            .iter()
+            .any(|p| m.contains(p))
+        }
+        S::ApiError(code, _) => TRANSIENT_CODES.contains(&code.as_str()),
+        _ => false,
+    }
+}
+
+/// Rows of a result, every value as text (NULL: None).
+type Rows = Vec<Vec<Option<String>>>;
+
+fn text_column(col: &dyn sf_arrow::Array) -> Option<Vec<Option<String>>> {
+    use sf_arrow::cast::AsArray as _;
+    use sf_arrow::types::{Decimal128Type as D, Int8Type, Int16Type, Int32Type, Int64Type as I64};
+    let n = col.len();
+    let get = |f: &dyn Fn(usize) -> String| {
+        (0..n)
+            .map(|i| (!col.is_null(i)).then(|| f(i)))
+            .collect::<Vec<_>>()
+    };
+    Some(match col.data_type() {
+        sf_arrow_schema::DataType::Utf8 => {
+            let a = col.as_string::<i32>();
+            get(&|i| a.value(i).to_string())
+        }
+        sf_arrow_schema::DataType::LargeUtf8 => {
+            let a = col.as_string::<i64>();
+            get(&|i| a.value(i).to_string())
+        }
+        sf_arrow_schema::DataType::Utf8View => {
+            let a = col.as_string_view();
+            get(&|i| a.value(i).to_string())
+        }
+        // Counts and flags that were not cast to text (e.g. DML results).
+        sf_arrow_schema::DataType::Int8 => {
+            let a = col.as_primitive::<Int8Type>();
+            get(&|i| a.value(i).to_string())
+        }
+        sf_arrow_schema::DataType::Int16 => {
+            let a = col.as_primitive::<Int16Type>();
+            get(&|i| a.value(i).to_string())
+        }
+        sf_arrow_schema::DataType::Int32 => {
+            let a = col.as_primitive::<Int32Type>();
+            get(&|i| a.value(i).to_string())
+        }
+        sf_arrow_schema::DataType::Int64 => {
+            let a = col.as_primitive::<I64>();
+            get(&|i| a.value(i).to_string())
+        }
+        sf_arrow_schema::DataType::Decimal128(_, s) => {
+            let a = col.as_primitive::<D>();
+            let s = u32::try_from(*s).ok()?;
+            get(&|i| decimal::format_scaled(a.value(i), s))
+        }
+        _ => return None,
+    })
+}
+
+/// Reads a result by value: Arrow batches (SELECT) or the JSON rowset of
+/// DML statements.
+fn result_rows(result: QueryResult) -> Result<Rows> {
+    match result {
+        QueryResult::Empty => Ok(vec![]),
+        QueryResult::Json(j) => {
+            let rows = j.value.as_array().cloned().unwrap_or_default();
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    r.as_array()
+                        .map(|cells| {
+                            cells
+                                .iter()
+                                .map(|c| match c {
+                                    serde_json::Value::Null => None,
+                                    serde_json::Value::String(s) => Some(s.clone()),
+                                    other => Some(other.to_string()),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect())
+        }
+        QueryResult::Arrow(batches) => {
+            let mut rows = vec![];
+            for b in batches {
+                let cols: Vec<Vec<Option<String>>> = b
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        text_column(c.as_ref()).ok_or_else(|| {
+                            Error::internal(format!(
+                                "snowflake returned a column of type {} where text was selected",
+                                c.data_type()
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                for i in 0..b.num_rows() {
+                    rows.push(cols.iter().map(|c| c[i].clone()).collect());
+                }
+            }
+            Ok(rows)
+        }
+    }
+}
+
+/// A run's record in `pipeline_runs`.
+#[derive(Debug, Clone)]
+struct RunRow {
+    run_id: String,
+    source: String,
+    status: String,
+    started_at: String,
+    finished_at: String,
+    stats: RunStats,
+    rows_committed: String,
+    error_category: String,
+    error_message: String,
+    quality: String,
+    options: String,
+}
+
+impl RunRow {
+    fn new(run_id: String, source: String, options: String, started_at: String) -> Self {
+        Self {
+            run_id,
+            source,
+            status: "running".into(),
+            started_at,
+            finished_at: String::new(),
+            stats: RunStats::default(),
+            rows_committed: "{}".into(),
+            error_category: String::new(),
+            error_message: String::new(),
+            quality: String::new(),
+            options,
+        }
+    }
+
+    fn finished(&mut self, status: &str) {
+        self.status = status.into();
+        self.finished_at = now_text();
+    }
+
+    fn counters(&self) -> [u64; 11] {
+        let s = &self.stats;
+        [
+            s.rows_in,
+            s.rows_valid,
+            s.rows_rejected,
+            s.rows_duplicate,
+            s.agg_rows,
+            s.plan_ms,
+            s.extract_ms,
+            s.transform_ms,
+            s.load_ms,
+            s.commit_ms,
+            s.total_ms,
+        ]
+    }
+
+    /// The values of an INSERT in `RUN_COLUMNS` order.
+    fn values(&self) -> String {
+        let mut v: Vec<String> = [
+            &self.run_id,
+            &self.source,
+            &self.status,
+            &self.started_at,
+            &self.finished_at,
+        ]
+        .iter()
+        .map(|s| literal(s))
+        .collect();
+        v.extend(self.counters().iter().map(u64::to_string));
+        v.extend(
+            [
+                &self.rows_committed,
+                &self.error_category,
+                &self.error_message,
+                &self.quality,
+                &self.options,
+            ]
+            .iter()
+            .map(|s| literal(s)),
+        );
+        v.push(literal(&chrono::Utc::now().to_rfc3339()));
+        v.join(", ")
+    }
+
+    fn from_row(r: &[Option<String>]) -> Result<Self> {
+        let s = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let n = |i: usize| -> Result<u64> {
+            let t = s(i);
+            if t.is_empty() {
+                return Ok(0);
+            }
+            t.parse()
+                .map_err(|_| Error::internal(format!("pipeline_runs: bad count {t:?}")))
+        };
+        Ok(Self {
+            run_id: s(0),
+            source: s(1),
+            status: s(2),
+            started_at: s(3),
+            finished_at: s(4),
+            stats: RunStats {
+                rows_in: n(5)?,
+                rows_valid: n(6)?,
+                rows_rejected: n(7)?,
+                rows_duplicate: n(8)?,
+                agg_rows: n(9)?,
+                plan_ms: n(10)?,
+                extract_ms: n(11)?,
+                transform_ms: n(12)?,
+                load_ms: n(13)?,
+                commit_ms: n(14)?,
+                total_ms: n(15)?,
+            },
+            rows_committed: s(16),
+            error_category: s(17),
+            error_message: s(18),
+            quality: s(19),
+            options: s(20),
+        })
+    }
+
+    fn record(self) -> RunRecord {
+        RunRecord {
+            stats: Some(self.stats),
+            rows_committed: serde_json::from_str(&self.rows_committed).unwrap_or_default(),
+            run_id: self.run_id,
+            source: self.source,
+            status: self.status,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            error_category: self.error_category,
+            error_message: self.error_message,
+            quality_json: self.quality,
+            options_json: self.options,
+        }
+    }
+}
+
+/// The run being written: what it staged, per table.
+struct ActiveRun {
+    row: RunRow,
+    /// Staging table suffix derived from the run id.
+    tag: String,
+    staged: BTreeMap<Table, u64>,
+    /// Partitions (as text) each table's rows fall in.
+    partitions: BTreeMap<Table, BTreeSet<String>>,
+    rejected_replace: bool,
+}
+
+pub struct SnowflakeWarehouse {
+    api: SnowflakeApi,
+    /// `<database>.<schema>`, validated identifiers.
+    qualified: String,
+    database: String,
+    /// Where the account is, for messages.
+    place: String,
+    max_attempts: u32,
+    run: Mutex<Option<ActiveRun>>,
+    /// Serialises writes of one run (inserts, commit, abort).
+    writing: tokio::sync::Mutex<()>,
+    /// Held for writing while a transaction is open in the session, so
+    /// reads never see its uncommitted rows.
+    tx: tokio::sync::RwLock<()>,
+}
+
+impl SnowflakeWarehouse {
+    /// Logs in on first use with the configured credentials (password from
+    /// the environment variable named in config, or the private key file).
+    pub fn open(config: &SnowflakeConfig) -> Result<Self> {
+        for (key, v) in [("database", &config.database), ("schema", &config.schema)] {
+            if !is_identifier(v) {
+                return Err(Error::config(format!(
+                    "warehouse.snowflake.{key} = {v:?} is not a plain identifier"
+                )));
+            }
+        }
+        if config.account.is_empty() || config.user.is_empty() {
+            return Err(Error::config(
+                "warehouse.snowflake.account and warehouse.snowflake.user must be set",
+            ));
+        }
+        let auth_type = if config.private_key_path.is_empty() {
+            let password = std::env::var(&config.password_env).map_err(|_| {
+                Error::config(format!(
+                    "snowflake: the password variable {} (warehouse.snowflake.password_env) is not set",
+                    config.password_env
+                ))
+            })?;
+            AuthType::Password(PasswordArgs { password })
+        } else {
+            let private_key_pem =
+                std::fs::read_to_string(&config.private_key_path).map_err(|e| {
+                    Error::config(format!(
+                        "snowflake: cannot read the private key file {} (warehouse.snowflake.private_key_path): {e}",
+                        config.private_key_path
+                    ))
+                })?;
+            AuthType::Certificate(CertificateArgs { private_key_pem })
+        };
+        let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+        let auth = AuthArgs {
+            account_identifier: config.account.clone(),
+            warehouse: non_empty(&config.warehouse),
+            database: None,
+            schema: None,
+            username: config.user.clone(),
+            role: non_empty(&config.role),
+            auth_type,
+        };
+        let api = SnowflakeApiBuilder::new(auth)
+            .with_client(http_client(config)?)
+            .build()
+            .map_err(|e| Error::config(format!("snowflake: {e}")))?;
+        let place = if config.endpoint.is_empty() {
+            format!("account {}", config.account)
+        } else {
+            format!("account {} at {}", config.account, config.endpoint)
+        };
+        Ok(Self {
+            api,
+            qualified: format!("{}.{}", config.database, config.schema),
+            database: config.database.clone(),
+            place,
+            max_attempts: config.max_attempts,
+            run: Mutex::new(None),
+            writing: tokio::sync::Mutex::new(()),
+            tx: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    fn err(&self, what: &str, e: &SnowflakeApiError) -> Error {
+        Error::backend(
+            format!("snowflake {}: {what}: {e}", self.place),
+            is_transient(e),
+        )
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .with_jitter()
+    }
+
+    /// One statement, once.
+    async fn exec_once(&self, what: &str, sql: &str) -> Result<Rows> {
+        let result = self.api.exec(sql).await.map_err(|e| self.err(what, &e))?;
+        result_rows(result)
+    }
+
+    /// One statement, run again on transient errors with capped exponential
+    /// backoff and jitter; permanent errors fail at once.
+    async fn exec(&self, what: &str, sql: &str) -> Result<Rows> {
+        let result = (|| self.api.exec(sql))
+            .retry(self.backoff())
+            .when(is_transient)
+            .notify(|e, wait| tracing::warn!(error = %e, ?wait, "snowflake: {what}: retrying"))
+            .await
+            .map_err(|e| self.err(what, &e))?;
+        result_rows(result)
+    }
+
+    /// A read: waits for an open transaction of this session to end.
+    async fn read(&self, what: &str, sql: &str) -> Result<Rows> {
+        let _r = self.tx.read().await;
+        self.exec(what, sql).await
+    }
+
+    fn table(&self, table: Table) -> String {
+        format!("{}.{table}", self.qualified)
+    }
+
+    fn stage(&self, table: Table, tag: &str) -> String {
+        format!("{}.{table}_stage_{tag}", self.qualified)
+    }
+
+    async fn drop_stages(&self, tag: &str) -> Result<()> {
+        for t in Table::ALL {
+            self.exec(
+                "drop staging table",
+                &format!("DROP TABLE IF EXISTS {}", self.stage(t, tag)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `statements` as one transaction. A failure before COMMIT rolls
+    /// back and, if transient, the whole transaction runs again. A COMMIT
+    /// whose answer was lost counts only if the run's record shows
+    /// `status` (written inside the transaction).
+    async fn transaction(&self, statements: &[String], run_id: &str, status: &str) -> Result<()> {
+        let _w = self.tx.write().await;
+        let attempt = || async {
+            self.exec_once("begin transaction", "BEGIN TRANSACTION")
+                .await?;
+            for s in statements {
+                if let Err(e) = self.exec_once("transaction", s).await {
+                    let _ = self.exec_once("rollback", "ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+            match self.exec_once("commit", "COMMIT").await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    // Did it commit? The record written inside says so.
+                    let _ = self.exec_once("rollback", "ROLLBACK").await;
+                    match self.run_status(run_id).await {
+                        Ok(Some(s)) if s == status => Ok(()),
+                        _ => Err(e),
+                    }
+                }
+            }
+        };
+        attempt
+            .retry(self.backoff())
+            .when(|e: &Error| {
+                matches!(
+                    e,
+                    Error::Backend {
+                        transient: true,
+                        ..
+                    }
+                )
+            })
+            .notify(|e, wait| tracing::warn!(error = %e, ?wait, "snowflake: transaction: retrying"))
+            .await
+    }
+
+    async fn run_status(&self, run_id: &str) -> Result<Option<String>> {
+        let rows = self
+            .exec(
+                "read run status",
+                &format!(
+                    "SELECT status FROM {}.pipeline_runs WHERE run_id = {}",
+                    self.qualified,
+                    literal(run_id)
+                ),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+
+    /// The statements that replace a run's record.
+    fn record_sql(&self, row: &RunRow) -> [String; 2] {
+        [
+            format!(
+                "DELETE FROM {}.pipeline_runs WHERE run_id = {}",
+                self.qualified,
+                literal(&row.run_id)
+            ),
+            format!(
+                "INSERT INTO {}.pipeline_runs ({}) VALUES ({})",
+                self.qualified,
+                RUN_COLUMNS.join(", "),
+                row.values()
+            ),
+        ]
+    }
+
+    /// Writes a run's record in a transaction of its own.
+    async fn record(&self, row: &RunRow) -> Result<()> {
+        let statements = self.record_sql(row);
+        self.transaction(&statements, &row.run_id, &row.status)
+            .await
+    }
+
+    async fn count(&self, what: &str, sql: &str) -> Result<u64> {
+        let rows = self.exec(what, sql).await?;
+        let text = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_else(|| "0".into());
+        text.parse()
+            .map_err(|_| Error::internal(format!("snowflake returned {text:?} for a count")))
+    }
+
+    async fn finish_commit(
+        &self,
+        run: &mut ActiveRun,
+        c: &RunCommit,
+    ) -> Result<BTreeMap<String, u64>> {
+        // Read back what each staging table holds before anything is replaced.
+        let mut rows = BTreeMap::new();
+        for (table, staged) in &run.staged {
+            let held = self
+                .count(
+                    "read back staged rows",
+                    &format!(
+                        "SELECT TO_VARCHAR(COUNT(*)) FROM {}",
+                        self.stage(*table, &run.tag)
+                    ),
+                )
+                .await?;
+            if held != *staged {
+                return Err(Error::quality(format!(
+                    "reconciliation: {table} was sent {staged} rows but its staging table holds {held}"
+                )));
+            }
+            rows.insert(table.name().to_string(), held);
+        }
+        if run.rejected_replace {
+            let files = run.partitions.entry(Table::TradesRejected).or_default();
+            files.extend(c.source_files.iter().cloned());
+        }
+        let mut statements = vec![];
+        for (table, parts) in &run.partitions {
+            let parts: Vec<&String> = parts.iter().collect();
+            for chunk in parts.chunks(IN_CHUNK) {
+                let list: Vec<String> = chunk.iter().map(|p| literal(p)).collect();
+                statements.push(format!(
+                    "DELETE FROM {} WHERE {} IN ({})",
+                    self.table(*table),
+                    table.partition_column(),
+                    list.join(", ")
+                ));
+            }
+        }
+        for table in run.staged.keys() {
+            let cols = column_names(*table);
+            statements.push(format!(
+                "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
+                self.table(*table),
+                self.stage(*table, &run.tag)
+            ));
+        }
+        run.row.finished("succeeded");
+        run.row.stats = c.stats;
+        run.row.rows_committed = serde_json::to_string(&rows).expect("a map serialises");
+        run.row.quality = c.quality_json.clone();
+        statements.extend(self.record_sql(&run.row));
+        self.transaction(&statements, &run.row.run_id, "succeeded")
+            .await?;
+        // Committed: the staging tables are only leftovers now.
+        if let Err(e) = self.drop_stages(&run.tag).await {
+            tracing::warn!(error = %e, "snowflake: committed, but a staging table was not dropped");
+        }
+        Ok(rows)
+    }
+
+    fn take_run(&self, run_id: &str) -> Result<ActiveRun> {
+        let mut guard = self.run.lock().expect("run lock");
+        match guard.as_ref().map(|r| r.row.run_id.as_str()) {
+            Some(open) if open == run_id => Ok(guard.take().expect("checked")),
+            Some(open) => Err(Error::internal(format!(
+                "run {run_id} is not open (run {open} is)"
+            ))),
+            None => Err(Error::input(format!("run {run_id} is not open"))),
+        }
+    }
+
+    /// One batch as rows of SQL values, in `column_names(table)` order, and
+    /// the partitions they fall in.
+    fn batch_values(
+        table: Table,
+        batch: &RecordBatch,
+        run_id: &str,
+    ) -> (Vec<String>, BTreeSet<String>) {
+        let n = batch.num_rows();
+        let run = literal(run_id);
+        let mut parts = BTreeSet::new();
+        let s = |i: usize| batch.column(i).as_string::<i32>();
+        let rows = match table {
+            Table::Trades => {
+                let ts = batch.column(0).as_primitive::<TimestampNanosecondType>();
+                let qty = batch.column(5).as_primitive::<Decimal128Type>();
+                let price = batch.column(6).as_primitive::<Decimal128Type>();
+                let day = batch.column(7).as_primitive::<Date32Type>();
+                let mut days = BTreeSet::new();
+                let rows = (0..n)
+                    .map(|i| {
+                        days.insert(day.value(i));
+                        format!(
+                            "({}, {}, {}, {}, {}, {}, {}, '{}', {run})",
+                            timestamp_literal(ts.value(i)),
+                            literal(s(1).value(i)),
+                            literal(s(2).value(i)),
+                            literal(s(3).value(i)),
+                            literal(s(4).value(i)),
+                            decimal::format_scaled(qty.value(i), SCALE),
+                            decimal::format_scaled(price.value(i), SCALE),
+                            date_text(day.value(i)),
+                        )
+                    })
+                    .collect();
+                parts.extend(days.into_iter().map(date_text));
+                rows
+            }
+            Table::TradesRejected => {
+                let opt = |i: usize, r: usize| {
+                    let a = s(i);
+                    opt_literal((!arrow::array::Array::is_null(a, r)).then(|| a.value(r)))
+                };
+                let row_no = batch.column(9).as_primitive::<UInt64Type>();
+                (0..n)
+                    .map(|r| {
+                        format!(
+                            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {run})",
+                            opt(0, r),
+                            opt(1, r),
+                            opt(2, r),
+                            opt(3, r),
+                            opt(4, r),
+                            opt(5, r),
+                            opt(6, r),
+                            literal(s(7).value(r)),
+                            literal(s(8).value(r)),
+                            row_no.value(r)
+                        )
+                    })
+                    .collect()
+            }
+            Table::AggTradesWeekly => {
+                let week = batch.column(0).as_primitive::<Date32Type>();
+                let vol = batch.column(4).as_primitive::<Decimal128Type>();
+                let pnl = batch.column(5).as_primitive::<Decimal128Type>();
+                let count = batch.column(6).as_primitive::<Int64Type>();
+                let mut weeks = BTreeSet::new();
+                let rows = (0..n)
+                    .map(|i| {
+                        weeks.insert(week.value(i));
+                        format!(
+                            "('{}', {}, {}, {}, {}, {}, {}, {run})",
+                            date_text(week.value(i)),
+                            literal(s(1).value(i)),
+                            literal(s(2).value(i)),
+                            literal(s(3).value(i)),
+                            decimal::format_scaled(vol.value(i), SCALE),
+                            decimal::format_scaled(pnl.value(i), PNL_SCALE),
+                            count.value(i),
+                        )
+                    })
+                    .collect();
+                parts.extend(weeks.into_iter().map(date_text));
+                rows
+            }
+        };
+        (rows, parts)
+    }
+}
+
+fn bad_value(what: &str, v: &Option<String>) -> Error {
+    Error::internal(format!("snowflake returned {v:?} for {what}"))
+}
+
+#[async_trait]
+impl Warehouse for SnowflakeWarehouse {
+    fn kind(&self) -> &'static str {
+        "snowflake"
+    }
+
+    async fn check_connectivity(&self) -> Result<()> {
+        // One attempt: a wrong host or credentials should say so at once.
+        self.exec_once("cannot connect", "SELECT 1").await?;
+        self.exec(
+            "create database",
+            &format!("CREATE DATABASE IF NOT EXISTS {}", self.database),
+        )
+        .await?;
+        self.exec(
+            "create schema",
+            &format!("CREATE SCHEMA IF NOT EXISTS {}", self.qualified),
+        )
+        .await?;
+        for t in Table::ALL {
+            self.exec(
+                "create tables",
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS {} ({}){}",
+                    self.table(t),
+                    columns(t),
+                    cluster(t)
+                ),
+            )
+            .await?;
+        }
+        self.exec("create tables", &runs_table_sql(&self.qualified))
+            .await?;
+        Ok(())
+    }
+
+    async fn begin_run(&self, run: RunStart) -> Result<()> {
+        let tag: String = run
+            .run_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        if tag.is_empty() || tag.len() > 64 {
+            return Err(Error::input(format!(
+                "run id {:?} cannot name a staging table",
+                run.run_id
+            )));
+        }
+        if let Some(open) = self.run.lock().expect("run lock").as_ref() {
+            return Err(Error::internal(format!(
+                "cannot begin run {}: run {} is still open",
+                run.run_id, open.row.run_id
+            )));
+        }
+        let _w = self.writing.lock().await;
+        // Leftovers of a crashed run with the same id are discarded.
+        self.drop_stages(&tag).await?;
+        for t in Table::ALL {
+            self.exec(
+                "create staging table",
+                &format!(
+                    "CREATE TRANSIENT TABLE {} ({})",
+                    self.stage(t, &tag),
+                    columns(t)
+                ),
+            )
+            .await?;
+        }
+        let row = RunRow::new(run.run_id, run.source, run.options_json, now_text());
+        self.record(&row).await?;
+        *self.run.lock().expect("run lock") = Some(ActiveRun {
+            row,
+            tag,
+            staged: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            rejected_replace: true,
+        });
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        run_id: &str,
+        table: Table,
+        mode: WriteMode,
+        batch: RecordBatch,
+    ) -> Result<u64> {
+        check_batch(table, &batch)?;
+        let _w = self.writing.lock().await;
+        let tag = {
+            let guard = self.run.lock().expect("run lock");
+            match guard.as_ref() {
+                Some(r) if r.row.run_id == run_id => r.tag.clone(),
+                _ => return Err(Error::input(format!("run {run_id} is not open"))),
+            }
+        };
+        let n = batch.num_rows() as u64;
+        let (rows, parts) = Self::batch_values(table, &batch, run_id);
+        let head = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            self.stage(table, &tag),
+            column_names(table)
+        );
+        let mut sql = head.clone();
+        let mut in_sql = 0;
+        for (i, row) in rows.iter().enumerate() {
+            if in_sql > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(row);
+            in_sql += 1;
+            if in_sql == INSERT_ROWS || sql.len() >= INSERT_BYTES || i + 1 == rows.len() {
+                self.exec(&format!("stage rows of {table}"), &sql).await?;
+                sql.truncate(head.len());
+                in_sql = 0;
+            }
+        }
+        let mut guard = self.run.lock().expect("run lock");
+        let run = guard
+            .as_mut()
+            .ok_or_else(|| Error::input(format!("run {run_id} is not open")))?;
+        *run.staged.entry(table).or_default() += n;
+        let replace = mode != WriteMode::Append;
+        if table == Table::TradesRejected {
+            run.rejected_replace &= replace;
+        } else if replace {
+            run.partitions.entry(table).or_default().extend(parts);
+        }
+        Ok(n)
+    }
+
+    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
+        let _w = self.writing.lock().await;
+        let mut run = self.take_run(&commit.run_id)?;
+        match self.finish_commit(&mut run, &commit).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                // Nothing of the run is visible: the transaction rolled back
+                // or never began.
+                let _ = self.drop_stages(&run.tag).await;
+                run.row.finished("failed");
+                run.row.error_category = e.category().as_str().into();
+                run.row.error_message = e.to_string();
+                let _ = self.record(&run.row).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, f: RunFailure) -> Result<()> {
+        let _w = self.writing.lock().await;
+        let open = self
+            .run
+            .lock()
+            .expect("run lock")
+            .as_ref()
+            .is_some_and(|r| r.row.run_id == f.run_id);
+        let mut row = if open {
+            let run = self.take_run(&f.run_id)?;
+            self.drop_stages(&run.tag).await?;
+            run.row
+        } else {
+            // Failed before it began (e.g. the loader refused it): keep what
+            // is known of it.
+            match self.get_run(&f.run_id).await? {
+                Some(r) => RunRow::new(r.run_id, r.source, r.options_json, r.started_at),
+                None => RunRow::new(f.run_id.clone(), String::new(), String::new(), now_text()),
+            }
+        };
+        row.finished("failed");
+        row.stats = f.stats;
+        row.error_category = f.category.as_str().into();
+        row.error_message = f.message;
+        row.quality = f.quality_json;
+        self.record(&row).await
+    }
+
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        let rows = self
+            .read("list runs", &runs_select(&self.qualified, "", limit))
+            .await?;
+        rows.iter()
+            .map(|r| RunRow::from_row(r).map(RunRow::record))
+            .collect()
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let filter = format!("WHERE run_id = {}", literal(run_id));
+        let rows = self
+            .read("get run", &runs_select(&self.qualified, &filter, 1))
+            .await?;
+        rows.first()
+            .map(|r| RunRow::from_row(r).map(RunRow::record))
+            .transpose()
+    }
+
+    async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
+        let column = match query.metric {
+            Metric::Volume => "total_volume",
+            Metric::Pnl => "total_pnl",
+        };
+        let sum = exact_sum(column, PNL_SCALE);
+        let sql = format!(
+            "SELECT user_id, TO_VARCHAR({sum}) FROM {} WHERE client_type = {}
+             GROUP BY user_id ORDER BY {sum} DESC, user_id ASC LIMIT {}",
+            self.table(Table::AggTradesWeekly),
+            literal(&query.client_type),
+            query.limit
+        );
+        let rows = self.read("top users", &sql).await?;
+        rows.into_iter()
+            .map(|r| {
+                let total = r.get(1).cloned().flatten().unwrap_or_default();
+                let v = decimal::parse_scaled(total.as_bytes(), PNL_SCALE)
+                    .map_err(|e| Error::internal(format!("snowflake returned {total:?}: {e:?}")))?;
+                Ok(TopUser {
+                    user_id: r.first().cloned().flatten().unwrap_or_default(),
+                    value: decimal::format_scaled(v, PNL_SCALE),
+                })
+            })
+            .collect()
+    }
+
+    async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
+        let sql = format!(
+            "SELECT TO_VARCHAR(week_start_date, 'YYYY-MM-DD'), client_type,
+                    TO_VARCHAR({}), TO_VARCHAR({}),
+                    TO_VARCHAR(SUM(trade_count))
+             FROM {} GROUP BY week_start_date, client_type
+             ORDER BY week_start_date, client_type",
+            exact_sum("total_volume", SCALE),
+            exact_sum("total_pnl", PNL_SCALE),
+            self.table(Table::AggTradesWeekly)
+        );
+        let rows = self.read("weekly totals", &sql).await?;
+        let norm = |t: &Option<String>| {
+            let text = t.as_deref().unwrap_or_default();
+            decimal::parse_scaled(text.as_bytes(), PNL_SCALE)
+                .map(|v| decimal::format_scaled(v, PNL_SCALE))
+                .map_err(|_| bad_value("a weekly total", t))
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(WeeklyTotal {
+                    week_start_date: r[0].clone().unwrap_or_default(),
+                    client_type: r[1].clone().unwrap_or_default(),
+                    total_volume: norm(&r[2])?,
+                    total_pnl: norm(&r[3])?,
+                    trade_count: r[4]
+                        .as_deref()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| bad_value("a trade count", &r[4]))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_partitions(&self, table: Table) -> Result<Vec<PartitionInfo>> {
+        let col = table.partition_column();
+        let sql = format!(
+            "SELECT {}, TO_VARCHAR(COUNT(*)) FROM {} GROUP BY {col} ORDER BY {col}",
+            partition_text(table),
+            self.table(table)
+        );
+        let rows = self.read("list partitions", &sql).await?;
+        rows.into_iter()
+            .map(|r| {
+                let rows = r[1]
+                    .as_deref()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| bad_value("a row count", &r[1]))?;
+                Ok(PartitionInfo {
+                    partition: r[0].clone().unwrap_or_default(),
+                    rows,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
+        let filter = format!(
+            "FROM {} WHERE {} = {}",
+            self.table(table),
+            table.partition_column(),
+            literal(partition)
+        );
+        let dec = |c: &str, p: u32, s: u32| format!("TO_VARCHAR(CAST({c} AS NUMBER({p}, {s})))");
+        let date = |c: &str| format!("TO_VARCHAR({c}, 'YYYY-MM-DD')");
+        let sql = match table {
+            Table::Trades => format!(
+                "SELECT TO_VARCHAR(timestamp, 'YYYY-MM-DD HH24:MI:SS.FF9'), user_id, client_type,
+                        symbol, side, {}, {}, {} {filter} ORDER BY timestamp, user_id",
+                dec("quantity", 18, SCALE),
+                dec("price", 18, SCALE),
+                date("trade_date")
+            ),
+            Table::TradesRejected => format!(
+                "SELECT timestamp, user_id, client_type, symbol, side, quantity, price, reason,
+                        source_file, TO_VARCHAR(source_row) {filter} ORDER BY source_row"
+            ),
+            Table::AggTradesWeekly => format!(
+                "SELECT {}, client_type, user_id, symbol, {}, {}, TO_VARCHAR(trade_count)
+                 {filter} ORDER BY client_type, user_id, symbol",
+                date("week_start_date"),
+                dec("total_volume", 38, SCALE),
+                dec("total_pnl", 38, PNL_SCALE)
+            ),
+        };
+        let rows = self.read("read partition", &sql).await?;
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        let text = |r: &[Option<String>], i: usize| -> Result<String> {
+            r.get(i)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| bad_value("a NOT NULL column", &None))
+        };
+        let scaled = |r: &[Option<String>], i: usize, scale: u32| -> Result<i128> {
+            let t = text(r, i)?;
+            decimal::parse_scaled(t.as_bytes(), scale).map_err(|_| bad_value("a decimal", &Some(t)))
+        };
+        let day = |r: &[Option<String>], i: usize| -> Result<i32> {
+            let t = text(r, i)?;
+            parse_date(&t).ok_or_else(|| bad_value("a date", &Some(t)))
+        };
+        let cols: Vec<ArrayRef> = match table {
+            Table::Trades => {
+                let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
+                let mut strs: [StringBuilder; 4] = Default::default();
+                let mut qty = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
+                let mut price = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
+                let mut days = Date32Builder::new();
+                for r in &rows {
+                    let t = text(r, 0)?;
+                    ts.append_value(
+                        parse_timestamp(&t).ok_or_else(|| bad_value("a timestamp", &Some(t)))?,
+                    );
+                    for (k, b) in strs.iter_mut().enumerate() {
+                        b.append_value(text(r, k + 1)?);
+                    }
+                    qty.append_value(scaled(r, 5, SCALE)?);
+                    price.append_value(scaled(r, 6, SCALE)?);
+                    days.append_value(day(r, 7)?);
+                }
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish())];
+                cols.extend(strs.map(|mut b| Arc::new(b.finish()) as ArrayRef));
+                cols.push(Arc::new(qty.finish()));
+                cols.push(Arc::new(price.finish()));
+                cols.push(Arc::new(days.finish()));
+                cols
+            }
+            Table::TradesRejected => {
+                let mut strs: Vec<StringBuilder> = (0..9).map(|_| StringBuilder::new()).collect();
+                let mut row_no = UInt64Builder::new();
+                for r in &rows {
+                    for (k, b) in strs.iter_mut().enumerate() {
+                        b.append_option(r.get(k).cloned().flatten());
+                    }
+                    let t = text(r, 9)?;
+                    row_no
+                        .append_value(t.parse().map_err(|_| bad_value("a row number", &Some(t)))?);
+                }
+                let mut cols: Vec<ArrayRef> = strs
+                    .into_iter()
+                    .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+                    .collect();
+                cols.push(Arc::new(row_no.finish()));
+                cols
+            }
+            Table::AggTradesWeekly => {
+                let mut weeks = Date32Builder::new();
+                let mut strs: [StringBuilder; 3] = Default::default();
+                let mut vol = Decimal128Builder::new().with_data_type(VOLUME_TYPE);
+                let mut pnl = Decimal128Builder::new().with_data_type(PNL_TYPE);
+                let mut count = Int64Builder::new();
+                for r in &rows {
+                    weeks.append_value(day(r, 0)?);
+                    for (k, b) in strs.iter_mut().enumerate() {
+                        b.append_value(text(r, k + 1)?);
+                    }
+                    vol.append_value(scaled(r, 4, SCALE)?);
+                    pnl.append_value(scaled(r, 5, PNL_SCALE)?);
+                    let t = text(r, 6)?;
+                    count.append_value(t.parse().map_err(|_| bad_value("a count", &Some(t)))?);
+                }
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(weeks.finish())];
+                cols.extend(strs.map(|mut b| Arc::new(b.finish()) as ArrayRef));
+                cols.push(Arc::new(vol.finish()));
+                cols.push(Arc::new(pnl.finish()));
+                cols.push(Arc::new(count.finish()));
+                cols
+            }
+        };
+        Ok(vec![RecordBatch::try_new(table.schema(), cols)?])
+    }
+
+    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
+        let _w = self.writing.lock().await;
+        if let Some(run) = self.run.lock().expect("run lock").as_ref() {
+            return Err(Error::backend(
+                format!(
+                    "cannot drop partition {partition} of {table} while run {} is open",
+                    run.row.run_id
+                ),
+                true,
+            ));
+        }
+        let _t = self.tx.write().await;
+        // One DELETE: atomic; Snowflake answers with the rows it deleted.
+        let rows = self
+            .exec_once(
+                &format!("drop partition {partition} of {table}"),
+                &format!(
+                    "DELETE FROM {} WHERE {} = {}",
+                    self.table(table),
+                    table.partition_column(),
+                    literal(partition)
+                ),
+            )
+            .await?;
+        let deleted = rows.first().and_then(|r| r.first().cloned().flatten());
+        deleted
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad_value("the rows deleted", &deleted))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let run = self.run.lock().expect("run lock").take();
+        if let Some(run) = run {
+            tracing::warn!(run_id = %run.row.run_id, "shutting down during a run: discarding it");
+            self.drop_stages(&run.tag).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `SUM` of a decimal column at `scale`. The explicit cast
+/// changes nothing on Snowflake (the column already has that type); the
+/// stand-in, fakesnow, sums a bare column as DOUBLE and would drift.
+fn exact_sum(column: &str, scale: u32) -> String {
+    format!("SUM(CAST({column} AS NUMBER(38, {scale})))")
+}
+
+/// The partition column of `table` as text.
+fn partition_text(table: Table) -> String {
+    match table {
+        Table::TradesRejected => "source_file".into(),
+        t => format!("TO_VARCHAR({}, 'YYYY-MM-DD')", t.partition_column()),
+    }
+}
+
+fn runs_select(qualified: &str, filter: &str, limit: u32) -> String {
+    let cols: Vec<String> = RUN_COLUMNS[..21]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if RUN_COUNTERS.contains(&i) {
+                format!("TO_VARCHAR({c})")
+            } else {
+                (*c).to_string()
+            }
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM {qualified}.pipeline_runs {filter} ORDER BY started_at DESC, run_id DESC LIMIT {limit}",
+        cols.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(literal(r"it's a\b"), r"'it''s a\\b'");
+        assert_eq!(opt_literal(None), "NULL");
+        assert_eq!(
+            timestamp_literal(1_704_164_645_123_456_789),
+            "'2024-01-02 03:04:05.123456789'"
+        );
+        assert_eq!(
+            parse_timestamp("2024-01-02 03:04:05.123456789"),
+            Some(1_704_164_645_123_456_789)
+        );
+        assert_eq!(
+            parse_timestamp("2024-01-02 03:04:05"),
+            Some(1_704_164_645_000_000_000)
+        );
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let api = |code: &str| SnowflakeApiError::ApiError(code.into(), "m".into());
+        assert!(!is_transient(&api("002003")), "object does not exist");
+        assert!(!is_transient(&api("001003")), "SQL compilation error");
+        assert!(is_transient(&api("000625")));
+        let status = |s: u16| {
+            SnowflakeApiError::RequestError(
+                snowflake_api::connection::ConnectionError::RequestMiddlewareError(
+                    reqwest_middleware::Error::Middleware(anyhow::Error::new(HttpStatus {
+                        status: s,
+                        path: "/".into(),
+                        body: String::new(),
+                    })),
+                ),
+            )
+        };
+        assert!(is_transient(&status(503)));
+        assert!(is_transient(&status(429)));
+        assert!(!is_transient(&status(403)));
+    }
+
+    #[test]
+    fn run_table_types() {
+        let sql = runs_table_sql("db.s");
+        assert!(sql.contains("rows_in NUMBER(20, 0)"), "{sql}");
+        assert!(sql.contains("total_ms NUMBER(20, 0)"), "{sql}");
+        assert!(sql.contains("rows_committed VARCHAR"), "{sql}");
+        assert!(sql.contains("run_id VARCHAR"), "{sql}");
+    }
+}
