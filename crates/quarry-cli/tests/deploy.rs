@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use quarry_cli::embedded::Cluster;
 use quarry_core::Config;
 use quarry_core::config::WarehouseKind;
 use serde::Deserialize;
@@ -379,15 +380,18 @@ fn check_compose(doc: &Value, vars: &BTreeMap<String, String>) -> Config {
             .unwrap_or_else(|e| panic!("{ctx}: its environment is not a valid configuration: {e}"));
         let listen = listen_of(&config, name);
         assert_eq!(listen, format!("0.0.0.0:{port}"), "{ctx}: listen address");
-        // The health check probes that port and fails when it is closed.
-        let test = strings(&svc["healthcheck"]["test"]);
-        assert_eq!(test[0], "CMD", "{ctx}: health check in exec form");
-        let probe = test[1..].join(" ");
-        assert!(
-            probe == format!("bash -c exec 3<>/dev/tcp/127.0.0.1/{port}")
-                || probe.starts_with("quarry ")
-                    && probe.contains(&format!("http://127.0.0.1:{port}")),
-            "{ctx}: health check {probe:?} does not probe port {port}"
+        // The health check asks that port's gRPC health service.
+        assert_eq!(
+            strings(&svc["healthcheck"]["test"]),
+            [
+                "CMD",
+                "quarry",
+                "ping",
+                &format!("http://127.0.0.1:{port}"),
+                "--timeout",
+                "3"
+            ],
+            "{ctx}: health check"
         );
         assert!(
             strings(&svc["ports"]).contains(&format!("127.0.0.1:{port}:{port}")),
@@ -540,6 +544,60 @@ fn compose_services_agree_with_each_other_and_the_configuration() {
         Some(&interpolate(s(&ch["CLICKHOUSE_PASSWORD"]), &vars)),
         "the loader's {password_var} is the server's password"
     );
+}
+
+/// The compose health checks, run as written (only the address swapped for
+/// that of live services): they pass while a service serves, fail once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_health_checks_pass_only_while_the_service_serves() {
+    let doc = yaml(&read("docker-compose.yml"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.extractor.data_roots = vec![dir.path().to_path_buf()];
+    config.warehouse.sqlite.path = dir.path().join("agg_result.db");
+    let cluster = Cluster::start(&config).await.unwrap();
+    let live = [
+        ("extractor", cluster.extractor_url.clone().unwrap()),
+        ("transformer", cluster.transformer_url.clone().unwrap()),
+        ("loader", cluster.loader_url.clone()),
+    ];
+    let check = |service: &str, url: &str| {
+        let argv = strings(&doc["services"][service]["healthcheck"]["test"]);
+        assert_eq!(
+            argv[..2],
+            ["CMD", "quarry"],
+            "{service}: the image's quarry CLI"
+        );
+        let in_compose = format!("http://127.0.0.1:{}", default_ports()[service]);
+        let args: Vec<&str> = argv[2..]
+            .iter()
+            .map(|a| if *a == in_compose { url } else { a.as_str() })
+            .collect();
+        assert!(
+            args.contains(&url),
+            "{service}: {argv:?} does not use {in_compose}"
+        );
+        std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    for (service, url) in &live {
+        let out = check(service, url);
+        assert!(
+            out.status.success(),
+            "{service}: health check failed on a serving service: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cluster.stop().await.unwrap();
+    for (service, url) in &live {
+        let out = check(service, url);
+        assert!(
+            !out.status.success(),
+            "{service}: health check passed with nothing listening"
+        );
+    }
 }
 
 // ------------------------------------------------------------ GitHub Actions
