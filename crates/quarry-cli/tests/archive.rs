@@ -157,9 +157,9 @@ async fn sqlite_and_a_local_directory() {
         eprintln!("skipped the pyarrow check: QUARRY_PYTHON is not set (scripts/test.sh sets it)");
         return;
     };
-    let script = "import sys, pyarrow.dataset as ds\n\
+    let script = "import sys, pyarrow.compute as pc, pyarrow.dataset as ds\n\
         t = ds.dataset(sys.argv[1], format='parquet', partitioning='hive').to_table()\n\
-        print(t.num_rows, t.schema.field('quantity').type)";
+        print(t.num_rows, len(pc.unique(t['trade_date'])), t.schema.field('quantity').type)";
     let out = Command::new(python)
         .args(["-c", script])
         .arg(&cold)
@@ -171,7 +171,7 @@ async fn sqlite_and_a_local_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(s.trim(), format!("{archived} decimal128(18, 8)"));
+    assert_eq!(s.trim(), format!("{archived} 43 decimal128(18, 8)"));
 }
 
 /// Against the moto S3 server scripts/test.sh starts (QUARRY_TEST_S3_ENDPOINT).

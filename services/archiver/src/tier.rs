@@ -494,7 +494,7 @@ impl Tier {
                     self.delete(&dir.clone().join(n.as_str())).await?;
                 }
             }
-            let files = self.export(&schema, &dir, &hot).await?;
+            let files = self.export(table, &dir, &hot).await?;
             let written = Manifest {
                 table: table.name().into(),
                 partition: partition.into(),
@@ -503,7 +503,9 @@ impl Tier {
                 files,
                 archived_at: now_text(),
             };
-            if let Err(e) = self.verify(&schema, &dir, &written).await {
+            // Verify: the files read back must hold exactly the hot rows.
+            let verified = self.read_checked(table, &written).await;
+            if let Err(e) = verified.and_then(|_| self.fault("Verify")) {
                 for f in &written.files {
                     self.delete(&dir.clone().join(f.name.as_str())).await?;
                 }
@@ -551,13 +553,17 @@ impl Tier {
         Ok(m)
     }
 
-    /// Writes `batches` as zstd Parquet files of at most `rows_per_file` rows.
+    /// Writes `batches` as zstd Parquet files of at most `rows_per_file`
+    /// rows, without the partition column: Hive readers take it from the
+    /// directory name (a copy inside the files would clash with it).
     async fn export(
         &self,
-        schema: &SchemaRef,
+        table: Table,
         dir: &Path,
         batches: &[RecordBatch],
     ) -> Result<Vec<ManifestFile>> {
+        let (schema, keep) = file_columns(table);
+        let schema = &schema;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("zstd level"),
@@ -568,7 +574,12 @@ impl Tier {
         let mut pending: Vec<RecordBatch> = vec![];
         let mut pending_rows = 0usize;
         let limit = self.config.rows_per_file;
-        let mut slices = batches.iter().flat_map(|b| {
+        let projected = batches
+            .iter()
+            .map(|b| b.project(&keep))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::internal(format!("projecting {table}: {e}")))?;
+        let mut slices = projected.iter().flat_map(|b| {
             (0..b.num_rows())
                 .step_by(limit)
                 .map(move |o| b.slice(o, limit.min(b.num_rows() - o)))
@@ -606,7 +617,7 @@ impl Tier {
         self.fault("Export")?;
         #[cfg(test)]
         if *self.fault.lock().unwrap() == Some(Step::Corrupt)
-            && let (Some(f), Some(first)) = (files.first(), batches.first())
+            && let (Some(f), Some(first)) = (files.first(), projected.first())
         {
             // The same schema and row count, other values (the first row
             // repeated): only the checksum can tell.
@@ -625,8 +636,14 @@ impl Tier {
         Ok(files)
     }
 
-    /// Reads one cold file back as batches of `schema`.
-    async fn read_file(&self, schema: &SchemaRef, path: &Path) -> Result<Vec<RecordBatch>> {
+    /// Reads one cold file back as batches of `table.schema()`, the
+    /// partition column filled in from `partition`.
+    async fn read_file(
+        &self,
+        table: Table,
+        partition: &str,
+        path: &Path,
+    ) -> Result<Vec<RecordBatch>> {
         let bytes: Bytes = self
             .cold
             .store
@@ -642,6 +659,11 @@ impl Tier {
                 self.cold.display
             ))
         };
+        let day = parse_date(partition).ok_or_else(|| {
+            Error::input(format!("{table} partition {partition:?} is not a date"))
+        })?;
+        let (file_schema, _) = file_columns(table);
+        let at = partition_index(table);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .map_err(|e| bad(&e))?
             .with_batch_size(64 * 1024)
@@ -650,69 +672,61 @@ impl Tier {
         let mut out = vec![];
         for b in reader {
             let b = b.map_err(|e| bad(&e))?;
-            if b.schema().fields() != schema.fields() {
+            if b.schema().fields() != file_schema.fields() {
                 return Err(bad(&format!(
                     "columns {:?}, expected {:?}",
                     b.schema().fields(),
-                    schema.fields()
+                    file_schema.fields()
                 )));
             }
-            out.push(b);
+            let mut columns = b.columns().to_vec();
+            columns.insert(
+                at,
+                Arc::new(arrow::array::Date32Array::from(vec![day; b.num_rows()])),
+            );
+            out.push(RecordBatch::try_new(table.schema(), columns).map_err(|e| bad(&e))?);
         }
         Ok(out)
     }
 
-    /// Reads every file of `manifest` back and compares rows and checksum.
-    async fn verify(&self, schema: &SchemaRef, dir: &Path, manifest: &Manifest) -> Result<()> {
+    /// Reads every file `manifest` lists and checks each file's row count and
+    /// the partition's count and checksum against it.
+    async fn read_checked(&self, table: Table, manifest: &Manifest) -> Result<Vec<RecordBatch>> {
+        let partition = manifest.partition.as_str();
+        let dir = self.dir(table, partition);
         let mut batches = vec![];
         for f in &manifest.files {
             let b = self
-                .read_file(schema, &dir.clone().join(f.name.as_str()))
+                .read_file(table, partition, &dir.clone().join(f.name.as_str()))
                 .await?;
             let rows: usize = b.iter().map(|b| b.num_rows()).sum();
             if rows as u64 != f.rows {
                 return Err(Error::input(format!(
-                    "verify {}/{dir}/{}: {rows} rows, {} written",
+                    "{}/{dir}/{}: {rows} rows, the manifest says {}",
                     self.cold.display, f.name, f.rows
                 )));
             }
             batches.extend(b);
         }
-        let (rows, sum) = checksum(schema, &batches)?;
+        let (rows, sum) = checksum(&table.schema(), &batches)?;
         if rows != manifest.rows || sum != manifest.checksum {
             return Err(Error::input(format!(
-                "verify {}/{dir}: the files hold {rows} rows with checksum {sum}, the warehouse {} rows with {}",
+                "{}/{dir}: the files hold {rows} rows with checksum {sum}, the manifest {} rows with {}",
                 self.cold.display, manifest.rows, manifest.checksum
             )));
         }
-        self.fault("Verify")
+        Ok(batches)
     }
 
     /// The rows of a cold partition, checked against its manifest.
     pub async fn read_cold(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
-        let schema = table.schema();
-        let dir = self.dir(table, partition);
         let Some(m) = self.manifest(table, partition).await? else {
             return Err(Error::input(format!(
                 "{table} {partition} is not in cold storage ({})",
                 self.cold.display
             )));
         };
-        let mut batches = vec![];
-        for f in &m.files {
-            batches.extend(
-                self.read_file(&schema, &dir.clone().join(f.name.as_str()))
-                    .await?,
-            );
-        }
-        let (rows, sum) = checksum(&schema, &batches)?;
-        if rows != m.rows || sum != m.checksum {
-            return Err(Error::input(format!(
-                "cold {table} {partition} does not match its manifest ({rows} rows, checksum {sum}; manifest {} rows, {})",
-                m.rows, m.checksum
-            )));
-        }
-        Ok(batches)
+        self.read_checked(table, &m).await
     }
 
     /// Cold partitions of `table` (those with a manifest).
@@ -903,6 +917,28 @@ impl Tier {
         }
         Ok(out)
     }
+}
+
+/// Position of the partition column in `table.schema()`.
+fn partition_index(table: Table) -> usize {
+    table
+        .schema()
+        .index_of(table.partition_column())
+        .expect("the partition column is in the schema")
+}
+
+/// The schema of a cold file (the table's without its partition column) and
+/// the indices of its columns in the table's schema.
+fn file_columns(table: Table) -> (SchemaRef, Vec<usize>) {
+    let at = partition_index(table);
+    let keep: Vec<usize> = (0..table.schema().fields().len())
+        .filter(|&i| i != at)
+        .collect();
+    let schema = table
+        .schema()
+        .project(&keep)
+        .expect("indices of the schema");
+    (Arc::new(schema), keep)
 }
 
 fn date_text_of(d: NaiveDate) -> String {
