@@ -291,3 +291,34 @@ fn the_archive_commands() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is not archived"), "{err}");
 }
+
+/// Started as a service with `interval_secs`, the archiver moves what is due
+/// on its own (as of today: every day of the 2023 sample) and says so in
+/// its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_archives_on_its_schedule() {
+    let mut env = Env::new();
+    env.config.archiver.cold_root = env.dir.path().join("cold").display().to_string();
+    env.config.archiver.interval_secs = 1;
+    let src = env.copy_fixture();
+    env.run(&src).await.unwrap();
+    let (url, _stop) = start_archiver(&env.config).await;
+    let mut c = ArchiverServiceClient::connect(url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let s = c
+            .status(quarry_proto::StatusRequest { events: 1 })
+            .await
+            .unwrap()
+            .into_inner();
+        if !s.last_run_at.is_empty() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "no scheduled run");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.last_run_result, "archived 91", "{status:?}");
+    assert_eq!(status.events[0].action, "archived");
+    let wh = quarry_warehouse::open(&env.config.warehouse).unwrap();
+    assert!(wh.list_partitions(Table::Trades).await.unwrap().is_empty());
+}
