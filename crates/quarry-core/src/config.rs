@@ -28,6 +28,9 @@ pub struct ExtractorConfig {
     pub data_roots: Vec<PathBuf>,
     /// Rows per Arrow record batch.
     pub batch_rows: usize,
+    /// On SIGTERM/SIGINT: seconds open streams may take to finish before
+    /// they are cut (the run reading them then fails and is aborted).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ExtractorConfig {
@@ -36,6 +39,7 @@ impl Default for ExtractorConfig {
             listen: "127.0.0.1:50051".into(),
             data_roots: vec![PathBuf::from("data")],
             batch_rows: 65_536,
+            shutdown_grace_secs: 60,
         }
     }
 }
@@ -53,6 +57,9 @@ pub struct TransformerConfig {
     /// Load validated raw rows into `trades` (off: aggregates and rejects only).
     pub load_raw_trades: bool,
     pub progress_interval_ms: u64,
+    /// On SIGTERM/SIGINT: seconds in-flight runs may take to finish; runs
+    /// still going then are aborted (nothing committed) and the process exits.
+    pub shutdown_grace_secs: u64,
     /// Data-quality checks evaluated before every commit.
     pub quality: QualityConfig,
 }
@@ -156,6 +163,7 @@ impl Default for TransformerConfig {
             dedup: false,
             load_raw_trades: true,
             progress_interval_ms: 250,
+            shutdown_grace_secs: 540,
             quality: QualityConfig::default(),
         }
     }
@@ -169,6 +177,9 @@ pub struct LoaderConfig {
     pub begin_timeout_secs: u64,
     /// A run with no activity for this long is aborted (its driver is gone).
     pub run_idle_timeout_secs: u64,
+    /// On SIGTERM/SIGINT: seconds open runs may take to commit; runs still
+    /// open then are aborted (staged data discarded) and the process exits.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for LoaderConfig {
@@ -177,6 +188,7 @@ impl Default for LoaderConfig {
             listen: "127.0.0.1:50053".into(),
             begin_timeout_secs: 60,
             run_idle_timeout_secs: 600,
+            shutdown_grace_secs: 240,
         }
     }
 }
@@ -358,6 +370,9 @@ pub struct ArchiverConfig {
     pub lease_secs: u64,
     /// Days a restored partition stays hot before it may move again.
     pub hold_days: u32,
+    /// On SIGTERM/SIGINT: seconds open calls may take to finish before the
+    /// process exits (an interrupted move is finished by the next run).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ArchiverConfig {
@@ -372,6 +387,7 @@ impl Default for ArchiverConfig {
             row_group_rows: 128 * 1024,
             lease_secs: 900,
             hold_days: 30,
+            shutdown_grace_secs: 240,
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -55,6 +56,54 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::internal(format!("gRPC server on {addr:?} failed: {e}")))
+}
+
+/// After the grace period and the service's clean-up, this much longer is
+/// given to calls still open before the server stops waiting for them.
+pub const SHUTDOWN_FINAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Like [`serve`], with a bounded shutdown: once `shutdown` resolves the
+/// server refuses new calls and waits up to `grace` for the open ones; then
+/// `expire` runs (the service aborts its in-flight work there), and calls
+/// still open [`SHUTDOWN_FINAL_WAIT`] later are dropped. Returns when the
+/// server has stopped.
+pub async fn serve_with_grace<E>(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    expire: E,
+) -> Result<()>
+where
+    E: Future<Output = ()> + Send,
+{
+    let signal = shutdown.shared();
+    let on_signal = {
+        let signal = signal.clone();
+        async move {
+            signal.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: refusing new calls, waiting for open ones"
+            );
+        }
+    };
+    let watchdog = async {
+        signal.await;
+        tokio::time::sleep(grace).await;
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "shutdown grace period over: stopping in-flight work"
+        );
+        expire.await;
+        tokio::time::sleep(SHUTDOWN_FINAL_WAIT).await;
+        tracing::warn!("calls still open after the grace period: closing them");
+    };
+    tokio::select! {
+        served = serve(listener, routes, names, on_signal) => served,
+        () = watchdog => Ok(()),
+    }
 }
 
 /// Binds a listen address from config, with an error naming it.

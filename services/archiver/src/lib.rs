@@ -123,7 +123,18 @@ impl Archiver {
             self.spawn_schedule(Duration::from_secs(c.interval_secs));
         }
         let warehouse = self.tier.warehouse().clone();
-        let served = grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await;
+        // Moves are crash-safe (see `tier`): one cut short by the end of the
+        // grace period is finished or redone by the next run.
+        let grace = Duration::from_secs(c.shutdown_grace_secs);
+        let served = grpc::serve_with_grace(
+            listener,
+            self.routes(),
+            &SERVICE_NAMES,
+            shutdown,
+            grace,
+            async {},
+        )
+        .await;
         served.and(warehouse.close().await)
     }
 }

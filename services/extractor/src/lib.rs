@@ -34,6 +34,7 @@ use crate::source::DataRoots;
 pub struct Extractor {
     roots: Arc<DataRoots>,
     batch_rows: usize,
+    shutdown_grace: std::time::Duration,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -43,6 +44,7 @@ impl Extractor {
         Ok(Self {
             roots: Arc::new(DataRoots::new(&config.data_roots)?),
             batch_rows: config.batch_rows,
+            shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
         })
     }
 
@@ -95,14 +97,26 @@ const SERVICE_NAMES: [&str; 2] = [
 ];
 
 impl Extractor {
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves; open streams then get
+    /// `shutdown_grace_secs` to finish before they are cut. The extractor
+    /// writes nothing, so cutting a stream only fails the run reading it
+    /// (which its transformer aborts).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         info!(addr = ?listener.local_addr().ok(), roots = ?self.roots.roots(), "extractor listening");
-        grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await
+        let grace = self.shutdown_grace;
+        grpc::serve_with_grace(
+            listener,
+            self.routes(),
+            &SERVICE_NAMES,
+            shutdown,
+            grace,
+            async {},
+        )
+        .await
     }
 }
 

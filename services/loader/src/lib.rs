@@ -44,6 +44,7 @@ pub struct Loader {
     slot: Arc<Semaphore>,
     runs: Arc<Mutex<HashMap<String, OpenRun>>>,
     begin_timeout: Duration,
+    shutdown_grace: Duration,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -69,6 +70,7 @@ impl Loader {
             slot: Arc::new(Semaphore::new(1)),
             runs: Arc::new(Mutex::new(HashMap::new())),
             begin_timeout: Duration::from_secs(config.begin_timeout_secs),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         };
         loader.spawn_reaper(Duration::from_secs(config.run_idle_timeout_secs));
         loader
@@ -111,6 +113,34 @@ impl Loader {
                 }
             }
         });
+    }
+
+    /// Aborts every open run (not those committing: a commit is never cut).
+    /// Their next `DoPut` batch then fails, which fails the run's driver.
+    async fn abort_open_runs(&self, message: &str) {
+        let open: Vec<String> = self
+            .runs
+            .lock()
+            .expect("runs lock")
+            .drain()
+            .map(|(id, _)| id)
+            .collect();
+        for run_id in open {
+            warn!(run_id = %run_id, "{message}");
+            let aborted = self
+                .warehouse
+                .abort(RunFailure {
+                    run_id: run_id.clone(),
+                    category: ErrorCategory::Backend,
+                    message: message.to_string(),
+                    stats: Default::default(),
+                    quality_json: String::new(),
+                })
+                .await;
+            if let Err(e) = aborted {
+                warn!(run_id = %run_id, error = %e, "could not abort the run");
+            }
+        }
     }
 
     fn touch(&self, run_id: &str) -> Result<()> {
@@ -197,7 +227,9 @@ impl Loader {
         Ok(Self::new(wh, config))
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves. Open runs then get
+    /// `shutdown_grace_secs` to commit; runs still open are aborted (their
+    /// staged data discarded, recorded as failed), then the warehouse closes.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -205,7 +237,22 @@ impl Loader {
     ) -> Result<()> {
         info!(addr = ?listener.local_addr().ok(), warehouse = self.warehouse.kind(), "loader listening");
         let warehouse = self.warehouse.clone();
-        let served = grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await;
+        let expire = {
+            let me = self.clone();
+            async move {
+                me.abort_open_runs("run aborted: the loader shut down before its commit")
+                    .await
+            }
+        };
+        let served = grpc::serve_with_grace(
+            listener,
+            self.routes(),
+            &SERVICE_NAMES,
+            shutdown,
+            self.shutdown_grace,
+            expire,
+        )
+        .await;
         let closed = warehouse.close().await;
         served.and(closed)
     }

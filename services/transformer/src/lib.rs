@@ -4,6 +4,10 @@
 //! `trades_rejected` and `agg_trades_weekly` to the loader with Flight
 //! `DoPut`, then commits — or aborts on any error, so a failed run leaves
 //! the warehouse as it was.
+//!
+//! Shutdown (SIGTERM/SIGINT): new runs are refused; in-flight runs get
+//! `shutdown_grace_secs` to finish, then they are aborted through the loader
+//! (never a partial commit) and reported failed to their clients.
 
 mod run;
 
@@ -11,8 +15,12 @@ use quarry_core::config::TransformerConfig;
 use quarry_core::{Result, grpc};
 use quarry_proto::transformer_service_server::{TransformerService, TransformerServiceServer};
 use quarry_proto::{RunEvent, RunRequest};
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span};
@@ -20,11 +28,18 @@ use tracing::{Instrument, info, info_span};
 #[derive(Clone)]
 pub struct Transformer {
     config: TransformerConfig,
+    /// The in-flight runs, and the signal that aborts them.
+    runs: TaskTracker,
+    abort_runs: CancellationToken,
 }
 
 impl Transformer {
     pub fn new(config: TransformerConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            runs: TaskTracker::new(),
+            abort_runs: CancellationToken::new(),
+        }
     }
 
     pub fn routes(&self) -> Routes {
@@ -49,13 +64,30 @@ impl Transformer {
             loader = %self.config.loader_url,
             "transformer listening"
         );
-        grpc::serve(
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let abort_runs = self.abort_runs.clone();
+        let served = grpc::serve_with_grace(
             listener,
             self.routes(),
             &["quarry.v1.TransformerService"],
             shutdown,
+            grace,
+            async move { abort_runs.cancel() },
         )
-        .await
+        .await;
+        // A run whose client went away is not waited for by the server: let
+        // it finish its abort (or commit) before the process exits.
+        self.runs.close();
+        if !self.runs.is_empty() {
+            info!(runs = self.runs.len(), "waiting for runs to finish");
+            let finished =
+                tokio::time::timeout(grace + grpc::SHUTDOWN_FINAL_WAIT, self.runs.wait()).await;
+            if finished.is_err() {
+                self.abort_runs.cancel();
+                let _ = tokio::time::timeout(grpc::SHUTDOWN_FINAL_WAIT, self.runs.wait()).await;
+            }
+        }
+        served
     }
 }
 
@@ -82,7 +114,9 @@ impl TransformerService for Transformer {
         let run_id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let span = info_span!("run", run_id = %run_id);
-        tokio::spawn(run::drive(self.config.clone(), req, run_id, tx).instrument(span));
+        let abort = self.abort_runs.clone();
+        self.runs
+            .spawn(run::drive(self.config.clone(), req, run_id, tx, abort).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -28,6 +28,7 @@ use quarry_transform::quality::{FileFacts, QualityInput};
 use quarry_transform::{Aggregator, BatchStats, validate};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::transport::Channel;
 use tracing::{Instrument, info, warn};
@@ -72,6 +73,10 @@ struct Counters {
 impl Counters {
     fn set_stage(&self, s: &'static str) {
         *self.stage.lock().expect("stage lock") = s;
+    }
+
+    fn stage(&self) -> &'static str {
+        *self.stage.lock().expect("stage lock")
     }
 
     fn progress(&self, started: Instant) -> RunEvent {
@@ -138,7 +143,13 @@ struct Run {
 
 /// Runs the pipeline and reports on `events`; the stream ends with the
 /// summary or with an error status naming the run.
-pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, events: Events) {
+pub async fn drive(
+    config: TransformerConfig,
+    req: RunRequest,
+    run_id: String,
+    events: Events,
+    shutdown: CancellationToken,
+) {
     let options = req.options.unwrap_or_default();
     let run = Run {
         dedup: options.dedup.unwrap_or(config.dedup),
@@ -169,6 +180,17 @@ pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, e
         r = run.execute(&events) => r,
         // The client went away: stop and abort rather than commit unobserved.
         _ = events.closed() => Err(Error::input("the client cancelled the run")),
+        // The service is stopping and the grace period is over. Once the
+        // commit is requested the loader decides the outcome: wait for it.
+        _ = async {
+            shutdown.cancelled().await;
+            if run.counters.stage() == "committing" {
+                std::future::pending::<()>().await;
+            }
+        } => Err(Error::backend(
+            "the transformer shut down before the run finished; nothing was committed",
+            true,
+        )),
     };
     ticker.abort();
     match outcome {
