@@ -32,6 +32,7 @@ where
     }
     let mut config = config.clone();
     config.archiver.interval_secs = 0;
+    config.archiver.metrics_listen.clear();
     let archiver = Archiver::open(&config).await?;
     let listener = grpc::bind("127.0.0.1:0").await?;
     let addr = listener

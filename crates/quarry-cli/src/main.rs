@@ -259,7 +259,10 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    logging::init("warn");
+    // A served service logs at info, like the service binaries: its runs'
+    // spans (which carry run_id) are info spans. Other commands stay quiet.
+    let serving = matches!(cli.command, Command::Serve { .. });
+    logging::init(if serving { "info" } else { "warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -410,7 +413,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: &Config, service: Service) -> anyhow::Result<()> {
-    logging::init("info");
     match service {
         Service::Extractor => {
             let l = grpc::bind(&config.extractor.listen).await?;

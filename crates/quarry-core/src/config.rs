@@ -24,6 +24,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ExtractorConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     /// Directories the extractor may read; anything outside is refused.
     pub data_roots: Vec<PathBuf>,
     /// Rows per Arrow record batch.
@@ -37,6 +39,7 @@ impl Default for ExtractorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".into(),
+            metrics_listen: String::new(),
             data_roots: vec![PathBuf::from("data")],
             batch_rows: 65_536,
             shutdown_grace_secs: 60,
@@ -48,6 +51,8 @@ impl Default for ExtractorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TransformerConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     pub extractor_url: String,
     pub loader_url: String,
     /// Splits (files) read and validated at the same time.
@@ -157,6 +162,7 @@ impl Default for TransformerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50052".into(),
+            metrics_listen: String::new(),
             extractor_url: "http://127.0.0.1:50051".into(),
             loader_url: "http://127.0.0.1:50053".into(),
             split_concurrency: 2,
@@ -173,6 +179,8 @@ impl Default for TransformerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LoaderConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     /// How long BeginRun waits for another run's commit before refusing.
     pub begin_timeout_secs: u64,
     /// A run with no activity for this long is aborted (its driver is gone).
@@ -186,6 +194,7 @@ impl Default for LoaderConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50053".into(),
+            metrics_listen: String::new(),
             begin_timeout_secs: 60,
             run_idle_timeout_secs: 600,
             shutdown_grace_secs: 240,
@@ -352,6 +361,8 @@ impl Default for SqliteConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiverConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     /// Where cold partitions go: a directory (`cold`, `file:///var/quarry/cold`),
     /// `s3://bucket/prefix` or `gs://bucket/prefix`.
     pub cold_root: String,
@@ -379,6 +390,7 @@ impl Default for ArchiverConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50054".into(),
+            metrics_listen: String::new(),
             cold_root: "cold".into(),
             hot_days: 30,
             interval_secs: 3600,
@@ -507,6 +519,21 @@ impl Config {
             if addr.parse::<SocketAddr>().is_err() {
                 return bad(format!(
                     "{key} = {addr:?} is not an address like 127.0.0.1:50051"
+                ));
+            }
+        }
+        for (key, addr) in [
+            ("extractor.metrics_listen", &self.extractor.metrics_listen),
+            (
+                "transformer.metrics_listen",
+                &self.transformer.metrics_listen,
+            ),
+            ("loader.metrics_listen", &self.loader.metrics_listen),
+            ("archiver.metrics_listen", &self.archiver.metrics_listen),
+        ] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return bad(format!(
+                    "{key} = {addr:?} is not an address like 127.0.0.1:9451 (empty: off)"
                 ));
             }
         }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod flight;
 pub mod grpc;
 pub mod logging;
+pub mod metrics;
 pub mod schema;
 
 pub use config::Config;

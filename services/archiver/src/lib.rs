@@ -3,6 +3,7 @@
 //! Flight `DoGet` with a [`ColdTicket`] streams a cold partition; with
 //! `archiver.interval_secs > 0` the service also archives on a schedule.
 
+mod metrics;
 pub mod tier;
 
 use std::pin::Pin;
@@ -36,6 +37,7 @@ pub struct Archiver {
     tier: Arc<Tier>,
     /// When the last archive run ended and what it did.
     last_run: Arc<Mutex<(String, String)>>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 const SERVICE_NAMES: [&str; 2] = [
@@ -60,6 +62,7 @@ impl Archiver {
         Self {
             tier: Arc::new(tier),
             last_run: Arc::default(),
+            metrics: Arc::new(metrics::Metrics::new()),
         }
     }
 
@@ -82,6 +85,10 @@ impl Archiver {
             s => Some(tier::parse_day("as_of", s)?),
         };
         let result = self.tier.archive(&req.table, as_of, req.dry_run).await;
+        match &result {
+            Ok((_, moves)) => self.metrics.count_moves(moves),
+            Err(e) => self.metrics.errors.count(e),
+        }
         if !req.dry_run {
             let summary = match &result {
                 Ok((_, moves)) => summarise(moves),
@@ -123,6 +130,12 @@ impl Archiver {
             self.spawn_schedule(Duration::from_secs(c.interval_secs));
         }
         let warehouse = self.tier.warehouse().clone();
+        let _metrics = quarry_core::metrics::serve(
+            "archiver.metrics_listen",
+            &c.metrics_listen,
+            self.metrics.registry.clone(),
+        )
+        .await?;
         // Moves are crash-safe (see `tier`): one cut short by the end of the
         // grace period is finished or redone by the next run.
         let grace = Duration::from_secs(c.shutdown_grace_secs);
@@ -188,7 +201,12 @@ impl ArchiverService for Archiver {
         if from > to {
             return Err(Error::input(format!("from {from} is after to {to}")).into());
         }
-        let moves = self.tier.restore(&req.table, from, to).await?;
+        let moves = self
+            .tier
+            .restore(&req.table, from, to)
+            .await
+            .inspect_err(|e| self.metrics.errors.count(e))?;
+        self.metrics.count_moves(&moves);
         Ok(Response::new(ArchiveReport {
             moves,
             cutoff: String::new(),

@@ -3,6 +3,8 @@
 //! Runs are serialised: a second run waits for the first one's commit (up to
 //! `begin_timeout_secs`) so two runs never interleave their commits.
 
+mod metrics;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,8 @@ pub struct Loader {
     runs: Arc<Mutex<HashMap<String, OpenRun>>>,
     begin_timeout: Duration,
     shutdown_grace: Duration,
+    metrics_listen: String,
+    metrics: Arc<metrics::Metrics>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -71,6 +75,8 @@ impl Loader {
             runs: Arc::new(Mutex::new(HashMap::new())),
             begin_timeout: Duration::from_secs(config.begin_timeout_secs),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            metrics_listen: config.metrics_listen.clone(),
+            metrics: Arc::new(metrics::Metrics::new()),
         };
         loader.spawn_reaper(Duration::from_secs(config.run_idle_timeout_secs));
         loader
@@ -80,6 +86,7 @@ impl Loader {
     fn spawn_reaper(&self, idle: Duration) {
         let weak = Arc::downgrade(&self.runs);
         let warehouse = self.warehouse.clone();
+        let metrics = self.metrics.clone();
         let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -101,6 +108,7 @@ impl Loader {
                 for run_id in stale {
                     let message = format!("run abandoned: no activity for {} s", idle.as_secs());
                     warn!(run_id = %run_id, "{message}");
+                    metrics.aborts.inc();
                     let _ = warehouse
                         .abort(RunFailure {
                             run_id,
@@ -127,6 +135,7 @@ impl Loader {
             .collect();
         for run_id in open {
             warn!(run_id = %run_id, "{message}");
+            self.metrics.aborts.inc();
             let aborted = self
                 .warehouse
                 .abort(RunFailure {
@@ -237,6 +246,12 @@ impl Loader {
     ) -> Result<()> {
         info!(addr = ?listener.local_addr().ok(), warehouse = self.warehouse.kind(), "loader listening");
         let warehouse = self.warehouse.clone();
+        let _metrics = quarry_core::metrics::serve(
+            "loader.metrics_listen",
+            &self.metrics_listen,
+            self.metrics.registry.clone(),
+        )
+        .await?;
         let expire = {
             let me = self.clone();
             async move {
@@ -312,6 +327,7 @@ impl LoaderService for Loader {
         }
         .instrument(span)
         .await
+        .inspect_err(|e| self.metrics.errors.count(e))
         .map_err(Into::into)
     }
 
@@ -338,6 +354,16 @@ impl LoaderService for Loader {
             drop(open); // the next run may begin
             let rows = result.inspect_err(|e| warn!(error = %e, "commit failed"))?;
             info!(rows = ?rows, "run committed");
+            self.metrics.commits.inc();
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            for (table, n) in &rows {
+                self.metrics
+                    .rows_loaded
+                    .with_label_values(&[table.as_str()])
+                    .inc_by(*n);
+            }
             Ok::<_, Error>(Response::new(CommitResponse {
                 rows_committed: rows.into_iter().collect(),
                 commit_ms: started.elapsed().as_millis() as u64,
@@ -345,6 +371,7 @@ impl LoaderService for Loader {
         }
         .instrument(span)
         .await
+        .inspect_err(|e| self.metrics.errors.count(e))
         .map_err(Into::into)
     }
 
@@ -371,11 +398,13 @@ impl LoaderService for Loader {
                 .await;
             drop(open);
             result?;
+            self.metrics.aborts.inc();
             warn!(category = %category, error = %req.error_message, "run aborted");
             Ok::<_, Error>(Response::new(AbortResponse {}))
         }
         .instrument(span)
         .await
+        .inspect_err(|e| self.metrics.errors.count(e))
         .map_err(Into::into)
     }
 
@@ -468,6 +497,7 @@ impl FlightService for Loader {
     ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
         let (run_id, table, rows) = self.put(request.into_inner()).await.inspect_err(|e| {
             warn!(error = %e, "DoPut failed");
+            self.metrics.errors.count(e);
         })?;
         info!(run_id = %run_id, table = %table, rows, "staged");
         let ack = PutResult {

@@ -9,7 +9,10 @@
 //! `shutdown_grace_secs` to finish, then they are aborted through the loader
 //! (never a partial commit) and reported failed to their clients.
 
+mod metrics;
 mod run;
+
+use std::sync::Arc;
 
 use quarry_core::config::TransformerConfig;
 use quarry_core::{Result, grpc};
@@ -31,6 +34,7 @@ pub struct Transformer {
     /// The in-flight runs, and the signal that aborts them.
     runs: TaskTracker,
     abort_runs: CancellationToken,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Transformer {
@@ -39,6 +43,7 @@ impl Transformer {
             config,
             runs: TaskTracker::new(),
             abort_runs: CancellationToken::new(),
+            metrics: Arc::new(metrics::Metrics::new()),
         }
     }
 
@@ -64,6 +69,12 @@ impl Transformer {
             loader = %self.config.loader_url,
             "transformer listening"
         );
+        let _metrics = quarry_core::metrics::serve(
+            "transformer.metrics_listen",
+            &self.config.metrics_listen,
+            self.metrics.registry.clone(),
+        )
+        .await?;
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let abort_runs = self.abort_runs.clone();
         let served = grpc::serve_with_grace(
@@ -114,9 +125,10 @@ impl TransformerService for Transformer {
         let run_id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let span = info_span!("run", run_id = %run_id);
-        let abort = self.abort_runs.clone();
-        self.runs
-            .spawn(run::drive(self.config.clone(), req, run_id, tx, abort).instrument(span));
+        let (abort, metrics) = (self.abort_runs.clone(), self.metrics.clone());
+        self.runs.spawn(
+            run::drive(self.config.clone(), req, run_id, tx, abort, metrics).instrument(span),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -29,6 +29,8 @@ use quarry_transform::{Aggregator, BatchStats, validate};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 use tonic::Status;
 use tonic::transport::Channel;
 use tracing::{Instrument, info, warn};
@@ -136,6 +138,7 @@ struct Run {
     dedup: bool,
     load_raw_trades: bool,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     measures: Arc<Mutex<Measures>>,
     started: Instant,
     started_at: DateTime<Utc>,
@@ -149,7 +152,9 @@ pub async fn drive(
     run_id: String,
     events: Events,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
+    metrics.runs_started.inc();
     let options = req.options.unwrap_or_default();
     let run = Run {
         dedup: options.dedup.unwrap_or(config.dedup),
@@ -158,6 +163,7 @@ pub async fn drive(
         req,
         run_id,
         counters: Arc::new(Counters::default()),
+        metrics: metrics.clone(),
         measures: Arc::new(Mutex::new(Measures::default())),
         started: Instant::now(),
         started_at: Utc::now(),
@@ -195,6 +201,10 @@ pub async fn drive(
     ticker.abort();
     match outcome {
         Ok(summary) => {
+            metrics.runs_succeeded.inc();
+            if let Some(stats) = &summary.stats {
+                metrics.observe_stages(stats);
+            }
             info!(
                 rows_in = summary.stats.as_ref().map(|s| s.rows_in),
                 "run succeeded"
@@ -208,6 +218,8 @@ pub async fn drive(
         }
         Err(e) => {
             warn!(category = %e.category(), error = %e, "run failed");
+            metrics.runs_failed.inc();
+            metrics.errors.count(&e);
             run.abort(&e).await;
             let message = format!("run {} failed ({}): {}", run.run_id, e.category(), e);
             let _ = events
@@ -569,6 +581,9 @@ impl Run {
             }
             let c = &self.counters;
             c.rows_read.fetch_add(stats.rows_in, Ordering::Relaxed);
+            self.metrics.rows_in.inc_by(stats.rows_in);
+            self.metrics.rows_valid.inc_by(stats.rows_valid);
+            self.metrics.rows_rejected.inc_by(stats.rows_rejected());
             c.rows_valid.fetch_add(stats.rows_valid, Ordering::Relaxed);
             c.rows_rejected
                 .fetch_add(stats.rows_rejected(), Ordering::Relaxed);
