@@ -18,6 +18,48 @@ pub struct Config {
     pub archiver: ArchiverConfig,
     pub storage: StorageConfig,
     pub run: RunConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// TLS between Quarry's services and their clients (the CLI, and the
+/// transformer calling the extractor and the loader). One section for all:
+/// every server presents `cert_path`/`key_path`, every client trusts `ca_path`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Servers speak TLS only; clients expect `https://` URLs.
+    pub enabled: bool,
+    /// The server's certificate chain (PEM).
+    pub cert_path: PathBuf,
+    /// The server's private key (PEM).
+    pub key_path: PathBuf,
+    /// The CA certificate(s) clients trust (PEM).
+    pub ca_path: PathBuf,
+    /// Name the server certificates are checked against (empty: the URL's host).
+    pub domain: String,
+}
+
+/// Bearer-token authentication of every call except gRPC health checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Servers refuse calls without the token; clients send it.
+    pub enabled: bool,
+    /// Environment variable holding the token (used when `token_file` is empty).
+    pub token_env: String,
+    /// File holding the token (surrounding whitespace ignored).
+    pub token_file: PathBuf,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_env: "QUARRY_TOKEN".into(),
+            token_file: PathBuf::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -680,6 +722,31 @@ impl Config {
         if a.rows_per_file == 0 || a.row_group_rows == 0 || a.lease_secs == 0 {
             return bad(
                 "archiver.rows_per_file, row_group_rows and lease_secs must be positive".into(),
+            );
+        }
+        if self.tls.enabled {
+            for (key, path) in [
+                ("tls.ca_path", &self.tls.ca_path),
+                ("tls.cert_path", &self.tls.cert_path),
+                ("tls.key_path", &self.tls.key_path),
+            ] {
+                if !path.as_os_str().is_empty() && !path.is_file() {
+                    return bad(format!("{key} = {}: no such file", path.display()));
+                }
+            }
+            if self.tls.ca_path.as_os_str().is_empty() {
+                return bad(
+                    "tls.enabled is true but tls.ca_path is empty: clients need the CA to trust"
+                        .into(),
+                );
+            }
+        }
+        if self.auth.enabled
+            && self.auth.token_file.as_os_str().is_empty()
+            && self.auth.token_env.is_empty()
+        {
+            return bad(
+                "auth.enabled is true but neither auth.token_file nor auth.token_env is set".into(),
             );
         }
         if self.run.top_limit == 0 {

@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 
 use crate::error::{Error, Result};
+pub use crate::security::{AuthChannel, Security};
 
 /// Largest gRPC message a Quarry server or client accepts. Flight batches are
 /// split into ~2 MiB messages; this leaves room for large control messages.
@@ -27,6 +28,17 @@ pub async fn serve(
     routes: Routes,
     names: &[&str],
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    serve_secure(listener, routes, names, shutdown, &Security::default()).await
+}
+
+/// As [`serve`], with TLS and the bearer-token check of `security`.
+pub async fn serve_secure(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+    security: &Security,
 ) -> Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -47,8 +59,14 @@ pub async fn serve(
     // Many deployed clients (grpcurl before 1.9, older tooling) still speak v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
     let addr = listener.local_addr().ok();
-    Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = Server::builder().tcp_nodelay(true);
+    if let Some(tls) = security.server_tls()? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::config(format!("tls.cert_path / tls.key_path: {e}")))?;
+    }
+    builder
+        .layer(security.require_token())
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection_v1)
@@ -74,6 +92,7 @@ pub async fn serve_with_grace<E>(
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
     expire: E,
+    security: &Security,
 ) -> Result<()>
 where
     E: Future<Output = ()> + Send,
@@ -101,7 +120,7 @@ where
         tracing::warn!("calls still open after the grace period: closing them");
     };
     tokio::select! {
-        served = serve(listener, routes, names, on_signal) => served,
+        served = serve_secure(listener, routes, names, on_signal, security) => served,
         () = watchdog => Ok(()),
     }
 }
@@ -115,16 +134,59 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
 
 /// Connects to another Quarry service; `what` names it in errors.
 pub async fn connect(what: &str, url: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::config(format!("{what} URL {url:?}: {e}")))?
+    connect_with(what, url, &Security::default()).await
+}
+
+/// Checks that a service URL's scheme matches `[tls]`.
+pub fn check_scheme(what: &str, url: &str, security: &Security) -> Result<()> {
+    match (security.tls_enabled(), url.starts_with("https://")) {
+        (true, false) => Err(Error::config(format!(
+            "{what} URL {url:?}: tls.enabled is true, so it must be https://"
+        ))),
+        (false, true) => Err(Error::config(format!(
+            "{what} URL {url:?} is https:// but tls.enabled is false"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Connects over TLS when `security` says so (the bearer token is attached
+/// by the client: [`Security::authorize`] or [`Security::authorization`]).
+pub async fn connect_with(what: &str, url: &str, security: &Security) -> Result<Channel> {
+    check_scheme(what, url, security)?;
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::config(format!("{what} URL {url:?}: {e}")))?;
+    if let Some(tls) = security.client_tls() {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Error::config(format!("{what} URL {url:?}: TLS: {e}")))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| Error::backend(format!("cannot reach the {what} at {url}: {e}"), true))
+    endpoint.connect().await.map_err(|e| {
+        Error::backend(
+            format!("cannot reach the {what} at {url}: {}", with_sources(&e)),
+            true,
+        )
+    })
+}
+
+/// An error and its causes, e.g. `transport error: invalid peer certificate: UnknownIssuer`.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod logging;
 pub mod metrics;
 pub mod schema;
+pub mod security;
 
 pub use config::Config;
 pub use error::{Error, ErrorCategory, Result};

@@ -17,6 +17,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
+use quarry_core::grpc::Security;
 use quarry_core::{Config, Error, Result, Table, flight, grpc};
 use quarry_proto::archiver_service_server::{ArchiverService, ArchiverServiceServer};
 use quarry_proto::{
@@ -38,6 +39,7 @@ pub struct Archiver {
     /// When the last archive run ended and what it did.
     last_run: Arc<Mutex<(String, String)>>,
     metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 const SERVICE_NAMES: [&str; 2] = [
@@ -63,7 +65,14 @@ impl Archiver {
             tier: Arc::new(tier),
             last_run: Arc::default(),
             metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
         }
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     pub fn tier(&self) -> &Arc<Tier> {
@@ -146,6 +155,7 @@ impl Archiver {
             shutdown,
             grace,
             async {},
+            &self.security,
         )
         .await;
         served.and(warehouse.close().await)
@@ -171,11 +181,13 @@ fn summarise(moves: &[quarry_proto::PartitionMove]) -> String {
 /// Opens the warehouse and cold storage and serves the archiver until `shutdown`.
 pub async fn serve(
     config: &Config,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     Archiver::open(config)
         .await?
+        .with_security(security.clone())
         .serve(listener, shutdown)
         .await
 }

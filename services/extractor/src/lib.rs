@@ -20,6 +20,7 @@ use arrow_flight::{
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use quarry_core::config::ExtractorConfig;
+use quarry_core::grpc::Security;
 use quarry_core::schema::EXTRACT_SCHEMA;
 use quarry_core::{Error, Result, flight, grpc};
 use quarry_proto::extractor_service_server::{ExtractorService, ExtractorServiceServer};
@@ -38,6 +39,7 @@ pub struct Extractor {
     shutdown_grace: std::time::Duration,
     metrics_listen: String,
     metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -50,7 +52,14 @@ impl Extractor {
             shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
             metrics_listen: config.metrics_listen.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
         })
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// Resolves a command into files and checks every file's columns.
@@ -126,6 +135,7 @@ impl Extractor {
             shutdown,
             grace,
             async {},
+            &self.security,
         )
         .await
     }
@@ -134,10 +144,14 @@ impl Extractor {
 /// Checks the configuration, then serves the extractor until `shutdown` resolves.
 pub async fn serve(
     config: &ExtractorConfig,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    Extractor::new(config)?.serve(listener, shutdown).await
+    Extractor::new(config)?
+        .with_security(security.clone())
+        .serve(listener, shutdown)
+        .await
 }
 
 #[tonic::async_trait]

@@ -20,6 +20,7 @@ use arrow_flight::{
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use quarry_core::config::{LoaderConfig, WarehouseConfig};
+use quarry_core::grpc::Security;
 use quarry_core::{Error, ErrorCategory, Result, Table, flight, grpc};
 use quarry_proto::loader_service_server::{LoaderService, LoaderServiceServer};
 use quarry_proto::{
@@ -49,6 +50,7 @@ pub struct Loader {
     shutdown_grace: Duration,
     metrics_listen: String,
     metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -77,6 +79,7 @@ impl Loader {
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             metrics_listen: config.metrics_listen.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
         };
         loader.spawn_reaper(Duration::from_secs(config.run_idle_timeout_secs));
         loader
@@ -121,6 +124,12 @@ impl Loader {
                 }
             }
         });
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// Aborts every open run (not those committing: a commit is never cut).
@@ -266,6 +275,7 @@ impl Loader {
             shutdown,
             self.shutdown_grace,
             expire,
+            &self.security,
         )
         .await;
         let closed = warehouse.close().await;
@@ -277,11 +287,13 @@ impl Loader {
 pub async fn serve(
     config: &LoaderConfig,
     warehouse: &WarehouseConfig,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     Loader::open(config, warehouse)
         .await?
+        .with_security(security.clone())
         .serve(listener, shutdown)
         .await
 }

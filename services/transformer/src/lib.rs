@@ -15,6 +15,7 @@ mod run;
 use std::sync::Arc;
 
 use quarry_core::config::TransformerConfig;
+use quarry_core::grpc::Security;
 use quarry_core::{Result, grpc};
 use quarry_proto::transformer_service_server::{TransformerService, TransformerServiceServer};
 use quarry_proto::{RunEvent, RunRequest};
@@ -35,6 +36,7 @@ pub struct Transformer {
     runs: TaskTracker,
     abort_runs: CancellationToken,
     metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 impl Transformer {
@@ -44,7 +46,14 @@ impl Transformer {
             runs: TaskTracker::new(),
             abort_runs: CancellationToken::new(),
             metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
         }
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     pub fn routes(&self) -> Routes {
@@ -69,6 +78,16 @@ impl Transformer {
             loader = %self.config.loader_url,
             "transformer listening"
         );
+        grpc::check_scheme(
+            "transformer.extractor_url",
+            &self.config.extractor_url,
+            &self.security,
+        )?;
+        grpc::check_scheme(
+            "transformer.loader_url",
+            &self.config.loader_url,
+            &self.security,
+        )?;
         let _metrics = quarry_core::metrics::serve(
             "transformer.metrics_listen",
             &self.config.metrics_listen,
@@ -84,6 +103,7 @@ impl Transformer {
             shutdown,
             grace,
             async move { abort_runs.cancel() },
+            &self.security,
         )
         .await;
         // A run whose client went away is not waited for by the server: let
@@ -105,10 +125,12 @@ impl Transformer {
 /// Serves the transformer on `listener` until `shutdown` resolves.
 pub async fn serve(
     config: &TransformerConfig,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     Transformer::new(config.clone())
+        .with_security(security.clone())
         .serve(listener, shutdown)
         .await
 }
@@ -125,10 +147,14 @@ impl TransformerService for Transformer {
         let run_id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let span = info_span!("run", run_id = %run_id);
-        let (abort, metrics) = (self.abort_runs.clone(), self.metrics.clone());
-        self.runs.spawn(
-            run::drive(self.config.clone(), req, run_id, tx, abort, metrics).instrument(span),
-        );
+        let context = run::Context {
+            config: self.config.clone(),
+            security: self.security.clone(),
+            shutdown: self.abort_runs.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.runs
+            .spawn(run::drive(context, req, run_id, tx).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
