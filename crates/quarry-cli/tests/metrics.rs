@@ -150,3 +150,71 @@ async fn each_service_counts_its_work_on_metrics() {
         assert!(of_run >= 2, "{}: {of_run} lines of the run", log.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archiver_counts_partitions_moved_and_restored() {
+    use quarry_proto::archiver_service_client::ArchiverServiceClient;
+    use quarry_proto::{ArchiveRequest, RestoreRequest};
+
+    let env = Env::new();
+    env.run(&env.copy_fixture()).await.unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let vars: Vec<(String, String)> = [
+        ("QUARRY_ARCHIVER__LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "QUARRY_ARCHIVER__METRICS_LISTEN",
+            format!("127.0.0.1:{metrics}"),
+        ),
+        ("QUARRY_ARCHIVER__INTERVAL_SECS", "0".into()),
+        (
+            "QUARRY_ARCHIVER__COLD_ROOT",
+            env.dir.path().join("cold").display().to_string(),
+        ),
+        (
+            "QUARRY_WAREHOUSE__SQLITE__PATH",
+            env.db.display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut archiver = common::procs::Service::start("archiver", port, &vars, env.dir.path());
+    let mut c = ArchiverServiceClient::connect(archiver.url())
+        .await
+        .unwrap();
+    let archived = c
+        .archive(ArchiveRequest {
+            table: "trades".into(),
+            as_of: "2023-03-15".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(archived.moves.len(), 43);
+    let restored = c
+        .restore(RestoreRequest {
+            table: "trades".into(),
+            from: "2023-01-01".into(),
+            to: "2023-01-10".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let n_restored = restored
+        .moves
+        .iter()
+        .filter(|m| m.outcome == "restored")
+        .count();
+    assert!(n_restored > 0, "{:?}", restored.moves);
+    let m = scrape(metrics).await;
+    assert_eq!(sample(&m, "quarry_archiver_partitions_moved_total"), 43.0);
+    assert_eq!(
+        sample(&m, "quarry_archiver_partitions_restored_total"),
+        n_restored as f64
+    );
+    assert_eq!(sample(&m, "quarry_archiver_partitions_failed_total"), 0.0);
+    archiver.terminate();
+    let status = archiver.wait_exit(std::time::Duration::from_secs(30));
+    assert!(status.success(), "{status}: {}", archiver.log_text());
+}

@@ -152,6 +152,15 @@ async fn services_over_tls_require_the_token() {
             .is_err()
     );
 
+    // tls.domain: the name checked in the certificate instead of the URL's host.
+    let named = Security::client(Some(&ca_pem), Some("localhost"), token());
+    assert_eq!(list_runs(&loader, &named).await.unwrap(), 1);
+    let misnamed = Security::client(Some(&ca_pem), Some("elsewhere.example"), token());
+    let e = grpc::connect_with("loader", &loader, &misnamed)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+
     // The quarry command as a client, configured like the services; the
     // token never shows in its output.
     let out = quarry()
