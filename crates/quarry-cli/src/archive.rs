@@ -3,6 +3,7 @@
 
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use quarry_archiver::Archiver;
+use quarry_core::grpc::{AuthChannel, Security};
 use quarry_core::{Config, Error, Result, grpc};
 use quarry_proto::archiver_service_client::ArchiverServiceClient;
 use quarry_proto::{
@@ -10,9 +11,8 @@ use quarry_proto::{
     StatusRequest,
 };
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
-pub type ArchiverClient = ArchiverServiceClient<Channel>;
+pub type ArchiverClient = ArchiverServiceClient<AuthChannel>;
 
 /// Runs `f` against the archiver at `url`, or one started in-process from
 /// `config` (warehouse and cold storage checked first).
@@ -21,17 +21,20 @@ where
     F: FnOnce(ArchiverClient) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let connect = |url: String| async move {
-        let channel = grpc::connect("archiver", &url).await?;
+    let connect = |url: String, sec: Security| async move {
+        let channel = grpc::connect_with("archiver", &url, &sec).await?;
         Ok::<_, Error>(
-            ArchiverServiceClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+            ArchiverServiceClient::new(sec.authorize(channel))
+                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
         )
     };
     if let Some(url) = url {
-        return f(connect(url.to_string()).await?).await;
+        let sec = Security::from_config(config)?;
+        return f(connect(url.to_string(), sec).await?).await;
     }
     let mut config = config.clone();
     config.archiver.interval_secs = 0;
+    config.archiver.metrics_listen.clear();
     let archiver = Archiver::open(&config).await?;
     let listener = grpc::bind("127.0.0.1:0").await?;
     let addr = listener
@@ -41,7 +44,8 @@ where
     let task = tokio::spawn(archiver.serve(listener, async move {
         let _ = rx.changed().await;
     }));
-    let result = f(connect(format!("http://{addr}")).await?).await;
+    // In-process on loopback: no TLS, no token.
+    let result = f(connect(format!("http://{addr}"), Security::default()).await?).await;
     let _ = stop.send(true);
     task.await
         .map_err(|e| Error::internal(format!("archiver task: {e}")))??;

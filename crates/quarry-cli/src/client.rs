@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
+use quarry_core::grpc::{AuthChannel, Security};
 use quarry_core::{Error, Result, grpc};
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::transformer_service_client::TransformerServiceClient;
@@ -11,7 +12,6 @@ use quarry_proto::{
     GetRunRequest, ListRunsRequest, RunEvent, RunRecord, RunRequest, RunSummary, TopMetric,
     TopUser, TopUsersRequest, WeeklyTotal, WeeklyTotalsRequest, run_event,
 };
-use tonic::transport::Channel;
 
 fn status_error(s: tonic::Status) -> Error {
     Error::from_status(&s)
@@ -21,11 +21,21 @@ fn status_error(s: tonic::Status) -> Error {
 pub async fn run_pipeline(
     transformer_url: &str,
     request: RunRequest,
+    on_event: impl FnMut(&RunEvent),
+) -> Result<RunSummary> {
+    run_pipeline_with(transformer_url, &Security::default(), request, on_event).await
+}
+
+/// As [`run_pipeline`], over TLS and with the token of `security`.
+pub async fn run_pipeline_with(
+    transformer_url: &str,
+    security: &Security,
+    request: RunRequest,
     mut on_event: impl FnMut(&RunEvent),
 ) -> Result<RunSummary> {
-    let channel = grpc::connect("transformer", transformer_url).await?;
-    let mut client =
-        TransformerServiceClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let channel = grpc::connect_with("transformer", transformer_url, security).await?;
+    let mut client = TransformerServiceClient::new(security.authorize(channel))
+        .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let mut events = client
         .run(request)
         .await
@@ -45,8 +55,13 @@ pub async fn run_pipeline(
 
 /// The grpc.health.v1 status of a server (or of one of its services), e.g. `SERVING`.
 pub async fn health(url: &str, service: &str) -> Result<String> {
+    health_with(url, service, &Security::default()).await
+}
+
+/// As [`health`], over TLS when `security` says so (health needs no token).
+pub async fn health_with(url: &str, service: &str, security: &Security) -> Result<String> {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let channel = grpc::connect("service", url).await?;
+    let channel = grpc::connect_with("service", url, security).await?;
     let reply = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
             service: service.to_string(),
@@ -61,13 +76,19 @@ pub async fn health(url: &str, service: &str) -> Result<String> {
 
 /// A loader's control service. Cheap to clone: clones share one connection.
 #[derive(Clone)]
-pub struct LoaderClient(LoaderServiceClient<Channel>);
+pub struct LoaderClient(LoaderServiceClient<AuthChannel>);
 
 impl LoaderClient {
     pub async fn connect(url: &str) -> Result<Self> {
-        let channel = grpc::connect("loader", url).await?;
+        Self::connect_with(url, &Security::default()).await
+    }
+
+    /// Connects over TLS and with the token of `security`.
+    pub async fn connect_with(url: &str, security: &Security) -> Result<Self> {
+        let channel = grpc::connect_with("loader", url, security).await?;
         Ok(Self(
-            LoaderServiceClient::new(channel).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+            LoaderServiceClient::new(security.authorize(channel))
+                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
         ))
     }
 

@@ -53,6 +53,12 @@ impl Cluster {
             }
         };
         let mut tasks = Vec::new();
+        // In-process services serve no metrics endpoint: the CLI is one process.
+        let mut config = config.clone();
+        config.extractor.metrics_listen.clear();
+        config.transformer.metrics_listen.clear();
+        config.loader.metrics_listen.clear();
+        let config = &config;
         let loader = Loader::open(&config.loader, &config.warehouse).await?;
         let loader_listener = grpc::bind("127.0.0.1:0").await?;
         let loader_url = url(&loader_listener)?;

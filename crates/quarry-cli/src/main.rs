@@ -259,7 +259,10 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    logging::init("warn");
+    // A served service logs at info, like the service binaries: its runs'
+    // spans (which carry run_id) are info spans. Other commands stay quiet.
+    let serving = matches!(cli.command, Command::Serve { .. });
+    logging::init(if serving { "info" } else { "warn" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -373,10 +376,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             service,
             timeout,
         } => {
-            let status =
-                tokio::time::timeout(Duration::from_secs(timeout), client::health(&url, &service))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout} s"))??;
+            let status = tokio::time::timeout(Duration::from_secs(timeout), async {
+                let sec = grpc::Security::from_config(&config)?;
+                client::health_with(&url, &service, &sec).await
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout} s"))??;
             println!("{status}");
             if status != "SERVING" {
                 bail!("{url} is {status}");
@@ -410,21 +415,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: &Config, service: Service) -> anyhow::Result<()> {
-    logging::init("info");
+    let sec = grpc::Security::from_config(config)?;
     match service {
         Service::Extractor => {
             let l = grpc::bind(&config.extractor.listen).await?;
-            quarry_extractor::serve(&config.extractor, l, grpc::shutdown_signal()).await?
+            quarry_extractor::serve(&config.extractor, &sec, l, grpc::shutdown_signal()).await?
         }
         Service::Transformer => {
             let l = grpc::bind(&config.transformer.listen).await?;
-            quarry_transformer::serve(&config.transformer, l, grpc::shutdown_signal()).await?
+            quarry_transformer::serve(&config.transformer, &sec, l, grpc::shutdown_signal()).await?
         }
         Service::Loader => {
             let l = grpc::bind(&config.loader.listen).await?;
             quarry_loader::serve(
                 &config.loader,
                 &config.warehouse,
+                &sec,
                 l,
                 grpc::shutdown_signal(),
             )
@@ -432,7 +438,7 @@ async fn serve(config: &Config, service: Service) -> anyhow::Result<()> {
         }
         Service::Archiver => {
             let l = grpc::bind(&config.archiver.listen).await?;
-            quarry_archiver::serve(config, l, grpc::shutdown_signal()).await?
+            quarry_archiver::serve(config, &sec, l, grpc::shutdown_signal()).await?
         }
     }
     Ok(())
@@ -492,7 +498,8 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     if let Some(url) = target.loader {
-        return f(LoaderClient::connect(&url).await?).await;
+        let sec = grpc::Security::from_config(config)?;
+        return f(LoaderClient::connect_with(&url, &sec).await?).await;
     }
     if let Some(db) = target.sqlite {
         config.warehouse.sqlite.path = db;
@@ -559,7 +566,9 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
         }),
     };
 
-    let (transformer_url, loader_url, cluster) = match &args.transformer {
+    // Remote services get the configured TLS and token; the embedded ones
+    // listen on loopback in this process, without either.
+    let (transformer_url, loader_url, cluster, sec) = match &args.transformer {
         Some(url) => {
             if args.sqlite.is_some() || args.warehouse.is_some() {
                 bail!(
@@ -570,7 +579,8 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
                 .loader
                 .clone()
                 .unwrap_or_else(|| config.transformer.loader_url.clone());
-            (url.clone(), loader, None)
+            let sec = grpc::Security::from_config(config)?;
+            (url.clone(), loader, None, sec)
         }
         None => {
             if let Some(db) = &args.sqlite {
@@ -591,12 +601,13 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
             let cluster = Cluster::start(config).await?;
             let t = cluster.transformer_url.clone().expect("pipeline cluster");
             let l = cluster.loader_url.clone();
-            (t, l, Some(cluster))
+            (t, l, Some(cluster), grpc::Security::default())
         }
     };
 
     let result = run_and_report(
         config,
+        &sec,
         &transformer_url,
         &loader_url,
         request,
@@ -612,6 +623,7 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
 
 async fn run_and_report(
     config: &Config,
+    sec: &grpc::Security,
     transformer_url: &str,
     loader_url: &str,
     request: RunRequest,
@@ -627,7 +639,9 @@ async fn run_and_report(
         b.enable_steady_tick(Duration::from_millis(120));
         b
     };
-    let summary = client::run_pipeline(transformer_url, request, |e: &RunEvent| match &e.event {
+    let summary = client::run_pipeline_with(transformer_url, sec, request, |e: &RunEvent| match &e
+        .event
+    {
         Some(run_event::Event::Started(s)) => {
             bar.set_message(format!("run {} started", s.run_id));
         }
@@ -649,7 +663,7 @@ async fn run_and_report(
     .await;
     bar.finish_and_clear();
     let summary = summary?;
-    let mut loader = LoaderClient::connect(loader_url).await?;
+    let mut loader = LoaderClient::connect_with(loader_url, sec).await?;
     let reports = client::write_reports(
         &mut loader,
         &summary.run_id,

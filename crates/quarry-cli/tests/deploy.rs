@@ -910,6 +910,53 @@ fn check_cluster(r: &Rendered, namespace: &str) -> BTreeMap<&'static str, Config
             Some(u64::from(*port)),
             "{ctx}"
         );
+        // Metrics: the configured port is the container's `metrics` port and
+        // the one the scrape annotation names.
+        let (metrics_listen, grace) = match *service {
+            "extractor" => (
+                &config.extractor.metrics_listen,
+                config.extractor.shutdown_grace_secs,
+            ),
+            "transformer" => (
+                &config.transformer.metrics_listen,
+                config.transformer.shutdown_grace_secs,
+            ),
+            "loader" => (
+                &config.loader.metrics_listen,
+                config.loader.shutdown_grace_secs,
+            ),
+            _ => (
+                &config.archiver.metrics_listen,
+                config.archiver.shutdown_grace_secs,
+            ),
+        };
+        let metrics_port = c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some("metrics"))
+            .and_then(|p| p["containerPort"].as_u64());
+        assert!(!metrics_listen.is_empty(), "{ctx}: metrics are off");
+        assert_eq!(
+            metrics_port,
+            Some(u64::from(port_of(metrics_listen))),
+            "{ctx}: metrics port"
+        );
+        let annotations = &deploy["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(
+            annotations["prometheus.io/port"].as_str(),
+            metrics_port.map(|p| p.to_string()).as_deref(),
+            "{ctx}: scrape annotation"
+        );
+        // On SIGTERM the service waits shutdown_grace_secs, aborts what is
+        // in flight and waits a little more: all before the kubelet kills it.
+        let kill_after = pod_spec(deploy)["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30);
+        assert!(
+            grace + quarry_core::grpc::SHUTDOWN_FINAL_WAIT.as_secs() + 10 <= kill_after,
+            "{ctx}: shutdown_grace_secs {grace} does not fit in terminationGracePeriodSeconds {kill_after}"
+        );
         for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
             assert_eq!(
                 c[probe]["grpc"]["port"].as_u64(),

@@ -18,24 +18,73 @@ pub struct Config {
     pub archiver: ArchiverConfig,
     pub storage: StorageConfig,
     pub run: RunConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// TLS between Quarry's services and their clients (the CLI, and the
+/// transformer calling the extractor and the loader). One section for all:
+/// every server presents `cert_path`/`key_path`, every client trusts `ca_path`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Servers speak TLS only; clients expect `https://` URLs.
+    pub enabled: bool,
+    /// The server's certificate chain (PEM).
+    pub cert_path: PathBuf,
+    /// The server's private key (PEM).
+    pub key_path: PathBuf,
+    /// The CA certificate(s) clients trust (PEM).
+    pub ca_path: PathBuf,
+    /// Name the server certificates are checked against (empty: the URL's host).
+    pub domain: String,
+}
+
+/// Bearer-token authentication of every call except gRPC health checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Servers refuse calls without the token; clients send it.
+    pub enabled: bool,
+    /// Environment variable holding the token (used when `token_file` is empty).
+    pub token_env: String,
+    /// File holding the token (surrounding whitespace ignored).
+    pub token_file: PathBuf,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_env: "QUARRY_TOKEN".into(),
+            token_file: PathBuf::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExtractorConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     /// Directories the extractor may read; anything outside is refused.
     pub data_roots: Vec<PathBuf>,
     /// Rows per Arrow record batch.
     pub batch_rows: usize,
+    /// On SIGTERM/SIGINT: seconds open streams may take to finish before
+    /// they are cut (the run reading them then fails and is aborted).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ExtractorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".into(),
+            metrics_listen: String::new(),
             data_roots: vec![PathBuf::from("data")],
             batch_rows: 65_536,
+            shutdown_grace_secs: 60,
         }
     }
 }
@@ -44,6 +93,8 @@ impl Default for ExtractorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TransformerConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     pub extractor_url: String,
     pub loader_url: String,
     /// Splits (files) read and validated at the same time.
@@ -53,6 +104,9 @@ pub struct TransformerConfig {
     /// Load validated raw rows into `trades` (off: aggregates and rejects only).
     pub load_raw_trades: bool,
     pub progress_interval_ms: u64,
+    /// On SIGTERM/SIGINT: seconds in-flight runs may take to finish; runs
+    /// still going then are aborted (nothing committed) and the process exits.
+    pub shutdown_grace_secs: u64,
     /// Data-quality checks evaluated before every commit.
     pub quality: QualityConfig,
 }
@@ -150,12 +204,14 @@ impl Default for TransformerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50052".into(),
+            metrics_listen: String::new(),
             extractor_url: "http://127.0.0.1:50051".into(),
             loader_url: "http://127.0.0.1:50053".into(),
             split_concurrency: 2,
             dedup: false,
             load_raw_trades: true,
             progress_interval_ms: 250,
+            shutdown_grace_secs: 540,
             quality: QualityConfig::default(),
         }
     }
@@ -165,18 +221,25 @@ impl Default for TransformerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LoaderConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     /// How long BeginRun waits for another run's commit before refusing.
     pub begin_timeout_secs: u64,
     /// A run with no activity for this long is aborted (its driver is gone).
     pub run_idle_timeout_secs: u64,
+    /// On SIGTERM/SIGINT: seconds open runs may take to commit; runs still
+    /// open then are aborted (staged data discarded) and the process exits.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for LoaderConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50053".into(),
+            metrics_listen: String::new(),
             begin_timeout_secs: 60,
             run_idle_timeout_secs: 600,
+            shutdown_grace_secs: 240,
         }
     }
 }
@@ -340,6 +403,8 @@ impl Default for SqliteConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiverConfig {
     pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (plain HTTP); empty: off.
+    pub metrics_listen: String,
     /// Where cold partitions go: a directory (`cold`, `file:///var/quarry/cold`),
     /// `s3://bucket/prefix` or `gs://bucket/prefix`.
     pub cold_root: String,
@@ -358,12 +423,16 @@ pub struct ArchiverConfig {
     pub lease_secs: u64,
     /// Days a restored partition stays hot before it may move again.
     pub hold_days: u32,
+    /// On SIGTERM/SIGINT: seconds open calls may take to finish before the
+    /// process exits (an interrupted move is finished by the next run).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ArchiverConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50054".into(),
+            metrics_listen: String::new(),
             cold_root: "cold".into(),
             hot_days: 30,
             interval_secs: 3600,
@@ -372,6 +441,7 @@ impl Default for ArchiverConfig {
             row_group_rows: 128 * 1024,
             lease_secs: 900,
             hold_days: 30,
+            shutdown_grace_secs: 240,
         }
     }
 }
@@ -491,6 +561,21 @@ impl Config {
             if addr.parse::<SocketAddr>().is_err() {
                 return bad(format!(
                     "{key} = {addr:?} is not an address like 127.0.0.1:50051"
+                ));
+            }
+        }
+        for (key, addr) in [
+            ("extractor.metrics_listen", &self.extractor.metrics_listen),
+            (
+                "transformer.metrics_listen",
+                &self.transformer.metrics_listen,
+            ),
+            ("loader.metrics_listen", &self.loader.metrics_listen),
+            ("archiver.metrics_listen", &self.archiver.metrics_listen),
+        ] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return bad(format!(
+                    "{key} = {addr:?} is not an address like 127.0.0.1:9451 (empty: off)"
                 ));
             }
         }
@@ -637,6 +722,31 @@ impl Config {
         if a.rows_per_file == 0 || a.row_group_rows == 0 || a.lease_secs == 0 {
             return bad(
                 "archiver.rows_per_file, row_group_rows and lease_secs must be positive".into(),
+            );
+        }
+        if self.tls.enabled {
+            for (key, path) in [
+                ("tls.ca_path", &self.tls.ca_path),
+                ("tls.cert_path", &self.tls.cert_path),
+                ("tls.key_path", &self.tls.key_path),
+            ] {
+                if !path.as_os_str().is_empty() && !path.is_file() {
+                    return bad(format!("{key} = {}: no such file", path.display()));
+                }
+            }
+            if self.tls.ca_path.as_os_str().is_empty() {
+                return bad(
+                    "tls.enabled is true but tls.ca_path is empty: clients need the CA to trust"
+                        .into(),
+                );
+            }
+        }
+        if self.auth.enabled
+            && self.auth.token_file.as_os_str().is_empty()
+            && self.auth.token_env.is_empty()
+        {
+            return bad(
+                "auth.enabled is true but neither auth.token_file nor auth.token_env is set".into(),
             );
         }
         if self.run.top_limit == 0 {

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -14,6 +15,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 
 use crate::error::{Error, Result};
+pub use crate::security::{AuthChannel, Security};
 
 /// Largest gRPC message a Quarry server or client accepts. Flight batches are
 /// split into ~2 MiB messages; this leaves room for large control messages.
@@ -26,6 +28,17 @@ pub async fn serve(
     routes: Routes,
     names: &[&str],
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    serve_secure(listener, routes, names, shutdown, &Security::default()).await
+}
+
+/// As [`serve`], with TLS and the bearer-token check of `security`.
+pub async fn serve_secure(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+    security: &Security,
 ) -> Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -46,8 +59,14 @@ pub async fn serve(
     // Many deployed clients (grpcurl before 1.9, older tooling) still speak v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
     let addr = listener.local_addr().ok();
-    Server::builder()
-        .tcp_nodelay(true)
+    let mut builder = Server::builder().tcp_nodelay(true);
+    if let Some(tls) = security.server_tls()? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::config(format!("tls.cert_path / tls.key_path: {e}")))?;
+    }
+    builder
+        .layer(security.require_token())
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection_v1)
@@ -55,6 +74,55 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::internal(format!("gRPC server on {addr:?} failed: {e}")))
+}
+
+/// After the grace period and the service's clean-up, this much longer is
+/// given to calls still open before the server stops waiting for them.
+pub const SHUTDOWN_FINAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Like [`serve`], with a bounded shutdown: once `shutdown` resolves the
+/// server refuses new calls and waits up to `grace` for the open ones; then
+/// `expire` runs (the service aborts its in-flight work there), and calls
+/// still open [`SHUTDOWN_FINAL_WAIT`] later are dropped. Returns when the
+/// server has stopped.
+pub async fn serve_with_grace<E>(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    expire: E,
+    security: &Security,
+) -> Result<()>
+where
+    E: Future<Output = ()> + Send,
+{
+    let signal = shutdown.shared();
+    let on_signal = {
+        let signal = signal.clone();
+        async move {
+            signal.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: refusing new calls, waiting for open ones"
+            );
+        }
+    };
+    let watchdog = async {
+        signal.await;
+        tokio::time::sleep(grace).await;
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "shutdown grace period over: stopping in-flight work"
+        );
+        expire.await;
+        tokio::time::sleep(SHUTDOWN_FINAL_WAIT).await;
+        tracing::warn!("calls still open after the grace period: closing them");
+    };
+    tokio::select! {
+        served = serve_secure(listener, routes, names, on_signal, security) => served,
+        () = watchdog => Ok(()),
+    }
 }
 
 /// Binds a listen address from config, with an error naming it.
@@ -66,16 +134,59 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
 
 /// Connects to another Quarry service; `what` names it in errors.
 pub async fn connect(what: &str, url: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::config(format!("{what} URL {url:?}: {e}")))?
+    connect_with(what, url, &Security::default()).await
+}
+
+/// Checks that a service URL's scheme matches `[tls]`.
+pub fn check_scheme(what: &str, url: &str, security: &Security) -> Result<()> {
+    match (security.tls_enabled(), url.starts_with("https://")) {
+        (true, false) => Err(Error::config(format!(
+            "{what} URL {url:?}: tls.enabled is true, so it must be https://"
+        ))),
+        (false, true) => Err(Error::config(format!(
+            "{what} URL {url:?} is https:// but tls.enabled is false"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Connects over TLS when `security` says so (the bearer token is attached
+/// by the client: [`Security::authorize`] or [`Security::authorization`]).
+pub async fn connect_with(what: &str, url: &str, security: &Security) -> Result<Channel> {
+    check_scheme(what, url, security)?;
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::config(format!("{what} URL {url:?}: {e}")))?;
+    if let Some(tls) = security.client_tls() {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Error::config(format!("{what} URL {url:?}: TLS: {e}")))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| Error::backend(format!("cannot reach the {what} at {url}: {e}"), true))
+    endpoint.connect().await.map_err(|e| {
+        Error::backend(
+            format!("cannot reach the {what} at {url}: {}", with_sources(&e)),
+            true,
+        )
+    })
+}
+
+/// An error and its causes, e.g. `transport error: invalid peer certificate: UnknownIssuer`.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.

@@ -8,7 +8,9 @@ pub mod error;
 pub mod flight;
 pub mod grpc;
 pub mod logging;
+pub mod metrics;
 pub mod schema;
+pub mod security;
 
 pub use config::Config;
 pub use error::{Error, ErrorCategory, Result};

@@ -3,6 +3,7 @@
 //! Flight `DoGet` with a [`ColdTicket`] streams a cold partition; with
 //! `archiver.interval_secs > 0` the service also archives on a schedule.
 
+mod metrics;
 pub mod tier;
 
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
+use quarry_core::grpc::Security;
 use quarry_core::{Config, Error, Result, Table, flight, grpc};
 use quarry_proto::archiver_service_server::{ArchiverService, ArchiverServiceServer};
 use quarry_proto::{
@@ -36,6 +38,8 @@ pub struct Archiver {
     tier: Arc<Tier>,
     /// When the last archive run ended and what it did.
     last_run: Arc<Mutex<(String, String)>>,
+    metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 const SERVICE_NAMES: [&str; 2] = [
@@ -60,7 +64,15 @@ impl Archiver {
         Self {
             tier: Arc::new(tier),
             last_run: Arc::default(),
+            metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
         }
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     pub fn tier(&self) -> &Arc<Tier> {
@@ -82,6 +94,10 @@ impl Archiver {
             s => Some(tier::parse_day("as_of", s)?),
         };
         let result = self.tier.archive(&req.table, as_of, req.dry_run).await;
+        match &result {
+            Ok((_, moves)) => self.metrics.count_moves(moves),
+            Err(e) => self.metrics.errors.count(e),
+        }
         if !req.dry_run {
             let summary = match &result {
                 Ok((_, moves)) => summarise(moves),
@@ -123,7 +139,25 @@ impl Archiver {
             self.spawn_schedule(Duration::from_secs(c.interval_secs));
         }
         let warehouse = self.tier.warehouse().clone();
-        let served = grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await;
+        let _metrics = quarry_core::metrics::serve(
+            "archiver.metrics_listen",
+            &c.metrics_listen,
+            self.metrics.registry.clone(),
+        )
+        .await?;
+        // Moves are crash-safe (see `tier`): one cut short by the end of the
+        // grace period is finished or redone by the next run.
+        let grace = Duration::from_secs(c.shutdown_grace_secs);
+        let served = grpc::serve_with_grace(
+            listener,
+            self.routes(),
+            &SERVICE_NAMES,
+            shutdown,
+            grace,
+            async {},
+            &self.security,
+        )
+        .await;
         served.and(warehouse.close().await)
     }
 }
@@ -147,11 +181,13 @@ fn summarise(moves: &[quarry_proto::PartitionMove]) -> String {
 /// Opens the warehouse and cold storage and serves the archiver until `shutdown`.
 pub async fn serve(
     config: &Config,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     Archiver::open(config)
         .await?
+        .with_security(security.clone())
         .serve(listener, shutdown)
         .await
 }
@@ -177,7 +213,12 @@ impl ArchiverService for Archiver {
         if from > to {
             return Err(Error::input(format!("from {from} is after to {to}")).into());
         }
-        let moves = self.tier.restore(&req.table, from, to).await?;
+        let moves = self
+            .tier
+            .restore(&req.table, from, to)
+            .await
+            .inspect_err(|e| self.metrics.errors.count(e))?;
+        self.metrics.count_moves(&moves);
         Ok(Response::new(ArchiveReport {
             moves,
             cutoff: String::new(),

@@ -10,7 +10,8 @@ async fn main() -> anyhow::Result<()> {
     logging::init("info");
     let args = ServiceArgs::parse();
     let config = Config::load(args.config.as_deref())?;
+    let security = grpc::Security::from_config(&config)?;
     let listener = grpc::bind(&config.archiver.listen).await?;
-    quarry_archiver::serve(&config, listener, grpc::shutdown_signal()).await?;
+    quarry_archiver::serve(&config, &security, listener, grpc::shutdown_signal()).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! `DoGet(ticket)` → the batches of one file). Only paths under the
 //! configured data roots are served.
 
+mod metrics;
 pub mod readers;
 pub mod source;
 
@@ -19,6 +20,7 @@ use arrow_flight::{
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use quarry_core::config::ExtractorConfig;
+use quarry_core::grpc::Security;
 use quarry_core::schema::EXTRACT_SCHEMA;
 use quarry_core::{Error, Result, flight, grpc};
 use quarry_proto::extractor_service_server::{ExtractorService, ExtractorServiceServer};
@@ -34,6 +36,10 @@ use crate::source::DataRoots;
 pub struct Extractor {
     roots: Arc<DataRoots>,
     batch_rows: usize,
+    shutdown_grace: std::time::Duration,
+    metrics_listen: String,
+    metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -43,7 +49,17 @@ impl Extractor {
         Ok(Self {
             roots: Arc::new(DataRoots::new(&config.data_roots)?),
             batch_rows: config.batch_rows,
+            shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
+            metrics_listen: config.metrics_listen.clone(),
+            metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
         })
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// Resolves a command into files and checks every file's columns.
@@ -95,24 +111,47 @@ const SERVICE_NAMES: [&str; 2] = [
 ];
 
 impl Extractor {
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves; open streams then get
+    /// `shutdown_grace_secs` to finish before they are cut. The extractor
+    /// writes nothing, so cutting a stream only fails the run reading it
+    /// (which its transformer aborts).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
         info!(addr = ?listener.local_addr().ok(), roots = ?self.roots.roots(), "extractor listening");
-        grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await
+        let _metrics = quarry_core::metrics::serve(
+            "extractor.metrics_listen",
+            &self.metrics_listen,
+            self.metrics.registry.clone(),
+        )
+        .await?;
+        let grace = self.shutdown_grace;
+        grpc::serve_with_grace(
+            listener,
+            self.routes(),
+            &SERVICE_NAMES,
+            shutdown,
+            grace,
+            async {},
+            &self.security,
+        )
+        .await
     }
 }
 
 /// Checks the configuration, then serves the extractor until `shutdown` resolves.
 pub async fn serve(
     config: &ExtractorConfig,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    Extractor::new(config)?.serve(listener, shutdown).await
+    Extractor::new(config)?
+        .with_security(security.clone())
+        .serve(listener, shutdown)
+        .await
 }
 
 #[tonic::async_trait]
@@ -144,6 +183,7 @@ impl FlightService for Extractor {
         let source = cmd.source.clone();
         let (plan, tickets) = Extractor::plan(self, cmd).await.inspect_err(|e| {
             warn!(source = %source, error = %e, "cannot plan source");
+            self.metrics.errors.count(e);
         })?;
         let total_bytes = plan.files.iter().map(|f| f.size_bytes as i64).sum();
         let mut info = FlightInfo::new()
@@ -166,7 +206,10 @@ impl FlightService for Extractor {
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
         let ticket: ExtractTicket = flight::decode("ExtractTicket", &request.get_ref().ticket)?;
         // Tickets come from clients: check the path again.
-        let path = self.roots.check(std::path::Path::new(&ticket.file))?;
+        let path = self
+            .roots
+            .check(std::path::Path::new(&ticket.file))
+            .inspect_err(|e| self.metrics.errors.count(e))?;
         let format =
             match SourceFormat::try_from(ticket.format).unwrap_or(SourceFormat::Unspecified) {
                 SourceFormat::Unspecified => source::format_of(&path).unwrap_or(SourceFormat::Csv),
@@ -179,11 +222,26 @@ impl FlightService for Extractor {
         };
         // A small buffer: the reader runs ahead of the network by two batches at most.
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<_, FlightError>>(2);
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
+            let mut complete = true;
             let result = readers::read(&path, format, &csv, batch_rows, &mut |batch| {
-                tx.blocking_send(Ok(batch)).is_ok()
+                let rows = batch.num_rows() as u64;
+                let sent = tx.blocking_send(Ok(batch)).is_ok();
+                if sent {
+                    metrics.rows_read.inc_by(rows);
+                }
+                complete &= sent;
+                sent
             });
+            if result.is_ok() && complete {
+                metrics.files_read.inc();
+                if let Ok(m) = std::fs::metadata(&path) {
+                    metrics.bytes_read.inc_by(m.len());
+                }
+            }
             if let Err(e) = result {
+                metrics.errors.count(&e);
                 warn!(file = %path.display(), error = %e, "read failed");
                 let _ = tx.blocking_send(Err(FlightError::Tonic(Box::new(e.into()))));
             }

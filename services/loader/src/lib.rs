@@ -3,6 +3,8 @@
 //! Runs are serialised: a second run waits for the first one's commit (up to
 //! `begin_timeout_secs`) so two runs never interleave their commits.
 
+mod metrics;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ use arrow_flight::{
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use quarry_core::config::{LoaderConfig, WarehouseConfig};
+use quarry_core::grpc::Security;
 use quarry_core::{Error, ErrorCategory, Result, Table, flight, grpc};
 use quarry_proto::loader_service_server::{LoaderService, LoaderServiceServer};
 use quarry_proto::{
@@ -44,6 +47,10 @@ pub struct Loader {
     slot: Arc<Semaphore>,
     runs: Arc<Mutex<HashMap<String, OpenRun>>>,
     begin_timeout: Duration,
+    shutdown_grace: Duration,
+    metrics_listen: String,
+    metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -69,6 +76,10 @@ impl Loader {
             slot: Arc::new(Semaphore::new(1)),
             runs: Arc::new(Mutex::new(HashMap::new())),
             begin_timeout: Duration::from_secs(config.begin_timeout_secs),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            metrics_listen: config.metrics_listen.clone(),
+            metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
         };
         loader.spawn_reaper(Duration::from_secs(config.run_idle_timeout_secs));
         loader
@@ -78,6 +89,7 @@ impl Loader {
     fn spawn_reaper(&self, idle: Duration) {
         let weak = Arc::downgrade(&self.runs);
         let warehouse = self.warehouse.clone();
+        let metrics = self.metrics.clone();
         let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -99,6 +111,7 @@ impl Loader {
                 for run_id in stale {
                     let message = format!("run abandoned: no activity for {} s", idle.as_secs());
                     warn!(run_id = %run_id, "{message}");
+                    metrics.aborts.inc();
                     let _ = warehouse
                         .abort(RunFailure {
                             run_id,
@@ -111,6 +124,41 @@ impl Loader {
                 }
             }
         });
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// Aborts every open run (not those committing: a commit is never cut).
+    /// Their next `DoPut` batch then fails, which fails the run's driver.
+    async fn abort_open_runs(&self, message: &str) {
+        let open: Vec<String> = self
+            .runs
+            .lock()
+            .expect("runs lock")
+            .drain()
+            .map(|(id, _)| id)
+            .collect();
+        for run_id in open {
+            warn!(run_id = %run_id, "{message}");
+            self.metrics.aborts.inc();
+            let aborted = self
+                .warehouse
+                .abort(RunFailure {
+                    run_id: run_id.clone(),
+                    category: ErrorCategory::Backend,
+                    message: message.to_string(),
+                    stats: Default::default(),
+                    quality_json: String::new(),
+                })
+                .await;
+            if let Err(e) = aborted {
+                warn!(run_id = %run_id, error = %e, "could not abort the run");
+            }
+        }
     }
 
     fn touch(&self, run_id: &str) -> Result<()> {
@@ -197,7 +245,9 @@ impl Loader {
         Ok(Self::new(wh, config))
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves. Open runs then get
+    /// `shutdown_grace_secs` to commit; runs still open are aborted (their
+    /// staged data discarded, recorded as failed), then the warehouse closes.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -205,7 +255,29 @@ impl Loader {
     ) -> Result<()> {
         info!(addr = ?listener.local_addr().ok(), warehouse = self.warehouse.kind(), "loader listening");
         let warehouse = self.warehouse.clone();
-        let served = grpc::serve(listener, self.routes(), &SERVICE_NAMES, shutdown).await;
+        let _metrics = quarry_core::metrics::serve(
+            "loader.metrics_listen",
+            &self.metrics_listen,
+            self.metrics.registry.clone(),
+        )
+        .await?;
+        let expire = {
+            let me = self.clone();
+            async move {
+                me.abort_open_runs("run aborted: the loader shut down before its commit")
+                    .await
+            }
+        };
+        let served = grpc::serve_with_grace(
+            listener,
+            self.routes(),
+            &SERVICE_NAMES,
+            shutdown,
+            self.shutdown_grace,
+            expire,
+            &self.security,
+        )
+        .await;
         let closed = warehouse.close().await;
         served.and(closed)
     }
@@ -215,11 +287,13 @@ impl Loader {
 pub async fn serve(
     config: &LoaderConfig,
     warehouse: &WarehouseConfig,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     Loader::open(config, warehouse)
         .await?
+        .with_security(security.clone())
         .serve(listener, shutdown)
         .await
 }
@@ -265,6 +339,7 @@ impl LoaderService for Loader {
         }
         .instrument(span)
         .await
+        .inspect_err(|e| self.metrics.errors.count(e))
         .map_err(Into::into)
     }
 
@@ -291,6 +366,16 @@ impl LoaderService for Loader {
             drop(open); // the next run may begin
             let rows = result.inspect_err(|e| warn!(error = %e, "commit failed"))?;
             info!(rows = ?rows, "run committed");
+            self.metrics.commits.inc();
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            for (table, n) in &rows {
+                self.metrics
+                    .rows_loaded
+                    .with_label_values(&[table.as_str()])
+                    .inc_by(*n);
+            }
             Ok::<_, Error>(Response::new(CommitResponse {
                 rows_committed: rows.into_iter().collect(),
                 commit_ms: started.elapsed().as_millis() as u64,
@@ -298,6 +383,7 @@ impl LoaderService for Loader {
         }
         .instrument(span)
         .await
+        .inspect_err(|e| self.metrics.errors.count(e))
         .map_err(Into::into)
     }
 
@@ -324,11 +410,13 @@ impl LoaderService for Loader {
                 .await;
             drop(open);
             result?;
+            self.metrics.aborts.inc();
             warn!(category = %category, error = %req.error_message, "run aborted");
             Ok::<_, Error>(Response::new(AbortResponse {}))
         }
         .instrument(span)
         .await
+        .inspect_err(|e| self.metrics.errors.count(e))
         .map_err(Into::into)
     }
 
@@ -421,6 +509,7 @@ impl FlightService for Loader {
     ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
         let (run_id, table, rows) = self.put(request.into_inner()).await.inspect_err(|e| {
             warn!(error = %e, "DoPut failed");
+            self.metrics.errors.count(e);
         })?;
         info!(run_id = %run_id, table = %table, rows, "staged");
         let ack = PutResult {

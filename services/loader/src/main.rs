@@ -9,10 +9,12 @@ async fn main() -> anyhow::Result<()> {
     logging::init("info");
     let args = ServiceArgs::parse();
     let config = Config::load(args.config.as_deref())?;
+    let security = grpc::Security::from_config(&config)?;
     let listener = grpc::bind(&config.loader.listen).await?;
     quarry_loader::serve(
         &config.loader,
         &config.warehouse,
+        &security,
         listener,
         grpc::shutdown_signal(),
     )

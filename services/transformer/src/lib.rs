@@ -4,15 +4,27 @@
 //! `trades_rejected` and `agg_trades_weekly` to the loader with Flight
 //! `DoPut`, then commits — or aborts on any error, so a failed run leaves
 //! the warehouse as it was.
+//!
+//! Shutdown (SIGTERM/SIGINT): new runs are refused; in-flight runs get
+//! `shutdown_grace_secs` to finish, then they are aborted through the loader
+//! (never a partial commit) and reported failed to their clients.
 
+mod metrics;
 mod run;
 
+use std::sync::Arc;
+
 use quarry_core::config::TransformerConfig;
+use quarry_core::grpc::Security;
 use quarry_core::{Result, grpc};
 use quarry_proto::transformer_service_server::{TransformerService, TransformerServiceServer};
 use quarry_proto::{RunEvent, RunRequest};
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span};
@@ -20,11 +32,28 @@ use tracing::{Instrument, info, info_span};
 #[derive(Clone)]
 pub struct Transformer {
     config: TransformerConfig,
+    /// The in-flight runs, and the signal that aborts them.
+    runs: TaskTracker,
+    abort_runs: CancellationToken,
+    metrics: Arc<metrics::Metrics>,
+    security: Security,
 }
 
 impl Transformer {
     pub fn new(config: TransformerConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            runs: TaskTracker::new(),
+            abort_runs: CancellationToken::new(),
+            metrics: Arc::new(metrics::Metrics::new()),
+            security: Security::default(),
+        }
+    }
+
+    /// Serve with TLS and the bearer-token check of `security`.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     pub fn routes(&self) -> Routes {
@@ -49,23 +78,59 @@ impl Transformer {
             loader = %self.config.loader_url,
             "transformer listening"
         );
-        grpc::serve(
+        grpc::check_scheme(
+            "transformer.extractor_url",
+            &self.config.extractor_url,
+            &self.security,
+        )?;
+        grpc::check_scheme(
+            "transformer.loader_url",
+            &self.config.loader_url,
+            &self.security,
+        )?;
+        let _metrics = quarry_core::metrics::serve(
+            "transformer.metrics_listen",
+            &self.config.metrics_listen,
+            self.metrics.registry.clone(),
+        )
+        .await?;
+        let grace = Duration::from_secs(self.config.shutdown_grace_secs);
+        let abort_runs = self.abort_runs.clone();
+        let served = grpc::serve_with_grace(
             listener,
             self.routes(),
             &["quarry.v1.TransformerService"],
             shutdown,
+            grace,
+            async move { abort_runs.cancel() },
+            &self.security,
         )
-        .await
+        .await;
+        // A run whose client went away is not waited for by the server: let
+        // it finish its abort (or commit) before the process exits.
+        self.runs.close();
+        if !self.runs.is_empty() {
+            info!(runs = self.runs.len(), "waiting for runs to finish");
+            let finished =
+                tokio::time::timeout(grace + grpc::SHUTDOWN_FINAL_WAIT, self.runs.wait()).await;
+            if finished.is_err() {
+                self.abort_runs.cancel();
+                let _ = tokio::time::timeout(grpc::SHUTDOWN_FINAL_WAIT, self.runs.wait()).await;
+            }
+        }
+        served
     }
 }
 
 /// Serves the transformer on `listener` until `shutdown` resolves.
 pub async fn serve(
     config: &TransformerConfig,
+    security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     Transformer::new(config.clone())
+        .with_security(security.clone())
         .serve(listener, shutdown)
         .await
 }
@@ -82,7 +147,14 @@ impl TransformerService for Transformer {
         let run_id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let span = info_span!("run", run_id = %run_id);
-        tokio::spawn(run::drive(self.config.clone(), req, run_id, tx).instrument(span));
+        let context = run::Context {
+            config: self.config.clone(),
+            security: self.security.clone(),
+            shutdown: self.abort_runs.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.runs
+            .spawn(run::drive(context, req, run_id, tx).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -9,7 +9,14 @@ async fn main() -> anyhow::Result<()> {
     logging::init("info");
     let args = ServiceArgs::parse();
     let config = Config::load(args.config.as_deref())?;
+    let security = grpc::Security::from_config(&config)?;
     let listener = grpc::bind(&config.transformer.listen).await?;
-    quarry_transformer::serve(&config.transformer, listener, grpc::shutdown_signal()).await?;
+    quarry_transformer::serve(
+        &config.transformer,
+        &security,
+        listener,
+        grpc::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

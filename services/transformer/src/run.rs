@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use quarry_core::config::{Severity, TransformerConfig};
+use quarry_core::grpc::{AuthChannel, Security};
 use quarry_core::{Error, Result, Table, flight, grpc};
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::{
@@ -28,6 +29,9 @@ use quarry_transform::quality::{FileFacts, QualityInput};
 use quarry_transform::{Aggregator, BatchStats, validate};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 use tonic::Status;
 use tonic::transport::Channel;
 use tracing::{Instrument, info, warn};
@@ -37,16 +41,22 @@ type Events = mpsc::Sender<std::result::Result<RunEvent, Status>>;
 /// Batches of one split validated at the same time.
 const VALIDATION_PIPELINE: usize = 2;
 
-fn flight_client(channel: Channel) -> FlightClient {
-    FlightClient::new_from_inner(
+/// A Flight client sending the bearer token (if any) with every call.
+fn flight_client(channel: Channel, security: &Security) -> FlightClient {
+    let mut client = FlightClient::new_from_inner(
         FlightServiceClient::new(channel)
             .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
-    )
+    );
+    if let Some((key, value)) = security.authorization() {
+        // A checked token is a valid header value.
+        let _ = client.add_header(key, &value);
+    }
+    client
 }
 
-fn loader_client(channel: Channel) -> LoaderServiceClient<Channel> {
-    LoaderServiceClient::new(channel)
+fn loader_client(channel: Channel, security: &Security) -> LoaderServiceClient<AuthChannel> {
+    LoaderServiceClient::new(security.authorize(channel))
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES)
 }
@@ -72,6 +82,10 @@ struct Counters {
 impl Counters {
     fn set_stage(&self, s: &'static str) {
         *self.stage.lock().expect("stage lock") = s;
+    }
+
+    fn stage(&self) -> &'static str {
+        *self.stage.lock().expect("stage lock")
     }
 
     fn progress(&self, started: Instant) -> RunEvent {
@@ -131,14 +145,32 @@ struct Run {
     dedup: bool,
     load_raw_trades: bool,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
+    security: Security,
     measures: Arc<Mutex<Measures>>,
     started: Instant,
     started_at: DateTime<Utc>,
 }
 
+/// What a run gets from its service.
+pub struct Context {
+    pub config: TransformerConfig,
+    pub security: Security,
+    /// Cancelled when the service stops and its grace period is over.
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs the pipeline and reports on `events`; the stream ends with the
 /// summary or with an error status naming the run.
-pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, events: Events) {
+pub async fn drive(context: Context, req: RunRequest, run_id: String, events: Events) {
+    let Context {
+        config,
+        security,
+        shutdown,
+        metrics,
+    } = context;
+    metrics.runs_started.inc();
     let options = req.options.unwrap_or_default();
     let run = Run {
         dedup: options.dedup.unwrap_or(config.dedup),
@@ -147,6 +179,8 @@ pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, e
         req,
         run_id,
         counters: Arc::new(Counters::default()),
+        metrics: metrics.clone(),
+        security,
         measures: Arc::new(Mutex::new(Measures::default())),
         started: Instant::now(),
         started_at: Utc::now(),
@@ -169,10 +203,25 @@ pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, e
         r = run.execute(&events) => r,
         // The client went away: stop and abort rather than commit unobserved.
         _ = events.closed() => Err(Error::input("the client cancelled the run")),
+        // The service is stopping and the grace period is over. Once the
+        // commit is requested the loader decides the outcome: wait for it.
+        _ = async {
+            shutdown.cancelled().await;
+            if run.counters.stage() == "committing" {
+                std::future::pending::<()>().await;
+            }
+        } => Err(Error::backend(
+            "the transformer shut down before the run finished; nothing was committed",
+            true,
+        )),
     };
     ticker.abort();
     match outcome {
         Ok(summary) => {
+            metrics.runs_succeeded.inc();
+            if let Some(stats) = &summary.stats {
+                metrics.observe_stages(stats);
+            }
             info!(
                 rows_in = summary.stats.as_ref().map(|s| s.rows_in),
                 "run succeeded"
@@ -186,6 +235,8 @@ pub async fn drive(config: TransformerConfig, req: RunRequest, run_id: String, e
         }
         Err(e) => {
             warn!(category = %e.category(), error = %e, "run failed");
+            metrics.runs_failed.inc();
+            metrics.errors.count(&e);
             run.abort(&e).await;
             let message = format!("run {} failed ({}): {}", run.run_id, e.category(), e);
             let _ = events
@@ -214,7 +265,7 @@ impl Run {
     }
 
     async fn loader_channel(&self) -> Result<Channel> {
-        grpc::connect("loader", &self.config.loader_url).await
+        grpc::connect_with("loader", &self.config.loader_url, &self.security).await
     }
 
     /// Records the failure with the loader, which discards the staged data.
@@ -231,7 +282,11 @@ impl Run {
             stats: Some(stats),
             quality_json: self.quality_json(),
         };
-        match self.loader_channel().await.map(loader_client) {
+        match self
+            .loader_channel()
+            .await
+            .map(|c| loader_client(c, &self.security))
+        {
             Ok(mut l) => {
                 if let Err(s) = l.abort(req).await {
                     warn!(error = %s.message(), "could not record the failed run with the loader");
@@ -244,7 +299,7 @@ impl Run {
     async fn execute(&self, events: &Events) -> Result<RunSummary> {
         // One connection carries both the control calls and the Flight streams.
         let loader_channel = self.loader_channel().await?;
-        let mut loader = loader_client(loader_channel.clone());
+        let mut loader = loader_client(loader_channel.clone(), &self.security);
         let options_json = serde_json::json!({
             "dedup": self.dedup,
             "load_raw_trades": self.load_raw_trades,
@@ -263,8 +318,9 @@ impl Run {
         // Plan: the extractor resolves the source and checks every file's columns
         // before a single row is read.
         let t = Instant::now();
-        let extractor = grpc::connect("extractor", &self.config.extractor_url).await?;
-        let info = flight_client(extractor.clone())
+        let extractor =
+            grpc::connect_with("extractor", &self.config.extractor_url, &self.security).await?;
+        let info = flight_client(extractor.clone(), &self.security)
             .get_flight_info(flight::descriptor(&ExtractCommand {
                 source: self.req.source.clone(),
                 format: self.req.format,
@@ -316,7 +372,7 @@ impl Run {
         let mut puts: JoinSet<Result<(Table, u64)>> = JoinSet::new();
         let mut open_put = |table: Table| {
             let (tx, rx) = mpsc::channel::<RecordBatch>(4);
-            let client = flight_client(loader_channel.clone());
+            let client = flight_client(loader_channel.clone(), &self.security);
             let run_id = self.run_id.clone();
             puts.spawn(put_table(client, run_id, table, rx).in_current_span());
             tx
@@ -370,7 +426,7 @@ impl Run {
         let (agg_tx, agg_rx) = mpsc::channel::<RecordBatch>(4);
         let put_agg = tokio::spawn(
             put_table(
-                flight_client(loader_channel.clone()),
+                flight_client(loader_channel.clone(), &self.security),
                 self.run_id.clone(),
                 Table::AggTradesWeekly,
                 agg_rx,
@@ -468,7 +524,7 @@ impl Run {
     /// Per-day means of the earlier succeeded runs, newest first, for the
     /// consistency check. Runs without them (or an unreadable history) count
     /// as no history: the check is then skipped, never failed.
-    async fn history(&self, loader: &mut LoaderServiceClient<Channel>) -> Vec<ClientMeans> {
+    async fn history(&self, loader: &mut LoaderServiceClient<AuthChannel>) -> Vec<ClientMeans> {
         let q = &self.config.quality;
         if q.consistency.severity == Severity::Off {
             return vec![];
@@ -505,7 +561,7 @@ impl Run {
         rejected_tx: mpsc::Sender<RecordBatch>,
     ) -> Result<()> {
         let file: Arc<str> = ticket.file.clone().into();
-        let mut client = flight_client(extractor);
+        let mut client = flight_client(extractor, &self.security);
         let mut t = Instant::now();
         let batches = client
             .do_get(arrow_flight::Ticket::new(ticket.encode_to_vec()))
@@ -547,6 +603,9 @@ impl Run {
             }
             let c = &self.counters;
             c.rows_read.fetch_add(stats.rows_in, Ordering::Relaxed);
+            self.metrics.rows_in.inc_by(stats.rows_in);
+            self.metrics.rows_valid.inc_by(stats.rows_valid);
+            self.metrics.rows_rejected.inc_by(stats.rows_rejected());
             c.rows_valid.fetch_add(stats.rows_valid, Ordering::Relaxed);
             c.rows_rejected
                 .fetch_add(stats.rows_rejected(), Ordering::Relaxed);

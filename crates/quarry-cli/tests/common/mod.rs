@@ -217,3 +217,4 @@ pub fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
     }
     out
 }
+pub mod procs;
