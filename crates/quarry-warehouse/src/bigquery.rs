@@ -30,6 +30,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::run_row::RunRow;
 use arrow::array::{
     Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
@@ -55,8 +56,8 @@ use quarry_core::{Error, Result, Table};
 use serde::Serialize;
 
 use crate::{
-    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,
-    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode, check_batch,
+    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
+    Warehouse, WeeklyTotal, WriteMode, check_batch,
 };
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
@@ -369,124 +370,14 @@ impl ActiveRun {
     }
 }
 
-/// One `pipeline_runs` row.
-#[derive(Debug, Clone, Default)]
-struct RunRow {
-    run_id: String,
-    source: String,
-    status: String,
-    started_at: String,
-    finished_at: String,
-    stats: RunStats,
-    rows_committed: String,
-    error_category: String,
-    error_message: String,
-    quality: String,
-    options: String,
-}
-
-impl RunRow {
-    fn new(run_id: String, source: String, options: String, started_at: String) -> Self {
-        Self {
-            run_id,
-            source,
-            status: "running".into(),
-            started_at,
-            rows_committed: "{}".into(),
-            options,
-            ..Default::default()
-        }
-    }
-
-    fn finished(&mut self, status: &str) {
-        self.status = status.into();
-        self.finished_at = now_text();
-    }
-
-    fn values(&self) -> String {
-        let s = &self.stats;
-        let text = [
-            &self.run_id,
-            &self.source,
-            &self.status,
-            &self.started_at,
-            &self.finished_at,
-        ]
-        .map(|t| literal(t))
-        .join(", ");
-        let numbers = [
-            s.rows_in,
-            s.rows_valid,
-            s.rows_rejected,
-            s.rows_duplicate,
-            s.agg_rows,
-            s.plan_ms,
-            s.extract_ms,
-            s.transform_ms,
-            s.load_ms,
-            s.commit_ms,
-            s.total_ms,
-        ]
+/// The values of a `pipeline_runs` INSERT, in column order.
+fn run_values(row: &RunRow) -> String {
+    let text = |cols: [&str; 5]| cols.map(literal).join(", ");
+    let numbers = row
+        .counters()
         .map(|n| n.min(i64::MAX as u64).to_string())
         .join(", ");
-        let tail = [
-            &self.rows_committed,
-            &self.error_category,
-            &self.error_message,
-            &self.quality,
-            &self.options,
-        ]
-        .map(|t| literal(t))
-        .join(", ");
-        format!("({text}, {numbers}, {tail})")
-    }
-
-    /// From the cells of `SELECT {RUN_COLUMNS}`.
-    fn from_cells(c: &[Option<String>]) -> Self {
-        let t = |i: usize| c.get(i).cloned().flatten().unwrap_or_default();
-        let n = |i: usize| t(i).parse::<u64>().unwrap_or(0);
-        Self {
-            run_id: t(0),
-            source: t(1),
-            status: t(2),
-            started_at: t(3),
-            finished_at: t(4),
-            stats: RunStats {
-                rows_in: n(5),
-                rows_valid: n(6),
-                rows_rejected: n(7),
-                rows_duplicate: n(8),
-                agg_rows: n(9),
-                plan_ms: n(10),
-                extract_ms: n(11),
-                transform_ms: n(12),
-                load_ms: n(13),
-                commit_ms: n(14),
-                total_ms: n(15),
-            },
-            rows_committed: t(16),
-            error_category: t(17),
-            error_message: t(18),
-            quality: t(19),
-            options: t(20),
-        }
-    }
-
-    fn record(self) -> RunRecord {
-        RunRecord {
-            stats: Some(self.stats),
-            rows_committed: serde_json::from_str(&self.rows_committed).unwrap_or_default(),
-            run_id: self.run_id,
-            source: self.source,
-            status: self.status,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            error_category: self.error_category,
-            error_message: self.error_message,
-            quality_json: self.quality,
-            options_json: self.options,
-        }
-    }
+    format!("({}, {numbers}, {})", text(row.head()), text(row.tail()))
 }
 
 /// What a query returned: rows of nullable text cells, and the rows a DML
@@ -981,7 +872,7 @@ impl BigQueryWarehouse {
             "DELETE FROM {runs} WHERE run_id = {id};\nINSERT INTO {runs} ({RUN_COLUMNS}) VALUES {values};\n",
             runs = self.table("pipeline_runs"),
             id = literal(&row.run_id),
-            values = row.values()
+            values = run_values(row)
         )
     }
 
@@ -1283,10 +1174,9 @@ impl Warehouse for BigQueryWarehouse {
             self.table("pipeline_runs")
         );
         let rows = self.rows("list runs", &sql).await?;
-        Ok(rows
-            .iter()
-            .map(|r| RunRow::from_cells(r).record())
-            .collect())
+        rows.iter()
+            .map(|r| RunRow::from_cells(r).map(RunRow::record))
+            .collect()
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
@@ -1296,7 +1186,9 @@ impl Warehouse for BigQueryWarehouse {
             literal(run_id)
         );
         let rows = self.rows("get run", &sql).await?;
-        Ok(rows.first().map(|r| RunRow::from_cells(r).record()))
+        rows.first()
+            .map(|r| RunRow::from_cells(r).map(RunRow::record))
+            .transpose()
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
@@ -1601,7 +1493,7 @@ mod tests {
         row.stats.rows_in = 7;
         row.finished("failed");
         row.error_message = "line\nbreak".into();
-        let values = row.values();
+        let values = run_values(&row);
         assert!(values.starts_with("('r1', 's\\'rc', 'failed'"), "{values}");
         assert!(values.contains(r"'line\nbreak'"), "{values}");
         let cells: Vec<Option<String>> = [
@@ -1630,7 +1522,7 @@ mod tests {
         .iter()
         .map(|s| Some(s.to_string()))
         .collect();
-        let back = RunRow::from_cells(&cells).record();
+        let back = RunRow::from_cells(&cells).unwrap().record();
         assert_eq!(back.stats.unwrap().rows_in, 7);
         assert_eq!(back.rows_committed["trades"], 3);
     }

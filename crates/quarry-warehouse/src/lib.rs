@@ -20,6 +20,8 @@ pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
 pub mod bigquery;
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
+#[cfg(any(feature = "bigquery", feature = "snowflake"))]
+mod run_row;
 #[cfg(feature = "snowflake")]
 pub mod snowflake;
 pub mod sqlite;

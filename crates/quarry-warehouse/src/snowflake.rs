@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::run_row::RunRow;
 use arrow::array::{
     ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampNanosecondBuilder, UInt64Builder,
@@ -43,8 +44,8 @@ use snowflake_api::{
 };
 
 use crate::{
-    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,
-    TopUsersQuery, Warehouse, WeeklyTotal, WriteMode, check_batch,
+    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
+    Warehouse, WeeklyTotal, WriteMode, check_batch,
 };
 
 /// Column definitions of the tables (the staging tables share them).
@@ -430,141 +431,13 @@ fn result_rows(result: QueryResult) -> Result<Rows> {
     }
 }
 
-/// A run's record in `pipeline_runs`.
-#[derive(Debug, Clone)]
-struct RunRow {
-    run_id: String,
-    source: String,
-    status: String,
-    started_at: String,
-    finished_at: String,
-    stats: RunStats,
-    rows_committed: String,
-    error_category: String,
-    error_message: String,
-    quality: String,
-    options: String,
-}
-
-impl RunRow {
-    fn new(run_id: String, source: String, options: String, started_at: String) -> Self {
-        Self {
-            run_id,
-            source,
-            status: "running".into(),
-            started_at,
-            finished_at: String::new(),
-            stats: RunStats::default(),
-            rows_committed: "{}".into(),
-            error_category: String::new(),
-            error_message: String::new(),
-            quality: String::new(),
-            options,
-        }
-    }
-
-    fn finished(&mut self, status: &str) {
-        self.status = status.into();
-        self.finished_at = now_text();
-    }
-
-    fn counters(&self) -> [u64; 11] {
-        let s = &self.stats;
-        [
-            s.rows_in,
-            s.rows_valid,
-            s.rows_rejected,
-            s.rows_duplicate,
-            s.agg_rows,
-            s.plan_ms,
-            s.extract_ms,
-            s.transform_ms,
-            s.load_ms,
-            s.commit_ms,
-            s.total_ms,
-        ]
-    }
-
-    /// The values of an INSERT in `RUN_COLUMNS` order.
-    fn values(&self) -> String {
-        let mut v: Vec<String> = [
-            &self.run_id,
-            &self.source,
-            &self.status,
-            &self.started_at,
-            &self.finished_at,
-        ]
-        .iter()
-        .map(|s| literal(s))
-        .collect();
-        v.extend(self.counters().iter().map(u64::to_string));
-        v.extend(
-            [
-                &self.rows_committed,
-                &self.error_category,
-                &self.error_message,
-                &self.quality,
-                &self.options,
-            ]
-            .iter()
-            .map(|s| literal(s)),
-        );
-        v.push(literal(&chrono::Utc::now().to_rfc3339()));
-        v.join(", ")
-    }
-
-    fn from_row(r: &[Option<String>]) -> Result<Self> {
-        let s = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-        let n = |i: usize| -> Result<u64> {
-            let t = s(i);
-            if t.is_empty() {
-                return Ok(0);
-            }
-            t.parse()
-                .map_err(|_| Error::internal(format!("pipeline_runs: bad count {t:?}")))
-        };
-        Ok(Self {
-            run_id: s(0),
-            source: s(1),
-            status: s(2),
-            started_at: s(3),
-            finished_at: s(4),
-            stats: RunStats {
-                rows_in: n(5)?,
-                rows_valid: n(6)?,
-                rows_rejected: n(7)?,
-                rows_duplicate: n(8)?,
-                agg_rows: n(9)?,
-                plan_ms: n(10)?,
-                extract_ms: n(11)?,
-                transform_ms: n(12)?,
-                load_ms: n(13)?,
-                commit_ms: n(14)?,
-                total_ms: n(15)?,
-            },
-            rows_committed: s(16),
-            error_category: s(17),
-            error_message: s(18),
-            quality: s(19),
-            options: s(20),
-        })
-    }
-
-    fn record(self) -> RunRecord {
-        RunRecord {
-            stats: Some(self.stats),
-            rows_committed: serde_json::from_str(&self.rows_committed).unwrap_or_default(),
-            run_id: self.run_id,
-            source: self.source,
-            status: self.status,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            error_category: self.error_category,
-            error_message: self.error_message,
-            quality_json: self.quality,
-            options_json: self.options,
-        }
-    }
+/// The values of a `pipeline_runs` INSERT in `RUN_COLUMNS` order.
+fn run_values(row: &RunRow) -> String {
+    let mut v: Vec<String> = row.head().iter().map(|s| literal(s)).collect();
+    v.extend(row.counters().iter().map(u64::to_string));
+    v.extend(row.tail().iter().map(|s| literal(s)));
+    v.push(literal(&chrono::Utc::now().to_rfc3339()));
+    v.join(", ")
 }
 
 /// The run being written: what it staged, per table.
@@ -788,7 +661,7 @@ impl SnowflakeWarehouse {
                 "INSERT INTO {}.pipeline_runs ({}) VALUES ({})",
                 self.qualified,
                 RUN_COLUMNS.join(", "),
-                row.values()
+                run_values(row)
             ),
         ]
     }
@@ -1160,7 +1033,7 @@ impl Warehouse for SnowflakeWarehouse {
             .read("list runs", &runs_select(&self.qualified, "", limit))
             .await?;
         rows.iter()
-            .map(|r| RunRow::from_row(r).map(RunRow::record))
+            .map(|r| RunRow::from_cells(r).map(RunRow::record))
             .collect()
     }
 
@@ -1170,7 +1043,7 @@ impl Warehouse for SnowflakeWarehouse {
             .read("get run", &runs_select(&self.qualified, &filter, 1))
             .await?;
         rows.first()
-            .map(|r| RunRow::from_row(r).map(RunRow::record))
+            .map(|r| RunRow::from_cells(r).map(RunRow::record))
             .transpose()
     }
 
