@@ -486,28 +486,41 @@ async fn snowflake_load_rate() {
     );
 }
 
-/// A ClickHouse server of the test's own, on a free port, that can be
-/// stopped and started again on the same data.
+/// A server of the test's own on free loopback ports, with its data in a
+/// temporary directory, that can be stopped and started again on that data.
 struct OwnServer {
-    bin: String,
+    name: &'static str,
     dir: tempfile::TempDir,
-    /// HTTP, TCP and interserver ports.
-    ports: [u16; 3],
+    /// The first one is the HTTP port `url` names.
+    ports: Vec<u16>,
+    command: Box<dyn Fn(&std::path::Path, &[u16]) -> std::process::Command + Send>,
+    /// A path under `url` that answers 2xx once the server is ready.
+    ready_path: &'static str,
     child: Option<std::process::Child>,
 }
 
 impl OwnServer {
-    fn start(bin: String) -> Self {
-        // Three distinct free ports (held together while they are picked).
-        let listeners: Vec<_> = (0..3)
+    fn start(
+        name: &'static str,
+        ports: usize,
+        ready_path: &'static str,
+        command: impl Fn(&std::path::Path, &[u16]) -> std::process::Command + Send + 'static,
+    ) -> Self {
+        // Distinct free ports (held together while they are picked).
+        let listeners: Vec<_> = (0..ports)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
-        let ports = [0, 1, 2].map(|i| listeners[i].local_addr().unwrap().port());
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
         drop(listeners);
         let mut s = Self {
-            bin,
+            name,
             dir: tempfile::tempdir().unwrap(),
             ports,
+            command: Box::new(command),
+            ready_path,
             child: None,
         };
         s.up();
@@ -519,33 +532,25 @@ impl OwnServer {
     }
 
     fn up(&mut self) {
-        let d = self.dir.path();
-        let arg = |k: &str, v: &str| format!("--{k}={}/{v}/", d.display());
-        let child = std::process::Command::new(&self.bin)
-            .arg("--config-file=/etc/clickhouse-server/config.xml")
-            .arg("--")
-            .args([
-                arg("path", "data"),
-                arg("tmp_path", "tmp"),
-                arg("user_files_path", "user_files"),
-                arg("format_schema_path", "format_schemas"),
-            ])
-            .arg(format!("--logger.log={}/server.log", d.display()))
-            .arg(format!("--logger.errorlog={}/server.err.log", d.display()))
-            .arg("--listen_host=127.0.0.1")
-            .arg(format!("--http_port={}", self.ports[0]))
-            .arg(format!("--tcp_port={}", self.ports[1]))
-            .arg(format!("--interserver_http_port={}", self.ports[2]))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+        let log = std::fs::File::create(self.dir.path().join("stdout.log")).unwrap();
+        let child = (self.command)(self.dir.path(), &self.ports)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.ports[0])).is_err() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ready = format!("{}{}", self.url(), self.ready_path);
+        while !std::process::Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &ready])
+            .status()
+            .unwrap()
+            .success()
+        {
             assert!(
                 std::time::Instant::now() < deadline,
-                "own ClickHouse did not start"
+                "own {} did not start",
+                self.name
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -568,6 +573,29 @@ impl Drop for OwnServer {
     }
 }
 
+/// A ClickHouse server of the test's own (HTTP, TCP and interserver ports).
+fn own_clickhouse(bin: String) -> OwnServer {
+    OwnServer::start("ClickHouse", 3, "/ping", move |d, ports| {
+        let arg = |k: &str, v: &str| format!("--{k}={}/{v}/", d.display());
+        let mut c = std::process::Command::new(&bin);
+        c.arg("--config-file=/etc/clickhouse-server/config.xml")
+            .arg("--")
+            .args([
+                arg("path", "data"),
+                arg("tmp_path", "tmp"),
+                arg("user_files_path", "user_files"),
+                arg("format_schema_path", "format_schemas"),
+            ])
+            .arg(format!("--logger.log={}/server.log", d.display()))
+            .arg(format!("--logger.errorlog={}/server.err.log", d.display()))
+            .arg("--listen_host=127.0.0.1")
+            .arg(format!("--http_port={}", ports[0]))
+            .arg(format!("--tcp_port={}", ports[1]))
+            .arg(format!("--interserver_http_port={}", ports[2]));
+        c
+    })
+}
+
 /// The server stops in the middle of a run and comes back: the writes that
 /// hit the outage are retried (capped exponential backoff), and the run
 /// commits exactly what was sent.
@@ -577,7 +605,7 @@ async fn clickhouse_retries_across_a_server_restart() {
         eprintln!("skipped: QUARRY_TEST_CLICKHOUSE_SERVER is not set (scripts/test.sh sets it)");
         return;
     };
-    let mut server = OwnServer::start(bin);
+    let mut server = own_clickhouse(bin);
     let mut config = quarry_core::config::WarehouseConfig {
         kind: WarehouseKind::Clickhouse,
         ..Default::default()
@@ -820,86 +848,21 @@ async fn bigquery_permanent_errors_fail_at_once() {
     );
 }
 
-/// An emulator of the test's own, file-backed, that can be stopped and
-/// started again on the same data.
-struct OwnEmulator {
-    bin: String,
-    dir: tempfile::TempDir,
-    /// REST and gRPC ports.
-    ports: [u16; 2],
-    child: Option<std::process::Child>,
-}
-
-impl OwnEmulator {
-    fn start(bin: String) -> Self {
-        let listeners: Vec<_> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports = [0, 1].map(|i| listeners[i].local_addr().unwrap().port());
-        drop(listeners);
-        let mut e = Self {
-            bin,
-            dir: tempfile::tempdir().unwrap(),
-            ports,
-            child: None,
-        };
-        e.up();
-        e
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[0])
-    }
-
-    fn up(&mut self) {
-        let d = self.dir.path();
+/// A BigQuery emulator of the test's own, file-backed (REST and gRPC ports).
+fn own_bigquery_emulator(bin: String) -> OwnServer {
+    OwnServer::start("BigQuery emulator", 2, "/readyz", move |d, ports| {
         std::fs::create_dir_all(d.join("gcs")).unwrap();
-        let log = std::fs::File::create(d.join("emulator.log")).unwrap();
-        let child = std::process::Command::new(&self.bin)
-            .args(["start", "--persistent", "--data-dir"])
+        let mut c = std::process::Command::new(&bin);
+        c.args(["start", "--persistent", "--data-dir"])
             .arg(d.join("data"))
             .args(["--project", "quarry-test", "--rest-host", "127.0.0.1"])
-            .args(["--rest-port", &self.ports[0].to_string()])
+            .args(["--rest-port", &ports[0].to_string()])
             .args(["--grpc-host", "127.0.0.1", "--grpc-port"])
-            .arg(self.ports[1].to_string())
+            .arg(ports[1].to_string())
             .args(["--log-level", "warning"])
-            .env("BQEMU_GCS_LOCAL_ROOT", d.join("gcs"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let ready = format!("{}/readyz", self.url());
-        while !std::process::Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", &ready])
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "own BigQuery emulator did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM: a clean shutdown keeps the data for the restart.
-            let _ = std::process::Command::new("kill")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnEmulator {
-    fn drop(&mut self) {
-        self.down();
-    }
+            .env("BQEMU_GCS_LOCAL_ROOT", d.join("gcs"));
+        c
+    })
 }
 
 /// The emulator stops in the middle of a run and comes back (file-backed,
@@ -912,7 +875,7 @@ async fn bigquery_retries_across_an_emulator_restart() {
         eprintln!("skipped: QUARRY_TEST_BIGQUERY_EMULATOR is not set (scripts/test.sh sets it)");
         return;
     };
-    let mut emulator = OwnEmulator::start(bin);
+    let mut emulator = own_bigquery_emulator(bin);
     let config = quarry_core::config::BigQueryConfig {
         api_url: emulator.url(),
         project: "quarry-test".into(),
