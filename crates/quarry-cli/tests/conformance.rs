@@ -486,6 +486,9 @@ async fn snowflake_load_rate() {
     );
 }
 
+/// Builds a server's command line from its data directory and ports.
+type ServerCommand = Box<dyn Fn(&std::path::Path, &[u16]) -> std::process::Command + Send>;
+
 /// A server of the test's own on free loopback ports, with its data in a
 /// temporary directory, that can be stopped and started again on that data.
 struct OwnServer {
@@ -493,7 +496,7 @@ struct OwnServer {
     dir: tempfile::TempDir,
     /// The first one is the HTTP port `url` names.
     ports: Vec<u16>,
-    command: Box<dyn Fn(&std::path::Path, &[u16]) -> std::process::Command + Send>,
+    command: ServerCommand,
     /// A path under `url` that answers 2xx once the server is ready.
     ready_path: &'static str,
     child: Option<std::process::Child>,
