@@ -449,6 +449,13 @@ async fn archive_command(
     url: Option<&str>,
     action: ArchiveAction,
 ) -> anyhow::Result<()> {
+    let db = &config.warehouse.sqlite.path;
+    if url.is_none() && config.warehouse.kind == WarehouseKind::Sqlite && !db.exists() {
+        bail!(
+            "{} does not exist: run `quarry run` first or pass --sqlite / --archiver",
+            db.display()
+        );
+    }
     let failed = archive::with_archiver(config, url, |mut c| async move {
         let report = match action {
             ArchiveAction::Run {

@@ -243,6 +243,12 @@ fn the_archive_commands() {
         assert_eq!(code, Some(0), "quarry {args:?}: {err}");
         out
     };
+    // Nothing to archive yet: one line, and no database created.
+    let (code, _, err) = quarry(&["archive", "list"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("agg_result.db does not exist"), "{err}");
+    assert!(!dir.path().join("agg_result.db").exists());
+
     ok(&["run", "-q"]);
     let dry = ok(&["archive", "run", "--as-of", "2023-03-15", "--dry-run"]);
     assert!(
