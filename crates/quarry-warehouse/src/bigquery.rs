@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::run_row::RunRow;
+use crate::staging::{Staged, stage_tag};
 use arrow::array::{
     Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
@@ -345,9 +346,7 @@ struct ActiveRun {
     loads: u64,
     /// Rows accepted but not loaded yet, per table.
     pending: BTreeMap<Table, Vec<u8>>,
-    staged: BTreeMap<Table, u64>,
-    partitions: BTreeMap<Table, BTreeSet<String>>,
-    rejected_replace: bool,
+    staged: Staged,
 }
 
 /// One load job's worth of rows for a staging table.
@@ -919,7 +918,7 @@ impl BigQueryWarehouse {
         }
         // Read back what each staging table holds before anything is replaced.
         let mut rows = BTreeMap::new();
-        for (table, staged) in &run.staged {
+        for (table, staged) in &run.staged.rows {
             let held = self
                 .count(
                     "read back staged rows",
@@ -933,16 +932,11 @@ impl BigQueryWarehouse {
             }
             rows.insert(table.name().to_string(), held);
         }
-        if run.rejected_replace {
-            run.partitions
-                .entry(Table::TradesRejected)
-                .or_default()
-                .extend(c.source_files.iter().cloned());
-        }
+        run.staged.cover_sources(&c.source_files);
         let mut script = String::from("BEGIN TRANSACTION;\n");
         for table in Table::ALL {
             let target = self.table(table.name());
-            if let Some(parts) = run.partitions.get(&table).filter(|p| !p.is_empty()) {
+            if let Some(parts) = run.staged.partitions.get(&table).filter(|p| !p.is_empty()) {
                 let list = parts
                     .iter()
                     .map(|p| partition_literal(table, p))
@@ -954,7 +948,7 @@ impl BigQueryWarehouse {
                     table.partition_column()
                 );
             }
-            if run.staged.contains_key(&table) {
+            if run.staged.rows.contains_key(&table) {
                 let cols = columns(table);
                 let _ = writeln!(
                     script,
@@ -1034,17 +1028,7 @@ impl Warehouse for BigQueryWarehouse {
     }
 
     async fn begin_run(&self, run: RunStart) -> Result<()> {
-        let tag: String = run
-            .run_id
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        if tag.is_empty() || tag.len() > 64 {
-            return Err(Error::input(format!(
-                "run id {:?} cannot name a staging table",
-                run.run_id
-            )));
-        }
+        let tag = stage_tag(&run.run_id)?;
         {
             let guard = self.run.lock().expect("run lock");
             if let Some(open) = guard.as_ref() {
@@ -1077,9 +1061,7 @@ impl Warehouse for BigQueryWarehouse {
             tag,
             loads: 0,
             pending: BTreeMap::new(),
-            staged: BTreeMap::new(),
-            partitions: BTreeMap::new(),
-            rejected_replace: true,
+            staged: Staged::default(),
         });
         Ok(())
     }
@@ -1101,13 +1083,7 @@ impl Warehouse for BigQueryWarehouse {
                 Some(r) if r.record.run_id == run_id => r,
                 _ => return Err(Error::input(format!("run {run_id} is not open"))),
             };
-            *run.staged.entry(table).or_default() += n;
-            let replace = mode != WriteMode::Append;
-            if table == Table::TradesRejected {
-                run.rejected_replace &= replace;
-            } else if replace {
-                run.partitions.entry(table).or_default().extend(parts);
-            }
+            run.staged.add(table, mode, n, parts);
             let pending = run.pending.entry(table).or_default();
             pending.extend_from_slice(&data);
             if pending.len() >= LOAD_BYTES {
@@ -1130,10 +1106,7 @@ impl Warehouse for BigQueryWarehouse {
             Err(e) => {
                 // The transaction either committed as a whole or not at all.
                 let _ = self.drop_stages(&run.tag).await;
-                run.record.finished("failed");
-                run.record.rows_committed = "{}".into();
-                run.record.error_category = e.category().as_str().into();
-                run.record.error_message = e.to_string();
+                run.record.commit_failed(&e);
                 let _ = self.record(&run.record).await;
                 Err(e)
             }
@@ -1153,18 +1126,9 @@ impl Warehouse for BigQueryWarehouse {
             self.drop_stages(&run.tag).await?;
             run.record
         } else {
-            // Failed before it began (e.g. the loader refused it): keep what
-            // is known of it.
-            match self.get_run(&f.run_id).await? {
-                Some(r) => RunRow::new(r.run_id, r.source, r.options_json, r.started_at),
-                None => RunRow::new(f.run_id.clone(), String::new(), String::new(), now_text()),
-            }
+            RunRow::not_open(&f.run_id, self.get_run(&f.run_id).await?)
         };
-        row.finished("failed");
-        row.stats = f.stats;
-        row.error_category = f.category.as_str().into();
-        row.error_message = f.message;
-        row.quality = f.quality_json;
+        row.abort(f);
         self.record(&row).await
     }
 

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::staging::{Staged, stage_tag};
 use arrow::array::{
     Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
@@ -243,10 +244,7 @@ struct ActiveRun {
     row: RunRow,
     /// Staging table suffix derived from the run id.
     tag: String,
-    staged: BTreeMap<Table, u64>,
-    /// Partitions each table's rows fall in.
-    partitions: BTreeMap<Table, BTreeSet<String>>,
-    rejected_replace: bool,
+    staged: Staged,
 }
 
 impl ActiveRun {
@@ -439,7 +437,7 @@ impl ClickHouseWarehouse {
     ) -> Result<BTreeMap<String, u64>> {
         // Read back what each staging table holds before anything is swapped.
         let mut rows = BTreeMap::new();
-        for (table, staged) in &run.staged {
+        for (table, staged) in &run.staged.rows {
             let held = self
                 .count(
                     "read back staged rows",
@@ -463,13 +461,10 @@ impl ClickHouseWarehouse {
             )
             .await?;
         }
-        if run.rejected_replace {
-            let files = run.partitions.entry(Table::TradesRejected).or_default();
-            files.extend(c.source_files.iter().cloned());
-        }
-        for (table, parts) in &run.partitions {
+        run.staged.cover_sources(&c.source_files);
+        for (table, parts) in &run.staged.partitions {
             let target = format!("{}.{table}", self.db);
-            let staged: BTreeSet<String> = if run.staged.contains_key(table) {
+            let staged: BTreeSet<String> = if run.staged.rows.contains_key(table) {
                 self.retry("list staged partitions", || {
                     self.client
                         .query(&format!(
@@ -552,17 +547,7 @@ impl Warehouse for ClickHouseWarehouse {
     }
 
     async fn begin_run(&self, run: RunStart) -> Result<()> {
-        let tag: String = run
-            .run_id
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        if tag.is_empty() || tag.len() > 64 {
-            return Err(Error::input(format!(
-                "run id {:?} cannot name a staging table",
-                run.run_id
-            )));
-        }
+        let tag = stage_tag(&run.run_id)?;
         {
             let guard = self.run.lock().expect("run lock");
             if let Some(open) = guard.as_ref() {
@@ -597,9 +582,7 @@ impl Warehouse for ClickHouseWarehouse {
         *self.run.lock().expect("run lock") = Some(ActiveRun {
             row,
             tag,
-            staged: BTreeMap::new(),
-            partitions: BTreeMap::new(),
-            rejected_replace: true,
+            staged: Staged::default(),
         });
         Ok(())
     }
@@ -702,16 +685,8 @@ impl Warehouse for ClickHouseWarehouse {
         let run = guard
             .as_mut()
             .ok_or_else(|| Error::input(format!("run {run_id} is not open")))?;
-        *run.staged.entry(table).or_default() += n as u64;
-        let replace = mode != WriteMode::Append;
-        if table == Table::TradesRejected {
-            run.rejected_replace &= replace;
-        } else if replace {
-            run.partitions
-                .entry(table)
-                .or_default()
-                .extend(parts.into_iter().map(date_text));
-        }
+        run.staged
+            .add(table, mode, n as u64, parts.into_iter().map(date_text));
         Ok(n as u64)
     }
 

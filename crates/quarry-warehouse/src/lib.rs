@@ -25,6 +25,8 @@ mod run_row;
 #[cfg(feature = "snowflake")]
 pub mod snowflake;
 pub mod sqlite;
+#[cfg(any(feature = "clickhouse", feature = "bigquery", feature = "snowflake"))]
+mod staging;
 
 /// Opening facts of a run.
 #[derive(Debug, Clone)]

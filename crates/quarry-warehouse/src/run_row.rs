@@ -7,7 +7,7 @@
 use quarry_core::dates::now_text;
 use quarry_core::{Error, Result};
 
-use crate::{RunRecord, RunStats};
+use crate::{RunFailure, RunRecord, RunStats};
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunRow {
@@ -41,6 +41,32 @@ impl RunRow {
     pub fn finished(&mut self, status: &str) {
         self.status = status.into();
         self.finished_at = now_text();
+    }
+
+    /// The record of a run that fails while it is not open here: what was
+    /// recorded of it (e.g. refused by the loader before it began), or its id.
+    pub fn not_open(run_id: &str, recorded: Option<RunRecord>) -> Self {
+        match recorded {
+            Some(r) => Self::new(r.run_id, r.source, r.options_json, r.started_at),
+            None => Self::new(run_id.into(), String::new(), String::new(), now_text()),
+        }
+    }
+
+    /// Marks the run failed, as `abort` reports it.
+    pub fn abort(&mut self, f: RunFailure) {
+        self.finished("failed");
+        self.stats = f.stats;
+        self.error_category = f.category.as_str().into();
+        self.error_message = f.message;
+        self.quality = f.quality_json;
+    }
+
+    /// Marks the run failed by an error of its commit.
+    pub fn commit_failed(&mut self, e: &Error) {
+        self.finished("failed");
+        self.rows_committed = "{}".into();
+        self.error_category = e.category().as_str().into();
+        self.error_message = e.to_string();
     }
 
     /// The text columns before the counters.

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::run_row::RunRow;
+use crate::staging::{Staged, stage_tag};
 use arrow::array::{
     ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampNanosecondBuilder, UInt64Builder,
@@ -445,10 +446,7 @@ struct ActiveRun {
     row: RunRow,
     /// Staging table suffix derived from the run id.
     tag: String,
-    staged: BTreeMap<Table, u64>,
-    /// Partitions (as text) each table's rows fall in.
-    partitions: BTreeMap<Table, BTreeSet<String>>,
-    rejected_replace: bool,
+    staged: Staged,
 }
 
 pub struct SnowflakeWarehouse {
@@ -690,7 +688,7 @@ impl SnowflakeWarehouse {
     ) -> Result<BTreeMap<String, u64>> {
         // Read back what each staging table holds before anything is replaced.
         let mut rows = BTreeMap::new();
-        for (table, staged) in &run.staged {
+        for (table, staged) in &run.staged.rows {
             let held = self
                 .count(
                     "read back staged rows",
@@ -707,12 +705,9 @@ impl SnowflakeWarehouse {
             }
             rows.insert(table.name().to_string(), held);
         }
-        if run.rejected_replace {
-            let files = run.partitions.entry(Table::TradesRejected).or_default();
-            files.extend(c.source_files.iter().cloned());
-        }
+        run.staged.cover_sources(&c.source_files);
         let mut statements = vec![];
-        for (table, parts) in &run.partitions {
+        for (table, parts) in &run.staged.partitions {
             let parts: Vec<&String> = parts.iter().collect();
             for chunk in parts.chunks(IN_CHUNK) {
                 let list: Vec<String> = chunk.iter().map(|p| literal(p)).collect();
@@ -724,7 +719,7 @@ impl SnowflakeWarehouse {
                 ));
             }
         }
-        for table in run.staged.keys() {
+        for table in run.staged.rows.keys() {
             let cols = column_names(*table);
             statements.push(format!(
                 "INSERT INTO {} ({cols}) SELECT {cols} FROM {}",
@@ -888,17 +883,7 @@ impl Warehouse for SnowflakeWarehouse {
     }
 
     async fn begin_run(&self, run: RunStart) -> Result<()> {
-        let tag: String = run
-            .run_id
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        if tag.is_empty() || tag.len() > 64 {
-            return Err(Error::input(format!(
-                "run id {:?} cannot name a staging table",
-                run.run_id
-            )));
-        }
+        let tag = stage_tag(&run.run_id)?;
         if let Some(open) = self.run.lock().expect("run lock").as_ref() {
             return Err(Error::internal(format!(
                 "cannot begin run {}: run {} is still open",
@@ -924,9 +909,7 @@ impl Warehouse for SnowflakeWarehouse {
         *self.run.lock().expect("run lock") = Some(ActiveRun {
             row,
             tag,
-            staged: BTreeMap::new(),
-            partitions: BTreeMap::new(),
-            rejected_replace: true,
+            staged: Staged::default(),
         });
         Ok(())
     }
@@ -972,13 +955,7 @@ impl Warehouse for SnowflakeWarehouse {
         let run = guard
             .as_mut()
             .ok_or_else(|| Error::input(format!("run {run_id} is not open")))?;
-        *run.staged.entry(table).or_default() += n;
-        let replace = mode != WriteMode::Append;
-        if table == Table::TradesRejected {
-            run.rejected_replace &= replace;
-        } else if replace {
-            run.partitions.entry(table).or_default().extend(parts);
-        }
+        run.staged.add(table, mode, n, parts);
         Ok(n)
     }
 
@@ -991,9 +968,7 @@ impl Warehouse for SnowflakeWarehouse {
                 // Nothing of the run is visible: the transaction rolled back
                 // or never began.
                 let _ = self.drop_stages(&run.tag).await;
-                run.row.finished("failed");
-                run.row.error_category = e.category().as_str().into();
-                run.row.error_message = e.to_string();
+                run.row.commit_failed(&e);
                 let _ = self.record(&run.row).await;
                 Err(e)
             }
@@ -1013,18 +988,9 @@ impl Warehouse for SnowflakeWarehouse {
             self.drop_stages(&run.tag).await?;
             run.row
         } else {
-            // Failed before it began (e.g. the loader refused it): keep what
-            // is known of it.
-            match self.get_run(&f.run_id).await? {
-                Some(r) => RunRow::new(r.run_id, r.source, r.options_json, r.started_at),
-                None => RunRow::new(f.run_id.clone(), String::new(), String::new(), now_text()),
-            }
+            RunRow::not_open(&f.run_id, self.get_run(&f.run_id).await?)
         };
-        row.finished("failed");
-        row.stats = f.stats;
-        row.error_category = f.category.as_str().into();
-        row.error_message = f.message;
-        row.quality = f.quality_json;
+        row.abort(f);
         self.record(&row).await
     }
 
