@@ -618,28 +618,6 @@ async fn clickhouse_retries_across_a_server_restart() {
     let wh = quarry_warehouse::open(&config).unwrap();
     wh.check_connectivity().await.unwrap();
 
-    // Agg rows of one week, as the transformer would send them.
-    let batch = |user: &str| {
-        RecordBatch::try_new(
-            Table::AggTradesWeekly.schema(),
-            vec![
-                Arc::new(arrow::array::Date32Array::from(vec![19_360])),
-                Arc::new(arrow::array::StringArray::from(vec!["gold"])),
-                Arc::new(arrow::array::StringArray::from(vec![user])),
-                Arc::new(arrow::array::StringArray::from(vec!["SYM"])),
-                Arc::new(
-                    arrow::array::Decimal128Array::from(vec![150_000_000])
-                        .with_data_type(quarry_core::schema::VOLUME_TYPE),
-                ),
-                Arc::new(
-                    arrow::array::Decimal128Array::from(vec![-1])
-                        .with_data_type(quarry_core::schema::PNL_TYPE),
-                ),
-                Arc::new(arrow::array::Int64Array::from(vec![1])),
-            ],
-        )
-        .unwrap()
-    };
     wh.begin_run(RunStart {
         run_id: "restart".into(),
         source: "test".into(),
@@ -651,7 +629,7 @@ async fn clickhouse_retries_across_a_server_restart() {
         "restart",
         Table::AggTradesWeekly,
         WriteMode::ReplacePartitions,
-        batch("a"),
+        agg_batch("a"),
     )
     .await
     .unwrap();
@@ -667,7 +645,7 @@ async fn clickhouse_retries_across_a_server_restart() {
         "restart",
         Table::AggTradesWeekly,
         WriteMode::ReplacePartitions,
-        batch("b"),
+        agg_batch("b"),
     )
     .await
     .unwrap();

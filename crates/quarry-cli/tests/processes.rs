@@ -125,6 +125,23 @@ fn quarry_ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A command that failed (exit 1) within 10 s of `started`, with one line
+/// on stderr holding every one of `needles`.
+fn fails_fast_in_one_line(out: &std::process::Output, started: Instant, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        needles.iter().all(|n| err.contains(n)),
+        "{needles:?}: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
 }
@@ -288,17 +305,10 @@ fn quarry_run_on_clickhouse_matches_the_sqlite_run() {
     // A server that is not there: one line naming it.
     let started = Instant::now();
     let out = on_clickhouse(&format!("http://127.0.0.1:{}", free_port()));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("clickhouse at http://127.0.0.1:") && err.contains("cannot connect"),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
+    fails_fast_in_one_line(
+        &out,
+        started,
+        &["clickhouse at http://127.0.0.1:", "cannot connect"],
     );
 }
 
@@ -409,18 +419,7 @@ fn quarry_run_on_bigquery_matches_the_sqlite_run() {
     // An endpoint that is not there: one line naming it.
     let started = Instant::now();
     let out = bigquery(&format!("http://127.0.0.1:{}", free_port()), &["run", "-q"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("bigquery") && err.contains("cannot connect"),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
+    fails_fast_in_one_line(&out, started, &["bigquery", "cannot connect"]);
 }
 
 /// A test-only OAuth2 token endpoint: answers every request with a fixed
@@ -614,17 +613,12 @@ fn quarry_run_on_snowflake_matches_the_sqlite_run() {
     // A host that is not there: one line naming it.
     let started = Instant::now();
     let out = on_snowflake(&format!("http://127.0.0.1:{}", free_port()), &["run", "-q"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("snowflake account quarry-test at http://127.0.0.1:")
-            && err.contains("cannot connect"),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
+    fails_fast_in_one_line(
+        &out,
+        started,
+        &[
+            "snowflake account quarry-test at http://127.0.0.1:",
+            "cannot connect",
+        ],
     );
 }
