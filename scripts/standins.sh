@@ -125,6 +125,9 @@ start_snowflake() {
             export QUARRY_TEST_SNOWFLAKE_URL=http://127.0.0.1:18765
             # fakesnow accepts any password; the backend reads it from here.
             export QUARRY_SNOWFLAKE_PASSWORD=fakesnow
+            # Snowflake's own Python connector (installed with fakesnow)
+            # decrypts what the stage uploads encrypt, as a second opinion.
+            export QUARRY_TEST_SNOWFLAKE_PYTHON="$venv/bin/python"
             return 0
         fi
         sleep 0.1

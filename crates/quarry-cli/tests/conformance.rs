@@ -358,8 +358,8 @@ async fn snowflake_retries_transient_errors_only() {
     })
     .await
     .unwrap();
-    // The staging INSERT meets two 503s, then goes through.
-    proxy.state.fail_next.store(2, SeqCst);
+    // The batch goes into the run's Parquet file: no statement yet.
+    let before = proxy.state.queries.load(SeqCst);
     wh.write(
         "retried",
         Table::AggTradesWeekly,
@@ -368,9 +368,10 @@ async fn snowflake_retries_transient_errors_only() {
     )
     .await
     .unwrap();
-    assert_eq!(proxy.state.failed.load(SeqCst), 2);
-    // The commit meets one more.
-    proxy.state.fail_next.store(1, SeqCst);
+    assert_eq!(proxy.state.queries.load(SeqCst), before);
+    // The commit's first statement, the file's PUT, meets two 503s and is
+    // repeated; then the upload, the COPY and the transaction go through.
+    proxy.state.fail_next.store(2, SeqCst);
     let rows = wh
         .commit(RunCommit {
             run_id: "retried".into(),
@@ -380,7 +381,7 @@ async fn snowflake_retries_transient_errors_only() {
         })
         .await
         .unwrap();
-    assert_eq!(proxy.state.failed.load(SeqCst), 3);
+    assert_eq!(proxy.state.failed.load(SeqCst), 2);
     assert_eq!(rows["agg_trades_weekly"], 2);
     let parts = wh.list_partitions(Table::AggTradesWeekly).await.unwrap();
     assert_eq!(parts.len(), 2);
@@ -398,6 +399,73 @@ async fn snowflake_retries_transient_errors_only() {
         wh.get_run("retried").await.unwrap().unwrap().status,
         "succeeded"
     );
+
+    // Small staged files: a run's rows go up in several PUTs and one COPY
+    // loads them all.
+    let mut small = config.clone();
+    small.snowflake.stage_file_kib = 16;
+    let wh3 = quarry_warehouse::open(&small).unwrap();
+    wh3.check_connectivity().await.unwrap();
+    let n = 6_000;
+    let big = RecordBatch::try_new(
+        Table::AggTradesWeekly.schema(),
+        vec![
+            Arc::new(arrow::array::Date32Array::from(vec![19_374; n])),
+            Arc::new(arrow::array::StringArray::from(vec!["silver"; n])),
+            Arc::new(arrow::array::StringArray::from_iter_values(
+                (0..n).map(|i| format!("user-{i}")),
+            )),
+            Arc::new(arrow::array::StringArray::from(vec!["SYM"; n])),
+            Arc::new(
+                arrow::array::Decimal128Array::from_iter_values((0..n as i128).map(|i| i * 7_919))
+                    .with_data_type(quarry_core::schema::VOLUME_TYPE),
+            ),
+            Arc::new(
+                arrow::array::Decimal128Array::from_iter_values((0..n as i128).map(|i| -i))
+                    .with_data_type(quarry_core::schema::PNL_TYPE),
+            ),
+            Arc::new(arrow::array::Int64Array::from(vec![1; n])),
+        ],
+    )
+    .unwrap();
+    wh3.begin_run(RunStart {
+        run_id: "several-files".into(),
+        source: "test".into(),
+        options_json: "{}".into(),
+    })
+    .await
+    .unwrap();
+    let puts = proxy.state.puts.load(SeqCst);
+    for part in 0..6 {
+        wh3.write(
+            "several-files",
+            Table::AggTradesWeekly,
+            WriteMode::ReplacePartitions,
+            big.slice(part * 1_000, 1_000),
+        )
+        .await
+        .unwrap();
+    }
+    let rows = wh3
+        .commit(RunCommit {
+            run_id: "several-files".into(),
+            source_files: vec![],
+            stats: RunStats::default(),
+            quality_json: String::new(),
+        })
+        .await
+        .unwrap();
+    let files = proxy.state.puts.load(SeqCst) - puts;
+    assert!(files >= 3, "{files} PUTs");
+    assert_eq!(rows["agg_trades_weekly"], n as u64);
+    let back = wh3
+        .read_partition(Table::AggTradesWeekly, "2023-01-17")
+        .await
+        .unwrap();
+    let (mut got, mut sent) = (rows_text(&back), rows_text(&[big]));
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
 
     // More 503s than attempts: fails as a transient backend error after
     // exactly max_attempts tries.

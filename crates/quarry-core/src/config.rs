@@ -365,6 +365,9 @@ pub struct SnowflakeConfig {
     /// Attempts of one statement on transient errors (connection refused or
     /// reset, HTTP 5xx, 429), with capped exponential backoff.
     pub max_attempts: u32,
+    /// Size of the Parquet files a run PUTs to its staging tables' stages,
+    /// in KiB: a file is uploaded once it holds this much.
+    pub stage_file_kib: u32,
 }
 
 impl Default for SnowflakeConfig {
@@ -380,6 +383,7 @@ impl Default for SnowflakeConfig {
             private_key_path: String::new(),
             endpoint: String::new(),
             max_attempts: 5,
+            stage_file_kib: 65_536,
         }
     }
 }
@@ -686,6 +690,9 @@ impl Config {
         }
         if sf.max_attempts == 0 {
             return bad("warehouse.snowflake.max_attempts must be at least 1".into());
+        }
+        if sf.stage_file_kib == 0 {
+            return bad("warehouse.snowflake.stage_file_kib must be at least 1".into());
         }
         if self.warehouse.kind == WarehouseKind::Snowflake {
             let account_ok = !sf.account.is_empty()

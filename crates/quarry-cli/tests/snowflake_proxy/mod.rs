@@ -8,7 +8,9 @@
 //! version; errors: age, internalError, queryId, errorCode, sqlState). It
 //! runs on a thread of its own, so separate `quarry` processes can use it
 //! too. `fail_next` makes it answer the next N query requests with HTTP
-//! 503 (a transient failure) without forwarding them.
+//! 503 (a transient failure) without forwarding them; `puts` counts the
+//! PUT statements. Stage uploads go to fakesnow directly (its presigned
+//! URLs name it).
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -30,6 +32,8 @@ pub struct State {
     pub failed: AtomicU32,
     /// Query requests received (forwarded or failed).
     pub queries: AtomicU32,
+    /// PUT statements among them.
+    pub puts: AtomicU32,
 }
 
 pub struct Proxy {
@@ -48,6 +52,7 @@ pub fn start(upstream: &str) -> Proxy {
         fail_next: AtomicU32::new(0),
         failed: AtomicU32::new(0),
         queries: AtomicU32::new(0),
+        puts: AtomicU32::new(0),
     });
     let s = state.clone();
     std::thread::spawn(move || {
@@ -100,6 +105,11 @@ async fn handle(
         .unwrap_or_default();
     if path.starts_with("/queries/") {
         s.queries.fetch_add(1, Ordering::SeqCst);
+        if serde_json::from_slice::<Value>(&body)
+            .is_ok_and(|b| b["sqlText"].as_str().is_some_and(|q| q.starts_with("PUT ")))
+        {
+            s.puts.fetch_add(1, Ordering::SeqCst);
+        }
         let fail = s
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

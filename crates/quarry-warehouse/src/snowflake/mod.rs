@@ -4,18 +4,24 @@
 //! Tables are created if missing in `<database>.<schema>` (both created too):
 //! amounts are NUMBER(18,8) / NUMBER(38,8) / NUMBER(38,16) (exact), dates
 //! DATE, `timestamp` TIMESTAMP_NTZ(9) holding UTC, and the dated tables are
-//! clustered on their partition column. A run's batches go into per-run
-//! transient staging tables (`<table>_stage_<run>`) in multi-row INSERT
-//! statements of thousands of rows; commit reads back what each staging
-//! table holds, then runs ONE transaction that deletes every covered
-//! partition, copies the staged rows in and writes the run's record, and
-//! drops the staging tables once the COMMIT is confirmed. Abort only drops
-//! them. Every statement runs in the session of the warehouse object.
+//! clustered on their partition column. A run's batches are written into
+//! Parquet files of `stage_file_kib` each, `PUT` to the table stage of a
+//! per-run transient staging table (`<table>_stage_<run>`, see `stage.rs`
+//! for the upload); commit runs `COPY INTO` each staging table from its
+//! stage (Snowflake loads the files in parallel, skips files it already
+//! loaded and purges them), reads back what each staging table holds, then
+//! runs ONE transaction that deletes every covered partition, copies the
+//! staged rows in and writes the run's record, and drops the staging
+//! tables (and with them their stages) once the COMMIT is confirmed. Abort
+//! only drops them. Statements run in the session of the warehouse object;
+//! PUT runs in the uploader's own session.
 //!
 //! Query results come back as Arrow batches of the crate's own arrow
 //! version; every value is selected as text (`TO_VARCHAR`) and read by value
 //! into this workspace's arrow types, so the types Snowflake picks for
 //! NUMBER or TIMESTAMP results never matter and decimals stay exact.
+
+mod stage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -24,14 +30,15 @@ use std::time::Duration;
 use crate::run_row::RunRow;
 use crate::staging::{Staged, stage_tag};
 use arrow::array::{
-    ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampNanosecondBuilder, UInt64Builder,
+    ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringArray,
+    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{
-    Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
-};
+use arrow::datatypes::{DataType, Date32Type, Field, Schema};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
 use quarry_core::config::SnowflakeConfig;
 use quarry_core::config::is_identifier;
 use quarry_core::dates::{date_text, now_text, parse_date};
@@ -43,6 +50,7 @@ use snowflake_api::{
     AuthArgs, AuthType, CertificateArgs, PasswordArgs, QueryResult, SnowflakeApi,
     SnowflakeApiBuilder, SnowflakeApiError,
 };
+use stage::{Login, Uploader};
 
 use crate::{
     Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
@@ -161,26 +169,14 @@ fn literal(s: &str) -> String {
     out
 }
 
-fn opt_literal(s: Option<&str>) -> String {
-    s.map_or_else(|| "NULL".into(), literal)
-}
-
-/// Nanoseconds since the epoch as a TIMESTAMP_NTZ literal (UTC).
-fn timestamp_literal(nanos: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_nanos(nanos);
-    format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.9f"))
-}
-
 /// Reads `YYYY-MM-DD HH:MM:SS[.fffffffff]` (UTC) back into nanoseconds.
 fn parse_timestamp(s: &str) -> Option<i64> {
     let t = chrono::NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()?;
     t.and_utc().timestamp_nanos_opt()
 }
 
-/// Snowflake caps a statement's text at 1 MB and a VALUES list at 16,384
-/// rows: one INSERT carries at most this many rows or bytes.
-const INSERT_ROWS: usize = 16_000;
-const INSERT_BYTES: usize = 900_000;
+/// Rows per row group of a staged file.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Values per `IN (…)` list of the commit's DELETEs.
 const IN_CHUNK: usize = 1_000;
@@ -296,16 +292,25 @@ fn http_client(config: &SnowflakeConfig) -> Result<ClientWithMiddleware> {
     Ok(builder.with(CheckStatus).build())
 }
 
-fn connection_transient(e: &snowflake_api::connection::ConnectionError) -> bool {
-    use snowflake_api::connection::ConnectionError as C;
-    let reqwest_transient =
-        |e: &reqwest::Error| e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
+fn reqwest_transient(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
+/// A failed request through the backend's client: worth another attempt?
+fn middleware_transient(e: &reqwest_middleware::Error) -> bool {
     match e {
-        C::RequestError(e) => reqwest_transient(e),
-        C::RequestMiddlewareError(reqwest_middleware::Error::Reqwest(e)) => reqwest_transient(e),
-        C::RequestMiddlewareError(reqwest_middleware::Error::Middleware(e)) => e
+        reqwest_middleware::Error::Reqwest(e) => reqwest_transient(e),
+        reqwest_middleware::Error::Middleware(e) => e
             .downcast_ref::<HttpStatus>()
             .is_some_and(HttpStatus::transient),
+    }
+}
+
+fn connection_transient(e: &snowflake_api::connection::ConnectionError) -> bool {
+    use snowflake_api::connection::ConnectionError as C;
+    match e {
+        C::RequestError(e) => reqwest_transient(e),
+        C::RequestMiddlewareError(e) => middleware_transient(e),
         _ => false,
     }
 }
@@ -447,16 +452,92 @@ struct ActiveRun {
     /// Staging table suffix derived from the run id.
     tag: String,
     staged: Staged,
+    /// The Parquet file being filled, per table.
+    files: BTreeMap<Table, ArrowWriter<Vec<u8>>>,
+    /// Files PUT so far (numbers the next one).
+    files_put: u32,
+}
+
+/// A staged file taken from its run to be PUT.
+struct TakenFile {
+    /// The run's staging-table suffix.
+    tag: String,
+    name: String,
+    writer: ArrowWriter<Vec<u8>>,
+}
+
+/// The Parquet schema of a table's staged files: its columns plus `run_id`,
+/// timestamps without a zone (the TIMESTAMP_NTZ columns hold UTC).
+fn file_schema(table: Table) -> Arc<Schema> {
+    let mut fields: Vec<Field> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(unit, Some(_)) => f
+                .as_ref()
+                .clone()
+                .with_data_type(DataType::Timestamp(*unit, None)),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    fields.push(Field::new("run_id", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// `batch` in the staged files' schema.
+fn file_batch(table: Table, batch: &RecordBatch, run_id: &str) -> Result<RecordBatch> {
+    let schema = file_schema(table);
+    let mut cols: Vec<ArrayRef> = vec![];
+    for (col, field) in batch.columns().iter().zip(schema.fields()) {
+        cols.push(if col.data_type() == field.data_type() {
+            col.clone()
+        } else {
+            // Only the timestamp's zone differs: same values.
+            arrow::compute::cast(col, field.data_type())?
+        });
+    }
+    cols.push(Arc::new(StringArray::from(vec![run_id; batch.num_rows()])));
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+fn file_writer(table: Table) -> Result<ArrowWriter<Vec<u8>>> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build();
+    ArrowWriter::try_new(Vec::new(), file_schema(table), Some(props))
+        .map_err(|e| Error::internal(format!("snowflake: staged file of {table}: {e}")))
+}
+
+/// The partitions (days, weeks) the rows of `batch` fall in.
+fn partitions(table: Table, batch: &RecordBatch) -> BTreeSet<String> {
+    let column = match table {
+        Table::Trades => 7,
+        Table::AggTradesWeekly => 0,
+        Table::TradesRejected => return BTreeSet::new(),
+    };
+    let days: BTreeSet<i32> = batch
+        .column(column)
+        .as_primitive::<Date32Type>()
+        .values()
+        .iter()
+        .copied()
+        .collect();
+    days.into_iter().map(date_text).collect()
 }
 
 pub struct SnowflakeWarehouse {
     api: SnowflakeApi,
+    uploader: Uploader,
     /// `<database>.<schema>`, validated identifiers.
     qualified: String,
     database: String,
     /// Where the account is, for messages.
     place: String,
     max_attempts: u32,
+    /// A staged file is PUT once it holds this many bytes.
+    file_bytes: usize,
     run: Mutex<Option<ActiveRun>>,
     /// Serialises writes of one run (inserts, commit, abort).
     writing: tokio::sync::Mutex<()>,
@@ -481,14 +562,19 @@ impl SnowflakeWarehouse {
                 "warehouse.snowflake.account and warehouse.snowflake.user must be set",
             ));
         }
-        let auth_type = if config.private_key_path.is_empty() {
+        let (auth_type, login) = if config.private_key_path.is_empty() {
             let password = std::env::var(&config.password_env).map_err(|_| {
                 Error::config(format!(
                     "snowflake: the password variable {} (warehouse.snowflake.password_env) is not set",
                     config.password_env
                 ))
             })?;
-            AuthType::Password(PasswordArgs { password })
+            (
+                AuthType::Password(PasswordArgs {
+                    password: password.clone(),
+                }),
+                Login::Password(password),
+            )
         } else {
             let private_key_pem =
                 std::fs::read_to_string(&config.private_key_path).map_err(|e| {
@@ -497,7 +583,12 @@ impl SnowflakeWarehouse {
                         config.private_key_path
                     ))
                 })?;
-            AuthType::Certificate(CertificateArgs { private_key_pem })
+            (
+                AuthType::Certificate(CertificateArgs {
+                    private_key_pem: private_key_pem.clone(),
+                }),
+                Login::KeyPair(private_key_pem),
+            )
         };
         let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
         let auth = AuthArgs {
@@ -509,8 +600,9 @@ impl SnowflakeWarehouse {
             role: non_empty(&config.role),
             auth_type,
         };
+        let http = http_client(config)?;
         let api = SnowflakeApiBuilder::new(auth)
-            .with_client(http_client(config)?)
+            .with_client(http.clone())
             .build()
             .map_err(|e| Error::config(format!("snowflake: {e}")))?;
         let place = if config.endpoint.is_empty() {
@@ -518,12 +610,23 @@ impl SnowflakeWarehouse {
         } else {
             format!("account {} at {}", config.account, config.endpoint)
         };
+        let uploader = Uploader::new(
+            http,
+            &config.account,
+            &config.user,
+            &config.warehouse,
+            &config.role,
+            login,
+            &place,
+        );
         Ok(Self {
             api,
+            uploader,
             qualified: format!("{}.{}", config.database, config.schema),
             database: config.database.clone(),
             place,
             max_attempts: config.max_attempts,
+            file_bytes: config.stage_file_kib as usize * 1024,
             run: Mutex::new(None),
             writing: tokio::sync::Mutex::new(()),
             tx: tokio::sync::RwLock::new(()),
@@ -575,6 +678,68 @@ impl SnowflakeWarehouse {
 
     fn stage(&self, table: Table, tag: &str) -> String {
         format!("{}.{table}_stage_{tag}", self.qualified)
+    }
+
+    /// The table stage of a staging table, as PUT and COPY name it.
+    fn table_stage(&self, table: Table, tag: &str) -> String {
+        format!("{}.%{table}_stage_{tag}", self.qualified)
+    }
+
+    /// PUTs a finished staged file, retried as a whole (a new PUT gives
+    /// fresh credentials; the upload overwrites a file of the same name).
+    async fn put_file(&self, table: Table, tag: &str, name: &str, data: Vec<u8>) -> Result<()> {
+        let data = bytes::Bytes::from(data);
+        let stage = self.table_stage(table, tag);
+        (|| self.uploader.put(&stage, name, data.clone()))
+            .retry(self.backoff())
+            .when(|e: &Error| {
+                matches!(
+                    e,
+                    Error::Backend {
+                        transient: true,
+                        ..
+                    }
+                )
+            })
+            .notify(|e, wait| tracing::warn!(error = %e, ?wait, "snowflake: PUT {name}: retrying"))
+            .await
+    }
+
+    /// Takes the open file of `table` if `all` or if it is full, and names it.
+    fn take_file(&self, run_id: &str, table: Table, all: bool) -> Result<Option<TakenFile>> {
+        let mut guard = self.run.lock().expect("run lock");
+        let run = guard
+            .as_mut()
+            .filter(|r| r.row.run_id == run_id)
+            .ok_or_else(|| Error::input(format!("run {run_id} is not open")))?;
+        let full = run
+            .files
+            .get(&table)
+            .is_some_and(|w| w.bytes_written() + w.in_progress_size() >= self.file_bytes);
+        if !(all || full) {
+            return Ok(None);
+        }
+        let Some(writer) = run.files.remove(&table) else {
+            return Ok(None);
+        };
+        run.files_put += 1;
+        Ok(Some(TakenFile {
+            tag: run.tag.clone(),
+            name: format!("{table}-{:06}.parquet", run.files_put),
+            writer,
+        }))
+    }
+
+    /// PUTs the file of `table` if it is full (or, with `all`, whatever it
+    /// holds).
+    async fn flush_file(&self, run_id: &str, table: Table, all: bool) -> Result<()> {
+        let Some(TakenFile { tag, name, writer }) = self.take_file(run_id, table, all)? else {
+            return Ok(());
+        };
+        let data = writer
+            .into_inner()
+            .map_err(|e| Error::internal(format!("snowflake: staged file {name}: {e}")))?;
+        self.put_file(table, &tag, &name, data).await
     }
 
     async fn drop_stages(&self, tag: &str) -> Result<()> {
@@ -686,6 +851,20 @@ impl SnowflakeWarehouse {
         run: &mut ActiveRun,
         c: &RunCommit,
     ) -> Result<BTreeMap<String, u64>> {
+        for table in run.staged.rows.keys() {
+            // Loads every file of the stage; a file already loaded (an
+            // answer lost and the COPY repeated) is skipped by Snowflake.
+            self.exec(
+                &format!("copy staged files of {table}"),
+                &format!(
+                    "COPY INTO {} FROM @{} FILE_FORMAT = (TYPE = PARQUET) \
+                     MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE",
+                    self.stage(*table, &run.tag),
+                    self.table_stage(*table, &run.tag)
+                ),
+            )
+            .await?;
+        }
         // Read back what each staging table holds before anything is replaced.
         let mut rows = BTreeMap::new();
         for (table, staged) in &run.staged.rows {
@@ -750,95 +929,6 @@ impl SnowflakeWarehouse {
             ))),
             None => Err(Error::input(format!("run {run_id} is not open"))),
         }
-    }
-
-    /// One batch as rows of SQL values, in `column_names(table)` order, and
-    /// the partitions they fall in.
-    fn batch_values(
-        table: Table,
-        batch: &RecordBatch,
-        run_id: &str,
-    ) -> (Vec<String>, BTreeSet<String>) {
-        let n = batch.num_rows();
-        let run = literal(run_id);
-        let mut parts = BTreeSet::new();
-        let s = |i: usize| batch.column(i).as_string::<i32>();
-        let rows = match table {
-            Table::Trades => {
-                let ts = batch.column(0).as_primitive::<TimestampNanosecondType>();
-                let qty = batch.column(5).as_primitive::<Decimal128Type>();
-                let price = batch.column(6).as_primitive::<Decimal128Type>();
-                let day = batch.column(7).as_primitive::<Date32Type>();
-                let mut days = BTreeSet::new();
-                let rows = (0..n)
-                    .map(|i| {
-                        days.insert(day.value(i));
-                        format!(
-                            "({}, {}, {}, {}, {}, {}, {}, '{}', {run})",
-                            timestamp_literal(ts.value(i)),
-                            literal(s(1).value(i)),
-                            literal(s(2).value(i)),
-                            literal(s(3).value(i)),
-                            literal(s(4).value(i)),
-                            decimal::format_scaled(qty.value(i), SCALE),
-                            decimal::format_scaled(price.value(i), SCALE),
-                            date_text(day.value(i)),
-                        )
-                    })
-                    .collect();
-                parts.extend(days.into_iter().map(date_text));
-                rows
-            }
-            Table::TradesRejected => {
-                let opt = |i: usize, r: usize| {
-                    let a = s(i);
-                    opt_literal((!arrow::array::Array::is_null(a, r)).then(|| a.value(r)))
-                };
-                let row_no = batch.column(9).as_primitive::<UInt64Type>();
-                (0..n)
-                    .map(|r| {
-                        format!(
-                            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {run})",
-                            opt(0, r),
-                            opt(1, r),
-                            opt(2, r),
-                            opt(3, r),
-                            opt(4, r),
-                            opt(5, r),
-                            opt(6, r),
-                            literal(s(7).value(r)),
-                            literal(s(8).value(r)),
-                            row_no.value(r)
-                        )
-                    })
-                    .collect()
-            }
-            Table::AggTradesWeekly => {
-                let week = batch.column(0).as_primitive::<Date32Type>();
-                let vol = batch.column(4).as_primitive::<Decimal128Type>();
-                let pnl = batch.column(5).as_primitive::<Decimal128Type>();
-                let count = batch.column(6).as_primitive::<Int64Type>();
-                let mut weeks = BTreeSet::new();
-                let rows = (0..n)
-                    .map(|i| {
-                        weeks.insert(week.value(i));
-                        format!(
-                            "('{}', {}, {}, {}, {}, {}, {}, {run})",
-                            date_text(week.value(i)),
-                            literal(s(1).value(i)),
-                            literal(s(2).value(i)),
-                            literal(s(3).value(i)),
-                            decimal::format_scaled(vol.value(i), SCALE),
-                            decimal::format_scaled(pnl.value(i), PNL_SCALE),
-                            count.value(i),
-                        )
-                    })
-                    .collect();
-                parts.extend(weeks.into_iter().map(date_text));
-                rows
-            }
-        };
-        (rows, parts)
     }
 }
 
@@ -910,6 +1000,8 @@ impl Warehouse for SnowflakeWarehouse {
             row,
             tag,
             staged: Staged::default(),
+            files: BTreeMap::new(),
+            files_put: 0,
         });
         Ok(())
     }
@@ -923,46 +1015,44 @@ impl Warehouse for SnowflakeWarehouse {
     ) -> Result<u64> {
         check_batch(table, &batch)?;
         let _w = self.writing.lock().await;
-        let tag = {
-            let guard = self.run.lock().expect("run lock");
-            match guard.as_ref() {
-                Some(r) if r.row.run_id == run_id => r.tag.clone(),
-                _ => return Err(Error::input(format!("run {run_id} is not open"))),
-            }
-        };
         let n = batch.num_rows() as u64;
-        let (rows, parts) = Self::batch_values(table, &batch, run_id);
-        let head = format!(
-            "INSERT INTO {} ({}) VALUES ",
-            self.stage(table, &tag),
-            column_names(table)
-        );
-        let mut sql = head.clone();
-        let mut in_sql = 0;
-        for (i, row) in rows.iter().enumerate() {
-            if in_sql > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(row);
-            in_sql += 1;
-            if in_sql == INSERT_ROWS || sql.len() >= INSERT_BYTES || i + 1 == rows.len() {
-                self.exec(&format!("stage rows of {table}"), &sql).await?;
-                sql.truncate(head.len());
-                in_sql = 0;
-            }
+        let parts = partitions(table, &batch);
+        let rows = file_batch(table, &batch, run_id)?;
+        {
+            let mut guard = self.run.lock().expect("run lock");
+            let run = guard
+                .as_mut()
+                .filter(|r| r.row.run_id == run_id)
+                .ok_or_else(|| Error::input(format!("run {run_id} is not open")))?;
+            let writer = match run.files.entry(table) {
+                std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(file_writer(table)?),
+            };
+            writer
+                .write(&rows)
+                .map_err(|e| Error::internal(format!("snowflake: staged file of {table}: {e}")))?;
+            run.staged.add(table, mode, n, parts);
         }
-        let mut guard = self.run.lock().expect("run lock");
-        let run = guard
-            .as_mut()
-            .ok_or_else(|| Error::input(format!("run {run_id} is not open")))?;
-        run.staged.add(table, mode, n, parts);
+        self.flush_file(run_id, table, false).await?;
         Ok(n)
     }
 
     async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
         let _w = self.writing.lock().await;
+        // The last, partly filled files are PUT before anything else.
+        let mut flushed = Ok(());
+        for table in Table::ALL {
+            flushed = self.flush_file(&commit.run_id, table, true).await;
+            if flushed.is_err() {
+                break;
+            }
+        }
         let mut run = self.take_run(&commit.run_id)?;
-        match self.finish_commit(&mut run, &commit).await {
+        let committed = match flushed {
+            Ok(()) => self.finish_commit(&mut run, &commit).await,
+            Err(e) => Err(e),
+        };
+        match committed {
             Ok(rows) => Ok(rows),
             Err(e) => {
                 // Nothing of the run is visible: the transaction rolled back
@@ -1295,11 +1385,6 @@ mod tests {
     #[test]
     fn literals_are_escaped() {
         assert_eq!(literal(r"it's a\b"), r"'it''s a\\b'");
-        assert_eq!(opt_literal(None), "NULL");
-        assert_eq!(
-            timestamp_literal(1_704_164_645_123_456_789),
-            "'2024-01-02 03:04:05.123456789'"
-        );
         assert_eq!(
             parse_timestamp("2024-01-02 03:04:05.123456789"),
             Some(1_704_164_645_123_456_789)
