@@ -47,21 +47,45 @@ struct Totals {
 
 const CLIENT_TYPES: [&str; 3] = ["gold", "silver", "bronze"];
 
-/// Maps strings to dense ids and back.
+/// Maps strings to dense ids and back. Strings of up to 15 bytes — nearly
+/// every user id and symbol — are looked up by value, packed with their
+/// length into one integer: a probe compares two integers instead of
+/// following a pointer to compare bytes (that was a tenth of the input
+/// phase). Longer ones go through a map of their own.
 #[derive(Default)]
 struct Interner {
-    ids: HashMap<Box<str>, u32>,
+    short: HashMap<u128, u32>,
+    long: HashMap<Box<str>, u32>,
     names: Vec<Box<str>>,
+}
+
+/// `s` and its length in one integer, if it fits.
+fn packed(s: &[u8]) -> Option<u128> {
+    if s.len() > 15 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    b[..s.len()].copy_from_slice(s);
+    b[15] = s.len() as u8;
+    Some(u128::from_le_bytes(b))
 }
 
 impl Interner {
     fn id(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
-            return id;
+        let next = self.names.len() as u32;
+        let id = match packed(s.as_bytes()) {
+            Some(key) => *self.short.entry(key).or_insert(next),
+            None => match self.long.get(s) {
+                Some(&id) => id,
+                None => {
+                    self.long.insert(s.into(), next);
+                    next
+                }
+            },
+        };
+        if id == next {
+            self.names.push(s.into());
         }
-        let id = self.names.len() as u32;
-        self.names.push(s.into());
-        self.ids.insert(s.into(), id);
         id
     }
 }
@@ -495,5 +519,34 @@ impl Iterator for AggBatches {
             Arc::new(count.finish()),
         ];
         Some(RecordBatch::try_new(AGG_SCHEMA.clone(), cols).map_err(Error::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interner_tells_every_string_apart() {
+        let mut i = Interner::default();
+        let words = [
+            "",
+            "a",
+            "a\0",
+            "\0",
+            "fifteen-bytes-x",
+            "sixteen-bytes-xy",
+            "sixteen-bytes-xz",
+            "a much longer user id than sixteen bytes",
+            "ü",
+        ];
+        let ids: Vec<u32> = words.iter().map(|w| i.id(w)).collect();
+        assert_eq!(ids, (0..words.len() as u32).collect::<Vec<_>>());
+        // Asked again, in another order: the same ids.
+        for (w, id) in words.iter().zip(&ids).rev() {
+            assert_eq!(i.id(w), *id);
+        }
+        let names: Vec<&str> = i.names.iter().map(|n| &**n).collect();
+        assert_eq!(names, words);
     }
 }
