@@ -312,10 +312,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let dir = output.unwrap_or_else(|| config.run.output_dir.clone());
             let (client_type, limit) = (config.run.top_client_type.clone(), config.run.top_limit);
             with_loader(&mut config, target, |mut l| async move {
+                let (top_by_volume, top_by_pnl) =
+                    l.top_by_volume_and_pnl(&client_type, limit).await?;
                 let data = report::ReportData {
                     weekly: l.weekly_totals().await?,
-                    top_by_volume: l.top_users(&client_type, TopMetric::Volume, limit).await?,
-                    top_by_pnl: l.top_users(&client_type, TopMetric::Pnl, limit).await?,
+                    top_by_volume,
+                    top_by_pnl,
                     top_client_type: client_type,
                     runs: l.list_runs(30).await?,
                 };
