@@ -120,6 +120,17 @@ impl Error {
     }
 
     /// The same kind of error with another message.
+    /// A backend failure worth another attempt.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Backend {
+                transient: true,
+                ..
+            }
+        )
+    }
+
     pub fn with_message(&self, msg: impl Into<String>) -> Self {
         let msg = msg.into();
         match self {

@@ -692,15 +692,7 @@ impl SnowflakeWarehouse {
         let stage = self.table_stage(table, tag);
         (|| self.uploader.put(&stage, name, data.clone()))
             .retry(self.backoff())
-            .when(|e: &Error| {
-                matches!(
-                    e,
-                    Error::Backend {
-                        transient: true,
-                        ..
-                    }
-                )
-            })
+            .when(Error::is_transient)
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "snowflake: PUT {name}: retrying"))
             .await
     }
@@ -782,15 +774,7 @@ impl SnowflakeWarehouse {
         };
         attempt
             .retry(self.backoff())
-            .when(|e: &Error| {
-                matches!(
-                    e,
-                    Error::Backend {
-                        transient: true,
-                        ..
-                    }
-                )
-            })
+            .when(Error::is_transient)
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "snowflake: transaction: retrying"))
             .await
     }
