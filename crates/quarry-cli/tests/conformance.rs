@@ -285,11 +285,22 @@ async fn snowflake() {
         return;
     };
     let proxy = snowflake_proxy::start(&url);
+    // Stages with key material, as real Snowflake's internal stages: every
+    // staged file goes up encrypted and is decrypted before fakesnow loads it.
+    proxy
+        .state
+        .encrypt
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let mut env = Env::new();
     // A database of its own: fakesnow keeps one in-memory store for everyone.
     let database = format!("quarry_test_{}", std::process::id());
     snowflake_config(&mut env.config.warehouse, &proxy, &database);
     conformance(&env).await;
+    let decrypted = proxy
+        .state
+        .decrypted
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(decrypted >= 3, "{decrypted} encrypted uploads");
     // Nothing left behind: no staging tables of any run, committed or aborted.
     assert_eq!(
         snowflake_proxy::tables(&url, &database).await,

@@ -10,12 +10,18 @@
 //! too. `fail_next` makes it answer the next N query requests with HTTP
 //! 503 (a transient failure) without forwarding them; `puts` counts the
 //! PUT statements. Stage uploads go to fakesnow directly (its presigned
-//! URLs name it).
+//! URLs name it), unless `encrypt` is set: then the proxy plays an internal
+//! stage of real Snowflake — its PUT answers carry key material, the
+//! presigned URLs name the proxy, and each upload must come encrypted with
+//! that key and described by GCS metadata (wrapped key, IV, material
+//! descriptor, SHA-256 digest of the plain file); the proxy decrypts it,
+//! checks the digest and hands the plain file to fakesnow. A malformed
+//! upload is refused with HTTP 400.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -34,7 +40,16 @@ pub struct State {
     pub queries: AtomicU32,
     /// PUT statements among them.
     pub puts: AtomicU32,
+    /// Play an internal stage with key material (see the module comment).
+    pub encrypt: AtomicBool,
+    /// Encrypted uploads decrypted and handed on.
+    pub decrypted: AtomicU32,
+    /// This proxy's base URL.
+    url: String,
 }
+
+/// The stage master key of the played internal stage (AES-128).
+const MASTER_KEY: [u8; 16] = *b"quarry-stage-key";
 
 pub struct Proxy {
     pub url: String,
@@ -53,6 +68,9 @@ pub fn start(upstream: &str) -> Proxy {
         failed: AtomicU32::new(0),
         queries: AtomicU32::new(0),
         puts: AtomicU32::new(0),
+        encrypt: AtomicBool::new(false),
+        decrypted: AtomicU32::new(0),
+        url: url.clone(),
     });
     let s = state.clone();
     std::thread::spawn(move || {
@@ -119,6 +137,18 @@ async fn handle(
             return Ok(respond(503, b"Service Unavailable".to_vec()));
         }
     }
+    let encrypt = s.encrypt.load(Ordering::SeqCst);
+    let body = if encrypt && path.starts_with("/fs_bucket/") {
+        match decrypt_upload(&headers, &body) {
+            Ok(plain) => {
+                s.decrypted.fetch_add(1, Ordering::SeqCst);
+                Bytes::from(plain)
+            }
+            Err(why) => return Ok(respond(400, why.into_bytes())),
+        }
+    } else {
+        body
+    };
     let mut fwd = s
         .client
         .request(method, format!("{}{path}", s.upstream))
@@ -137,11 +167,77 @@ async fn handle(
     let out = match serde_json::from_slice::<Value>(&bytes) {
         Ok(mut v) => {
             fill_in(&path, &mut v);
+            if encrypt {
+                as_internal_stage(&s, &mut v);
+            }
             serde_json::to_vec(&v).unwrap()
         }
         Err(_) => bytes.to_vec(),
     };
     Ok(respond(status, out))
+}
+
+/// A PUT answer as an internal stage with key material gives it; uploads
+/// come to the proxy.
+fn as_internal_stage(s: &State, v: &mut Value) {
+    use base64::Engine;
+    let d = &mut v["data"];
+    let Some(url) = d["stageInfo"]["presignedUrl"].as_str() else {
+        return;
+    };
+    let Some(rest) = url.strip_prefix(&s.upstream) else {
+        return;
+    };
+    d["stageInfo"]["presignedUrl"] = json!(format!("{}{rest}", s.url));
+    d["encryptionMaterial"] = json!({
+        "queryStageMasterKey": base64::engine::general_purpose::STANDARD.encode(MASTER_KEY),
+        "queryId": "01-proxy-query",
+        "smkId": 7,
+    });
+}
+
+/// The plain file of an encrypted GCS-style upload, checked against its
+/// metadata.
+fn decrypt_upload(headers: &hyper::HeaderMap, body: &[u8]) -> Result<Vec<u8>, String> {
+    use aes::cipher::block_padding::Pkcs7;
+    use aes::cipher::{BlockModeDecrypt, KeyInit, KeyIvInit};
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(format!("no {k} header"))
+    };
+    let data: Value = serde_json::from_str(header("x-goog-meta-encryptiondata")?)
+        .map_err(|e| format!("encryptiondata: {e}"))?;
+    let matdesc: Value = serde_json::from_str(header("x-goog-meta-matdesc")?)
+        .map_err(|e| format!("matdesc: {e}"))?;
+    if matdesc != json!({"queryId": "01-proxy-query", "smkId": "7", "keySize": "128"}) {
+        return Err(format!("unexpected material descriptor {matdesc}"));
+    }
+    let field = |v: &Value| -> Result<Vec<u8>, String> {
+        b64.decode(v.as_str().ok_or("missing field")?)
+            .map_err(|e| e.to_string())
+    };
+    let wrapped = field(&data["WrappedContentKey"]["EncryptedKey"])?;
+    let iv = field(&data["ContentEncryptionIV"])?;
+    let key = ecb::Decryptor::<aes::Aes128>::new_from_slice(&MASTER_KEY)
+        .unwrap()
+        .decrypt_padded_vec::<Pkcs7>(&wrapped)
+        .map_err(|_| "the wrapped key does not decrypt".to_string())?;
+    let plain = cbc::Decryptor::<aes::Aes128>::new_from_slices(&key, &iv)
+        .map_err(|_| "bad key or IV length".to_string())?
+        .decrypt_padded_vec::<Pkcs7>(body)
+        .map_err(|_| "the file does not decrypt".to_string())?;
+    if header("x-goog-meta-sfc-digest")? != b64.encode(sha2::Sha256::digest(&plain)) {
+        return Err("sfc-digest does not match the plain file".into());
+    }
+    if !plain.starts_with(b"PAR1") {
+        return Err("the plain file is not Parquet".into());
+    }
+    Ok(plain)
 }
 
 fn default(v: &mut Value, key: &str, value: Value) {
