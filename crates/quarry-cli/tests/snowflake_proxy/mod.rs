@@ -46,6 +46,8 @@ pub struct State {
     pub decrypted: AtomicU32,
     /// This proxy's base URL.
     url: String,
+    /// The `data` of every login request.
+    pub logins: std::sync::Mutex<Vec<Value>>,
 }
 
 /// The stage master key of the played internal stage (AES-128).
@@ -71,6 +73,7 @@ pub fn start(upstream: &str) -> Proxy {
         encrypt: AtomicBool::new(false),
         decrypted: AtomicU32::new(0),
         url: url.clone(),
+        logins: std::sync::Mutex::new(vec![]),
     });
     let s = state.clone();
     std::thread::spawn(move || {
@@ -136,6 +139,11 @@ async fn handle(
             s.failed.fetch_add(1, Ordering::SeqCst);
             return Ok(respond(503, b"Service Unavailable".to_vec()));
         }
+    }
+    if path.starts_with("/session/v1/login-request")
+        && let Ok(b) = serde_json::from_slice::<Value>(&body)
+    {
+        s.logins.lock().unwrap().push(b["data"].clone());
     }
     let encrypt = s.encrypt.load(Ordering::SeqCst);
     let body = if encrypt && path.starts_with("/fs_bucket/") {
