@@ -544,6 +544,8 @@ pub struct SnowflakeWarehouse {
     /// Held for writing while a transaction is open in the session, so
     /// reads never see its uncommitted rows.
     tx: tokio::sync::RwLock<()>,
+    /// Held while a statement of the session is on its way.
+    in_session: tokio::sync::Mutex<()>,
 }
 
 impl SnowflakeWarehouse {
@@ -630,6 +632,7 @@ impl SnowflakeWarehouse {
             run: Mutex::new(None),
             writing: tokio::sync::Mutex::new(()),
             tx: tokio::sync::RwLock::new(()),
+            in_session: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -648,16 +651,25 @@ impl SnowflakeWarehouse {
             .with_jitter()
     }
 
+    /// Sends one statement in the session, after any other of this process
+    /// has been answered: the session's statements go one at a time, in the
+    /// order of their sequence numbers (fakesnow even refuses a second one
+    /// while the first runs).
+    async fn statement(&self, sql: &str) -> std::result::Result<QueryResult, SnowflakeApiError> {
+        let _one = self.in_session.lock().await;
+        self.api.exec(sql).await
+    }
+
     /// One statement, once.
     async fn exec_once(&self, what: &str, sql: &str) -> Result<Rows> {
-        let result = self.api.exec(sql).await.map_err(|e| self.err(what, &e))?;
+        let result = self.statement(sql).await.map_err(|e| self.err(what, &e))?;
         result_rows(result)
     }
 
     /// One statement, run again on transient errors with capped exponential
     /// backoff and jitter; permanent errors fail at once.
     async fn exec(&self, what: &str, sql: &str) -> Result<Rows> {
-        let result = (|| self.api.exec(sql))
+        let result = (|| self.statement(sql))
             .retry(self.backoff())
             .when(is_transient)
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "snowflake: {what}: retrying"))
