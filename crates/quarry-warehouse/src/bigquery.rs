@@ -32,10 +32,8 @@ use std::time::Duration;
 
 use crate::run_row::RunRow;
 use crate::staging::{Staged, stage_tag};
-use arrow::array::{
-    Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
-};
+use crate::text_rows;
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{
     Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
 };
@@ -52,7 +50,6 @@ use gcp_bigquery_client::yup_oauth2;
 use quarry_core::config::BigQueryConfig;
 use quarry_core::dates::{date_text, now_text, parse_date};
 use quarry_core::decimal::{self, PNL_SCALE, SCALE};
-use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result, Table};
 use serde::Serialize;
 
@@ -985,11 +982,6 @@ fn cell_i64(text: Option<&String>) -> Result<i64> {
         .map_err(|_| Error::internal(format!("bigquery returned {t:?} for an integer")))
 }
 
-fn cell_date(text: Option<&String>) -> Result<i32> {
-    let t = text.map(String::as_str).unwrap_or("");
-    parse_date(t).ok_or_else(|| Error::internal(format!("bigquery returned {t:?} for a date")))
-}
-
 #[async_trait]
 impl Warehouse for BigQueryWarehouse {
     fn kind(&self) -> &'static str {
@@ -1232,98 +1224,39 @@ impl Warehouse for BigQueryWarehouse {
             table.partition_column(),
             partition_literal(table, partition)?
         );
-        let cols: Vec<ArrayRef> = match table {
-            Table::Trades => {
-                let sql = format!(
-                    "SELECT UNIX_MICROS(timestamp), timestamp_extra_nanos, user_id, client_type,
-                            symbol, side, CAST(quantity AS STRING), CAST(price AS STRING),
-                            CAST(trade_date AS STRING)
-                     {filter} ORDER BY timestamp, timestamp_extra_nanos, user_id"
-                );
-                let rows = self.rows("read partition", &sql).await?;
-                let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
-                let mut text: [StringBuilder; 4] = Default::default();
-                let mut qty = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
-                let mut price = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
-                let mut day = Date32Builder::new();
-                for r in &rows {
-                    let c = |i: usize| r.get(i).and_then(Option::as_ref);
-                    ts.append_value(cell_i64(c(0))? * 1000 + cell_i64(c(1))?);
-                    for (i, b) in text.iter_mut().enumerate() {
-                        b.append_value(c(2 + i).map(String::as_str).unwrap_or(""));
-                    }
-                    qty.append_value(parse_amount(c(6), SCALE)?);
-                    price.append_value(parse_amount(c(7), SCALE)?);
-                    day.append_value(cell_date(c(8))?);
-                }
-                let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish())];
-                cols.extend(text.map(|mut b| Arc::new(b.finish()) as ArrayRef));
-                cols.push(Arc::new(qty.finish()));
-                cols.push(Arc::new(price.finish()));
-                cols.push(Arc::new(day.finish()));
-                cols
-            }
-            Table::TradesRejected => {
-                let sql = format!(
-                    "SELECT timestamp, user_id, client_type, symbol, side, quantity, price,
-                            reason, source_file, source_row
-                     {filter} ORDER BY source_row"
-                );
-                let rows = self.rows("read partition", &sql).await?;
-                let mut text: Vec<StringBuilder> = (0..9).map(|_| StringBuilder::new()).collect();
-                let mut row_no = UInt64Builder::new();
-                for r in &rows {
-                    for (i, b) in text.iter_mut().enumerate() {
-                        let v = r.get(i).cloned().flatten();
-                        if i < 7 {
-                            b.append_option(v);
-                        } else {
-                            b.append_value(v.unwrap_or_default());
-                        }
-                    }
-                    row_no.append_value(cell_i64(r.get(9).and_then(Option::as_ref))? as u64);
-                }
-                let mut cols: Vec<ArrayRef> = text
-                    .into_iter()
-                    .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-                    .collect();
-                cols.push(Arc::new(row_no.finish()));
-                cols
-            }
-            Table::AggTradesWeekly => {
-                let sql = format!(
-                    "SELECT CAST(week_start_date AS STRING), client_type, user_id, symbol,
-                            CAST(total_volume AS STRING), CAST(total_pnl AS STRING), trade_count
-                     {filter} ORDER BY client_type, user_id, symbol"
-                );
-                let rows = self.rows("read partition", &sql).await?;
-                let mut week = Date32Builder::new();
-                let mut text: [StringBuilder; 3] = Default::default();
-                let mut vol = Decimal128Builder::new().with_data_type(VOLUME_TYPE);
-                let mut pnl = Decimal128Builder::new().with_data_type(PNL_TYPE);
-                let mut count = Int64Builder::new();
-                for r in &rows {
-                    let c = |i: usize| r.get(i).and_then(Option::as_ref);
-                    week.append_value(cell_date(c(0))?);
-                    for (i, b) in text.iter_mut().enumerate() {
-                        b.append_value(c(1 + i).map(String::as_str).unwrap_or(""));
-                    }
-                    vol.append_value(parse_amount(c(4), SCALE)?);
-                    pnl.append_value(parse_amount(c(5), PNL_SCALE)?);
-                    count.append_value(cell_i64(c(6))?);
-                }
-                let mut cols: Vec<ArrayRef> = vec![Arc::new(week.finish())];
-                cols.extend(text.map(|mut b| Arc::new(b.finish()) as ArrayRef));
-                cols.push(Arc::new(vol.finish()));
-                cols.push(Arc::new(pnl.finish()));
-                cols.push(Arc::new(count.finish()));
-                cols
-            }
+        let sql = match table {
+            Table::Trades => format!(
+                "SELECT UNIX_MICROS(timestamp), timestamp_extra_nanos, user_id, client_type,
+                        symbol, side, CAST(quantity AS STRING), CAST(price AS STRING),
+                        CAST(trade_date AS STRING)
+                 {filter} ORDER BY timestamp, timestamp_extra_nanos, user_id"
+            ),
+            Table::TradesRejected => format!(
+                "SELECT timestamp, user_id, client_type, symbol, side, quantity, price,
+                        reason, source_file, source_row
+                 {filter} ORDER BY source_row"
+            ),
+            Table::AggTradesWeekly => format!(
+                "SELECT CAST(week_start_date AS STRING), client_type, user_id, symbol,
+                        CAST(total_volume AS STRING), CAST(total_pnl AS STRING), trade_count
+                 {filter} ORDER BY client_type, user_id, symbol"
+            ),
         };
-        if cols[0].is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(vec![RecordBatch::try_new(table.schema(), cols)?])
+        let rows = self.rows("read partition", &sql).await?;
+        // Microseconds and the nanoseconds beyond them, in two cells.
+        let nanos = |c: &[Option<String>]| {
+            let n = |i: usize| c.get(i)?.as_deref()?.parse::<i64>().ok();
+            n(0)?.checked_mul(1000)?.checked_add(n(1)?)
+        };
+        text_rows::partition_batch(
+            "bigquery",
+            table,
+            &rows,
+            text_rows::Timestamp {
+                cells: 2,
+                parse: &nanos,
+            },
+        )
     }
 
     async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
@@ -1431,10 +1364,11 @@ mod tests {
                 Arc::new(arrow::array::StringArray::from(vec!["buy"])),
                 Arc::new(
                     arrow::array::Decimal128Array::from(vec![150_000_001])
-                        .with_data_type(QUANTITY_TYPE),
+                        .with_data_type(quarry_core::schema::QUANTITY_TYPE),
                 ),
                 Arc::new(
-                    arrow::array::Decimal128Array::from(vec![-1]).with_data_type(QUANTITY_TYPE),
+                    arrow::array::Decimal128Array::from(vec![-1])
+                        .with_data_type(quarry_core::schema::QUANTITY_TYPE),
                 ),
                 Arc::new(arrow::array::Date32Array::from(vec![19_723])),
             ],

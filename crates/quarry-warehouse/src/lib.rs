@@ -27,6 +27,8 @@ pub mod snowflake;
 pub mod sqlite;
 #[cfg(any(feature = "clickhouse", feature = "bigquery", feature = "snowflake"))]
 mod staging;
+#[cfg(any(feature = "bigquery", feature = "snowflake"))]
+mod text_rows;
 
 /// Opening facts of a run.
 #[derive(Debug, Clone)]

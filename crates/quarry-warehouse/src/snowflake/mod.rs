@@ -29,10 +29,8 @@ use std::time::Duration;
 
 use crate::run_row::RunRow;
 use crate::staging::{Staged, stage_tag};
-use arrow::array::{
-    ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringArray,
-    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
-};
+use crate::text_rows::{self, Rows};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Date32Type, Field, Schema};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
@@ -41,9 +39,8 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use quarry_core::config::SnowflakeConfig;
 use quarry_core::config::is_identifier;
-use quarry_core::dates::{date_text, now_text, parse_date};
+use quarry_core::dates::{date_text, now_text};
 use quarry_core::decimal::{self, PNL_SCALE, SCALE};
-use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result, Table};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 use snowflake_api::{
@@ -336,9 +333,6 @@ fn is_transient(e: &SnowflakeApiError) -> bool {
         _ => false,
     }
 }
-
-/// Rows of a result, every value as text (NULL: None).
-type Rows = Vec<Vec<Option<String>>>;
 
 fn text_column(col: &dyn sf_arrow::Array) -> Option<Vec<Option<String>>> {
     use sf_arrow::cast::AsArray as _;
@@ -1212,92 +1206,16 @@ impl Warehouse for SnowflakeWarehouse {
             ),
         };
         let rows = self.read("read partition", &sql).await?;
-        if rows.is_empty() {
-            return Ok(vec![]);
-        }
-        let text = |r: &[Option<String>], i: usize| -> Result<String> {
-            r.get(i)
-                .cloned()
-                .flatten()
-                .ok_or_else(|| bad_value("a NOT NULL column", &None))
-        };
-        let scaled = |r: &[Option<String>], i: usize, scale: u32| -> Result<i128> {
-            let t = text(r, i)?;
-            decimal::parse_scaled(t.as_bytes(), scale).map_err(|_| bad_value("a decimal", &Some(t)))
-        };
-        let day = |r: &[Option<String>], i: usize| -> Result<i32> {
-            let t = text(r, i)?;
-            parse_date(&t).ok_or_else(|| bad_value("a date", &Some(t)))
-        };
-        let cols: Vec<ArrayRef> = match table {
-            Table::Trades => {
-                let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
-                let mut strs: [StringBuilder; 4] = Default::default();
-                let mut qty = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
-                let mut price = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
-                let mut days = Date32Builder::new();
-                for r in &rows {
-                    let t = text(r, 0)?;
-                    ts.append_value(
-                        parse_timestamp(&t).ok_or_else(|| bad_value("a timestamp", &Some(t)))?,
-                    );
-                    for (k, b) in strs.iter_mut().enumerate() {
-                        b.append_value(text(r, k + 1)?);
-                    }
-                    qty.append_value(scaled(r, 5, SCALE)?);
-                    price.append_value(scaled(r, 6, SCALE)?);
-                    days.append_value(day(r, 7)?);
-                }
-                let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish())];
-                cols.extend(strs.map(|mut b| Arc::new(b.finish()) as ArrayRef));
-                cols.push(Arc::new(qty.finish()));
-                cols.push(Arc::new(price.finish()));
-                cols.push(Arc::new(days.finish()));
-                cols
-            }
-            Table::TradesRejected => {
-                let mut strs: Vec<StringBuilder> = (0..9).map(|_| StringBuilder::new()).collect();
-                let mut row_no = UInt64Builder::new();
-                for r in &rows {
-                    for (k, b) in strs.iter_mut().enumerate() {
-                        b.append_option(r.get(k).cloned().flatten());
-                    }
-                    let t = text(r, 9)?;
-                    row_no
-                        .append_value(t.parse().map_err(|_| bad_value("a row number", &Some(t)))?);
-                }
-                let mut cols: Vec<ArrayRef> = strs
-                    .into_iter()
-                    .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-                    .collect();
-                cols.push(Arc::new(row_no.finish()));
-                cols
-            }
-            Table::AggTradesWeekly => {
-                let mut weeks = Date32Builder::new();
-                let mut strs: [StringBuilder; 3] = Default::default();
-                let mut vol = Decimal128Builder::new().with_data_type(VOLUME_TYPE);
-                let mut pnl = Decimal128Builder::new().with_data_type(PNL_TYPE);
-                let mut count = Int64Builder::new();
-                for r in &rows {
-                    weeks.append_value(day(r, 0)?);
-                    for (k, b) in strs.iter_mut().enumerate() {
-                        b.append_value(text(r, k + 1)?);
-                    }
-                    vol.append_value(scaled(r, 4, SCALE)?);
-                    pnl.append_value(scaled(r, 5, PNL_SCALE)?);
-                    let t = text(r, 6)?;
-                    count.append_value(t.parse().map_err(|_| bad_value("a count", &Some(t)))?);
-                }
-                let mut cols: Vec<ArrayRef> = vec![Arc::new(weeks.finish())];
-                cols.extend(strs.map(|mut b| Arc::new(b.finish()) as ArrayRef));
-                cols.push(Arc::new(vol.finish()));
-                cols.push(Arc::new(pnl.finish()));
-                cols.push(Arc::new(count.finish()));
-                cols
-            }
-        };
-        Ok(vec![RecordBatch::try_new(table.schema(), cols)?])
+        let timestamp = |c: &[Option<String>]| parse_timestamp(c.first()?.as_deref()?);
+        text_rows::partition_batch(
+            "snowflake",
+            table,
+            &rows,
+            text_rows::Timestamp {
+                cells: 1,
+                parse: &timestamp,
+            },
+        )
     }
 
     async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
