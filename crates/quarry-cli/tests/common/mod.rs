@@ -10,15 +10,15 @@ use quarry_core::Config;
 use quarry_proto::{RunOptions, RunRecord, RunRequest, RunSummary};
 use rusqlite::{Connection, OpenFlags};
 
-/// `../shared/fixtures` beside the repository: the reference sample.
+/// The reference sample and its expected results, kept in the repository.
 pub fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
+    let dir = quarry_testkit::fixtures_dir();
     assert!(
         dir.join("trades_sample.csv").exists(),
         "reference fixtures not found at {}",
         dir.display()
     );
-    dir.canonicalize().unwrap()
+    dir
 }
 
 pub struct Env {
