@@ -17,6 +17,12 @@ pub const INPUT_COLUMNS: [&str; 7] = [
     "price",
 ];
 
+/// Whether `b` can separate CSV fields: one ASCII character that is not the
+/// quote, a line break or NUL.
+pub fn is_valid_delimiter(b: u8) -> bool {
+    b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r' | 0)
+}
+
 /// Extra column of extracted batches: 1-based line (CSV, NDJSON) or row (Parquet) number.
 pub const SOURCE_ROW: &str = "source_row";
 

@@ -23,6 +23,8 @@ pub struct QualityInput<'a> {
     pub run_id: &'a str,
     pub source: &'a str,
     pub files: &'a [FileFacts],
+    /// Files of a directory or glob source that were not read, with why.
+    pub skipped_files: &'a [(String, String)],
     pub stats: &'a BatchStats,
     pub duplicates: Duplicates,
     pub dedup: bool,
@@ -59,6 +61,10 @@ pub fn report(q: &QualityInput<'_>) -> Value {
             "format": f.format,
             "size_bytes": f.size_bytes,
             "extra_columns": f.extra_columns,
+        })).collect::<Vec<_>>(),
+        "skipped_files": q.skipped_files.iter().map(|(file, reason)| json!({
+            "file": file,
+            "reason": reason,
         })).collect::<Vec<_>>(),
         "rows_in": s.rows_in,
         "rows_valid": s.rows_valid,

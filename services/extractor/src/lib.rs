@@ -36,6 +36,7 @@ use crate::source::DataRoots;
 pub struct Extractor {
     roots: Arc<DataRoots>,
     batch_rows: usize,
+    limits: readers::Limits,
     shutdown_grace: std::time::Duration,
     metrics_listen: String,
     metrics: Arc<metrics::Metrics>,
@@ -49,6 +50,7 @@ impl Extractor {
         Ok(Self {
             roots: Arc::new(DataRoots::new(&config.data_roots)?),
             batch_rows: config.batch_rows,
+            limits: readers::Limits::of(config),
             shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
             metrics_listen: config.metrics_listen.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
@@ -73,11 +75,17 @@ impl Extractor {
             } else {
                 cmd.batch_rows
             };
-            let files = source::resolve(&cmd.source, format, &this.roots)?;
-            let mut plan = ExtractPlan::default();
-            let mut tickets = Vec::with_capacity(files.len());
-            for f in files {
-                let p = readers::plan(&f.path, f.format, &csv)?;
+            let resolved = source::resolve(&cmd.source, format, &this.roots)?;
+            let mut plan = ExtractPlan {
+                skipped: resolved.skipped,
+                ..Default::default()
+            };
+            for s in &plan.skipped {
+                info!(file = %s.file, reason = %s.reason, "skipping a file of the source");
+            }
+            let mut tickets = Vec::with_capacity(resolved.files.len());
+            for f in resolved.files {
+                let p = readers::plan(&f.path, f.format, &csv, this.limits)?;
                 if !p.extra_columns.is_empty() {
                     info!(file = %p.file, extra = ?p.extra_columns, "schema drift: ignoring extra columns");
                 }
@@ -220,12 +228,13 @@ impl FlightService for Extractor {
             0 => self.batch_rows,
             n => n as usize,
         };
+        let limits = self.limits;
         // A small buffer: the reader runs ahead of the network by two batches at most.
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<_, FlightError>>(2);
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let mut complete = true;
-            let result = readers::read(&path, format, &csv, batch_rows, &mut |batch| {
+            let result = readers::read(&path, format, &csv, batch_rows, limits, &mut |batch| {
                 let rows = batch.num_rows() as u64;
                 let sent = tx.blocking_send(Ok(batch)).is_ok();
                 if sent {

@@ -4,8 +4,14 @@
 //! (trimmed, case-insensitive, any order), reports the columns it ignores,
 //! and produces `EXTRACT_SCHEMA` batches: the seven input columns as text,
 //! exactly as found, plus the 1-based line or row number for lineage.
+//!
+//! Memory per file is bounded whatever the file holds: a CSV record or an
+//! NDJSON line longer than `max_record_bytes`, or an input field longer than
+//! `max_field_bytes`, fails the file with its line number instead of being
+//! buffered whole. Messages quote file content only as short, escaped
+//! excerpts (`quarry_core::text`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -19,12 +25,37 @@ use arrow::datatypes::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use quarry_core::schema::{EXTRACT_SCHEMA, INPUT_COLUMNS};
+use quarry_core::text::{excerpt, name_list};
 use quarry_core::{Error, Result};
 use quarry_proto::{CsvOptions, FilePlan, SourceFormat};
 use serde_json::value::RawValue;
 
 /// Called with each batch; returns false when the consumer has gone away.
 pub type Emit<'a> = &'a mut dyn FnMut(RecordBatch) -> bool;
+
+/// Size limits that bound what one file can make the extractor hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest CSV record (quoted line breaks included) or NDJSON line.
+    pub max_record_bytes: usize,
+    /// Longest value of an input column.
+    pub max_field_bytes: usize,
+}
+
+impl Limits {
+    pub fn of(config: &quarry_core::config::ExtractorConfig) -> Self {
+        Self {
+            max_record_bytes: config.max_record_bytes,
+            max_field_bytes: config.max_field_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::of(&quarry_core::config::ExtractorConfig::default())
+    }
+}
 
 /// Where each input column sits in a file, and what else the file has.
 struct Mapping {
@@ -49,7 +80,7 @@ fn map_columns(file: &Path, names: &[String]) -> Result<Mapping> {
                 )));
             }
             Some(k) => index[k] = i,
-            None => extra.push(name.clone()),
+            None => extra.push(excerpt(name, 64)),
         }
     }
     let missing: Vec<&str> = INPUT_COLUMNS
@@ -64,7 +95,7 @@ fn map_columns(file: &Path, names: &[String]) -> Result<Mapping> {
             file.display(),
             if missing.len() > 1 { "s" } else { "" },
             missing.join(", "),
-            names.join(", ")
+            name_list(names, 12)
         );
         if names.len() == 1
             && let Some(d) = [';', '\t', '|'].into_iter().find(|d| names[0].contains(*d))
@@ -120,8 +151,25 @@ impl BatchBuilder {
     }
 }
 
+/// Opens a regular file for reading. The type is checked before opening
+/// and again on the open descriptor (opened non-blocking, so a FIFO swapped
+/// in between cannot block the call).
 fn open(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))
+    crate::source::check_regular(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options
+        .open(path)
+        .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        _ => Err(Error::input(format!(
+            "{} is not a regular file: Quarry reads regular files only",
+            path.display()
+        ))),
+    }
 }
 
 fn delimiter(opts: &CsvOptions, path: &Path) -> Result<u8> {
@@ -133,10 +181,10 @@ fn delimiter(opts: &CsvOptions, path: &Path) -> Result<u8> {
             Ok(b'\t')
         }
         [] => Ok(b','),
-        [d] if d.is_ascii() => Ok(*d),
+        [d] if quarry_core::schema::is_valid_delimiter(*d) => Ok(*d),
         _ => Err(Error::input(format!(
-            "CSV delimiter {:?} must be one ASCII character",
-            opts.delimiter
+            "CSV delimiter {} must be one ASCII character other than a quote, a line break or NUL",
+            excerpt(&format!("{:?}", opts.delimiter), 16)
         ))),
     }
 }
@@ -144,14 +192,39 @@ fn delimiter(opts: &CsvOptions, path: &Path) -> Result<u8> {
 /// Counts line breaks as the CSV reader pulls bytes, so a record's byte
 /// offset can be turned into its 1-based line number. The csv crate's own
 /// line counter skips blank lines and miscounts after CRLF line ends.
+///
+/// It also bounds a record: the parser asks for more bytes only when it has
+/// used up the ones it has, so once it has pulled more than `max_record`
+/// bytes since the current record began (`record_start`, moved on after
+/// each record), that record is too long and reading stops.
 struct LineCounter<R> {
     inner: R,
     read: u64,
     newlines: Rc<RefCell<VecDeque<u64>>>,
+    record_start: Rc<Cell<u64>>,
+    max_record: u64,
 }
+
+/// The error [`LineCounter`] stops with.
+#[derive(Debug)]
+struct RecordTooLong;
+
+impl std::fmt::Display for RecordTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("record too long")
+    }
+}
+
+impl std::error::Error for RecordTooLong {}
 
 impl<R: Read> Read for LineCounter<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read - self.record_start.get() > self.max_record {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                RecordTooLong,
+            ));
+        }
         let n = self.inner.read(buf)?;
         let mut q = self.newlines.borrow_mut();
         q.extend(memchr::memchr_iter(b'\n', &buf[..n]).map(|i| self.read + i as u64));
@@ -180,31 +253,82 @@ impl Lines {
 
 type CsvReader = csv::Reader<LineCounter<File>>;
 
-fn csv_reader(path: &Path, opts: &CsvOptions) -> Result<(CsvReader, Lines, Mapping)> {
+/// A CSV file being read: the parser, line numbers, and where the current
+/// record began (for the size limit).
+struct CsvFile {
+    rdr: CsvReader,
+    lines: Lines,
+    record_start: Rc<Cell<u64>>,
+    mapping: Mapping,
+    max_record: usize,
+}
+
+impl CsvFile {
+    /// The message for a parser error: the line, and what went wrong in words.
+    fn error(&mut self, path: &Path, e: &csv::Error) -> Error {
+        if let csv::ErrorKind::Io(io) = e.kind()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<RecordTooLong>())
+        {
+            let line = self.lines.line_at(self.record_start.get());
+            return Error::input(format!(
+                "{} line {line}: a record is longer than {} bytes (extractor.max_record_bytes); \
+                 binary data, or a quoted field whose closing quote is missing?",
+                path.display(),
+                self.max_record
+            ));
+        }
+        let line = e
+            .position()
+            .map(|p| self.lines.line_at(p.byte()))
+            .unwrap_or(0);
+        Error::input(format!("{} line {line}: {e}", path.display()))
+    }
+
+    /// Moves the record-size window to the next record.
+    fn next_record(&self) {
+        self.record_start.set(self.rdr.position().byte());
+    }
+}
+
+fn csv_reader(path: &Path, opts: &CsvOptions, limits: Limits) -> Result<CsvFile> {
     let newlines = Rc::new(RefCell::new(VecDeque::new()));
+    let record_start = Rc::new(Cell::new(0));
     let counter = LineCounter {
         inner: open(path)?,
         read: 0,
         newlines: newlines.clone(),
+        record_start: record_start.clone(),
+        max_record: limits.max_record_bytes as u64,
     };
     let lines = Lines {
         newlines,
         passed: 0,
     };
-    let mut rdr = csv::ReaderBuilder::new()
+    let rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter(opts, path)?)
         .has_headers(true)
         .flexible(true)
         .from_reader(counter);
-    let header = rdr
-        .byte_headers()
-        .map_err(|e| {
-            Error::input(format!(
-                "{}: cannot read the CSV header: {e}",
-                path.display()
-            ))
-        })?
-        .clone();
+    let mut file = CsvFile {
+        rdr,
+        lines,
+        record_start,
+        mapping: Mapping {
+            index: [usize::MAX; 7],
+            extra: vec![],
+        },
+        max_record: limits.max_record_bytes,
+    };
+    let header = match file.rdr.byte_headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            let e = file.error(path, &e);
+            return Err(e.with_message(format!("cannot read the CSV header: {e}")));
+        }
+    };
+    file.next_record();
     if header.is_empty() {
         return Err(Error::input(format!(
             "{}: empty file, no CSV header",
@@ -223,16 +347,23 @@ fn csv_reader(path: &Path, opts: &CsvOptions) -> Result<(CsvReader, Lines, Mappi
             }
         }
     }
-    let mapping = map_columns(path, &names)?;
-    Ok((rdr, lines, mapping))
+    file.mapping = map_columns(path, &names)?;
+    Ok(file)
 }
 
 /// Checks a file's header or schema without reading its data.
-pub fn plan(path: &Path, format: SourceFormat, csv: &CsvOptions) -> Result<FilePlan> {
+pub fn plan(
+    path: &Path,
+    format: SourceFormat,
+    csv: &CsvOptions,
+    limits: Limits,
+) -> Result<FilePlan> {
     let extra = match format {
-        SourceFormat::Csv | SourceFormat::Unspecified => csv_reader(path, csv)?.2.extra,
+        SourceFormat::Csv | SourceFormat::Unspecified => {
+            csv_reader(path, csv, limits)?.mapping.extra
+        }
         SourceFormat::Parquet => parquet_builder(path)?.1.extra,
-        SourceFormat::Ndjson => ndjson_plan(path)?.extra,
+        SourceFormat::Ndjson => ndjson_plan(path, limits)?.extra,
     };
     let size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(FilePlan {
@@ -249,58 +380,136 @@ pub fn read(
     format: SourceFormat,
     csv: &CsvOptions,
     batch_rows: usize,
+    limits: Limits,
     emit: Emit<'_>,
 ) -> Result<()> {
+    let (unit, max_field) = match format {
+        SourceFormat::Parquet => ("row", limits.max_field_bytes),
+        _ => ("line", limits.max_field_bytes),
+    };
+    // Every batch passes the field-size check on its way out.
+    let mut checked = |batch: RecordBatch| -> Result<bool> {
+        check_field_sizes(&batch, path, unit, max_field)?;
+        Ok(emit(batch))
+    };
     match format {
-        SourceFormat::Csv | SourceFormat::Unspecified => read_csv(path, csv, batch_rows, emit),
-        SourceFormat::Parquet => read_parquet(path, batch_rows, emit),
-        SourceFormat::Ndjson => read_ndjson(path, batch_rows, emit),
+        SourceFormat::Csv | SourceFormat::Unspecified => {
+            read_csv(path, csv, batch_rows, limits, &mut checked)
+        }
+        SourceFormat::Parquet => read_parquet(path, batch_rows, &mut checked),
+        SourceFormat::Ndjson => read_ndjson(path, batch_rows, limits, &mut checked),
     }
 }
 
-fn read_csv(path: &Path, opts: &CsvOptions, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
-    let (mut rdr, mut lines, m) = csv_reader(path, opts)?;
-    let width = rdr.byte_headers().map(|h| h.len()).unwrap_or(0);
-    let mut b = BatchBuilder::new(batch_rows);
-    let mut rec = csv::ByteRecord::new();
-    loop {
-        match rdr.read_byte_record(&mut rec) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => {
-                let line = e.position().map(|p| lines.line_at(p.byte())).unwrap_or(0);
-                return Err(Error::input(format!("{} line {line}: {e}", path.display())));
-            }
-        }
-        let line = rec.position().map(|p| lines.line_at(p.byte())).unwrap_or(0);
-        if rec.len() != width {
+/// Runs a reader that fills `b` and emits full batches; then emits the last,
+/// partial batch — also when the reader fails, so the rows read before the
+/// error reach the run (and its counts) before the error does.
+fn flushing(
+    b: &mut BatchBuilder,
+    emit: CheckedEmit<'_>,
+    body: impl FnOnce(&mut BatchBuilder, CheckedEmit<'_>) -> Result<()>,
+) -> Result<()> {
+    let result = body(b, &mut *emit);
+    if b.len > 0 {
+        let flushed = emit(b.finish()?);
+        result?;
+        flushed?;
+        return Ok(());
+    }
+    result
+}
+
+/// Like [`Emit`], failing when a batch breaks a limit.
+type CheckedEmit<'a> = &'a mut dyn FnMut(RecordBatch) -> Result<bool>;
+
+/// Fails on the first input value longer than `max` bytes, naming its
+/// line (or row) and column.
+fn check_field_sizes(batch: &RecordBatch, path: &Path, unit: &str, max: usize) -> Result<()> {
+    use arrow::array::AsArray;
+    let rows = batch
+        .column(7)
+        .as_primitive::<arrow::datatypes::UInt64Type>();
+    for (k, col) in batch.columns()[..7].iter().enumerate() {
+        let offsets = col.as_string::<i32>().offsets();
+        if let Some(i) = offsets
+            .windows(2)
+            .position(|w| (w[1] - w[0]) as usize > max)
+        {
             return Err(Error::input(format!(
-                "{} line {line}: expected {width} fields like the header, found {}",
+                "{} {unit} {}: {} holds {} bytes, more than {max} (extractor.max_field_bytes)",
                 path.display(),
-                rec.len()
+                rows.value(i),
+                INPUT_COLUMNS[k],
+                offsets[i + 1] - offsets[i]
             )));
         }
-        for (k, col) in b.cols.iter_mut().enumerate() {
-            let raw = &rec[m.index[k]];
-            let text = std::str::from_utf8(raw).map_err(|_| {
-                Error::input(format!(
-                    "{} line {line}: column {} is not UTF-8 text (binary data?)",
-                    path.display(),
-                    INPUT_COLUMNS[k]
-                ))
-            })?;
-            col.append_value(text);
-        }
-        b.rows.append_value(line);
-        b.len += 1;
-        if b.len == batch_rows && !emit(b.finish()?) {
-            return Ok(());
-        }
-    }
-    if b.len > 0 {
-        emit(b.finish()?);
     }
     Ok(())
+}
+
+fn read_csv(
+    path: &Path,
+    opts: &CsvOptions,
+    batch_rows: usize,
+    limits: Limits,
+    emit: CheckedEmit<'_>,
+) -> Result<()> {
+    let mut f = csv_reader(path, opts, limits)?;
+    let width = f.rdr.byte_headers().map(|h| h.len()).unwrap_or(0);
+    let m = std::mem::replace(
+        &mut f.mapping,
+        Mapping {
+            index: [usize::MAX; 7],
+            extra: vec![],
+        },
+    );
+    let mut b = BatchBuilder::new(batch_rows);
+    let mut rec = csv::ByteRecord::new();
+    flushing(&mut b, emit, |b, emit| {
+        loop {
+            match f.rdr.read_byte_record(&mut rec) {
+                Ok(true) => f.next_record(),
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(f.error(path, &e)),
+            }
+            let line = rec
+                .position()
+                .map(|p| f.lines.line_at(p.byte()))
+                .unwrap_or(0);
+            if rec.len() != width {
+                let spans_lines = rec.iter().any(|field| field.contains(&b'\n'));
+                return Err(Error::input(if spans_lines {
+                    format!(
+                        "{} line {line}: a quoted field runs over several lines and leaves {} fields where the header has {width}: is a closing quote missing?",
+                        path.display(),
+                        rec.len()
+                    )
+                } else {
+                    format!(
+                        "{} line {line}: expected {width} fields like the header, found {}",
+                        path.display(),
+                        rec.len()
+                    )
+                }));
+            }
+            for (k, col) in b.cols.iter_mut().enumerate() {
+                let raw = &rec[m.index[k]];
+                let text = std::str::from_utf8(raw).map_err(|_| {
+                    Error::input(format!(
+                        "{} line {line}: column {} is not UTF-8 text (binary data?)",
+                        path.display(),
+                        INPUT_COLUMNS[k]
+                    ))
+                })?;
+                col.append_value(text);
+            }
+            b.rows.append_value(line);
+            b.len += 1;
+            if b.len == batch_rows && !emit(b.finish()?)? {
+                return Ok(());
+            }
+        }
+    })
 }
 
 fn parquet_builder(path: &Path) -> Result<(ParquetRecordBatchReaderBuilder<File>, Mapping)> {
@@ -320,7 +529,7 @@ fn parquet_builder(path: &Path) -> Result<(ParquetRecordBatchReaderBuilder<File>
     Ok((builder, mapping))
 }
 
-fn read_parquet(path: &Path, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
+fn read_parquet(path: &Path, batch_rows: usize, emit: CheckedEmit<'_>) -> Result<()> {
     let (builder, m) = parquet_builder(path)?;
     let names: Vec<String> = m
         .index
@@ -361,7 +570,7 @@ fn read_parquet(path: &Path, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
             next_row..next_row + n,
         )));
         next_row += n;
-        if !emit(RecordBatch::try_new(EXTRACT_SCHEMA.clone(), cols)?) {
+        if !emit(RecordBatch::try_new(EXTRACT_SCHEMA.clone(), cols)?)? {
             return Ok(());
         }
     }
@@ -381,23 +590,50 @@ fn parse_object<'a>(
     })
 }
 
-fn lines(path: &Path) -> Result<impl Iterator<Item = Result<(u64, String)>>> {
+/// The lines of a file with their 1-based numbers, each at most
+/// `max_bytes` long (longer lines fail instead of being buffered).
+fn lines(path: &Path, max_bytes: usize) -> Result<impl Iterator<Item = Result<(u64, String)>>> {
     let display = path.display().to_string();
-    Ok(BufReader::with_capacity(1 << 20, open(path)?)
-        .lines()
-        .enumerate()
-        .map(move |(i, l)| {
-            let n = i as u64 + 1;
-            l.map(|l| (n, l)).map_err(|e| {
-                Error::input(format!(
-                    "{display} line {n}: cannot read the line (not UTF-8 text?): {e}"
-                ))
-            })
-        }))
+    let mut reader = BufReader::with_capacity(1 << 20, open(path)?);
+    let mut n = 0u64;
+    let mut buf = Vec::new();
+    Ok(std::iter::from_fn(move || {
+        buf.clear();
+        n += 1;
+        let read = (&mut reader)
+            .take(max_bytes as u64 + 2)
+            .read_until(b'\n', &mut buf);
+        match read {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => {
+                return Some(Err(Error::input(format!(
+                    "{display} line {n}: cannot read: {e}"
+                ))));
+            }
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        if buf.len() > max_bytes {
+            return Some(Err(Error::input(format!(
+                "{display} line {n}: longer than {max_bytes} bytes (extractor.max_record_bytes)"
+            ))));
+        }
+        Some(match std::str::from_utf8(&buf) {
+            Ok(text) => Ok((n, text.to_string())),
+            Err(_) => Err(Error::input(format!(
+                "{display} line {n}: not UTF-8 text (binary data?)"
+            ))),
+        })
+    }))
 }
 
-fn ndjson_plan(path: &Path) -> Result<Mapping> {
-    for item in lines(path)? {
+fn ndjson_plan(path: &Path, limits: Limits) -> Result<Mapping> {
+    for item in lines(path, limits.max_record_bytes)? {
         let (n, line) = item?;
         if line.trim().is_empty() {
             continue;
@@ -413,21 +649,27 @@ fn ndjson_plan(path: &Path) -> Result<Mapping> {
     )))
 }
 
-fn read_ndjson(path: &Path, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
+fn read_ndjson(
+    path: &Path,
+    batch_rows: usize,
+    limits: Limits,
+    emit: CheckedEmit<'_>,
+) -> Result<()> {
     let mut b = BatchBuilder::new(batch_rows);
-    for item in lines(path)? {
-        let (n, line) = item?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let obj = parse_object(path, n, &line)?;
-        let mut values: [Option<String>; 7] = Default::default();
-        for (key, raw) in &obj {
-            let key = key.trim().to_ascii_lowercase();
-            if let Some(k) = INPUT_COLUMNS.iter().position(|c| *c == key) {
-                let text = raw.get();
-                values[k] =
-                    if text == "null" {
+    let lines = lines(path, limits.max_record_bytes)?;
+    flushing(&mut b, emit, |b, emit| {
+        for item in lines {
+            let (n, line) = item?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let obj = parse_object(path, n, &line)?;
+            let mut values: [Option<String>; 7] = Default::default();
+            for (key, raw) in &obj {
+                let key = key.trim().to_ascii_lowercase();
+                if let Some(k) = INPUT_COLUMNS.iter().position(|c| *c == key) {
+                    let text = raw.get();
+                    values[k] = if text == "null" {
                         None
                     } else if text.starts_with('"') {
                         Some(serde_json::from_str::<String>(text).map_err(|e| {
@@ -437,21 +679,19 @@ fn read_ndjson(path: &Path, batch_rows: usize, emit: Emit<'_>) -> Result<()> {
                         // Numbers keep their exact text (no float round trip).
                         Some(text.to_string())
                     };
+                }
+            }
+            for (col, v) in b.cols.iter_mut().zip(&values) {
+                col.append_option(v.as_deref());
+            }
+            b.rows.append_value(n);
+            b.len += 1;
+            if b.len == batch_rows && !emit(b.finish()?)? {
+                return Ok(());
             }
         }
-        for (col, v) in b.cols.iter_mut().zip(&values) {
-            col.append_option(v.as_deref());
-        }
-        b.rows.append_value(n);
-        b.len += 1;
-        if b.len == batch_rows && !emit(b.finish()?) {
-            return Ok(());
-        }
-    }
-    if b.len > 0 {
-        emit(b.finish()?);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -462,10 +702,17 @@ mod tests {
 
     fn read_all(path: &Path, format: SourceFormat) -> Result<Vec<RecordBatch>> {
         let mut out = vec![];
-        read(path, format, &CsvOptions::default(), 2, &mut |b| {
-            out.push(b);
-            true
-        })?;
+        read(
+            path,
+            format,
+            &CsvOptions::default(),
+            2,
+            Limits::default(),
+            &mut |b| {
+                out.push(b);
+                true
+            },
+        )?;
         Ok(out)
     }
 
@@ -505,7 +752,13 @@ mod tests {
              3,sell,X,4,bronze,3,,\r\n",
         )
         .unwrap();
-        let plan = plan(&p, SourceFormat::Csv, &CsvOptions::default()).unwrap();
+        let plan = plan(
+            &p,
+            SourceFormat::Csv,
+            &CsvOptions::default(),
+            Limits::default(),
+        )
+        .unwrap();
         assert_eq!(plan.extra_columns, ["note"]);
         let b = read_all(&p, SourceFormat::Csv).unwrap();
         assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
@@ -528,9 +781,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.csv");
         std::fs::write(&p, "timestamp,user_id,client_type,symbol,side,quantity\n").unwrap();
-        let e = plan(&p, SourceFormat::Csv, &CsvOptions::default())
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &p,
+            SourceFormat::Csv,
+            &CsvOptions::default(),
+            Limits::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("m.csv") && e.contains("missing required column price"),
             "{e}"
@@ -541,9 +799,14 @@ mod tests {
             "timestamp;user_id;client_type;symbol;side;quantity;price\n",
         )
         .unwrap();
-        let e = plan(&p, SourceFormat::Csv, &CsvOptions::default())
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &p,
+            SourceFormat::Csv,
+            &CsvOptions::default(),
+            Limits::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("';'-delimited"), "{e}");
 
         let bin = dir.path().join("b.csv");
@@ -552,16 +815,26 @@ mod tests {
             [0x89u8, b'P', b'N', b'G', 0, 0xff, 0xfe, b'\n', 1, 2, 3],
         )
         .unwrap();
-        let e = plan(&bin, SourceFormat::Csv, &CsvOptions::default())
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &bin,
+            SourceFormat::Csv,
+            &CsvOptions::default(),
+            Limits::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("b.csv") && e.contains("binary"), "{e}");
 
         let pq = dir.path().join("t.parquet");
         std::fs::write(&pq, b"PAR1 this is not really parquet").unwrap();
-        let e = plan(&pq, SourceFormat::Parquet, &CsvOptions::default())
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &pq,
+            SourceFormat::Parquet,
+            &CsvOptions::default(),
+            Limits::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("t.parquet") && e.contains("Parquet"), "{e}");
     }
 
@@ -577,9 +850,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            plan(&p, SourceFormat::Ndjson, &CsvOptions::default())
-                .unwrap()
-                .extra_columns,
+            plan(
+                &p,
+                SourceFormat::Ndjson,
+                &CsvOptions::default(),
+                Limits::default()
+            )
+            .unwrap()
+            .extra_columns,
             ["x"]
         );
         let b = read_all(&p, SourceFormat::Ndjson).unwrap();
@@ -590,5 +868,106 @@ mod tests {
         std::fs::write(&p, "{\"timestamp\": oops}\n").unwrap();
         let e = read_all(&p, SourceFormat::Ndjson).unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("t.ndjson"), "{e}");
+    }
+
+    #[test]
+    fn records_and_fields_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Limits {
+            max_record_bytes: 4096,
+            max_field_bytes: 100,
+        };
+        let read_with = |p: &Path, f: SourceFormat, limits: Limits| {
+            let mut n = 0;
+            read(p, f, &CsvOptions::default(), 1000, limits, &mut |b| {
+                n += b.num_rows();
+                true
+            })
+            .map(|_| n)
+        };
+        let header = "timestamp,user_id,client_type,symbol,side,quantity,price\n";
+        let row = "2023-01-02 00:00:00,1,gold,A,buy,1,2\n";
+
+        // A line of binary zeros with no line break: stops at the limit.
+        let zeros = dir.path().join("zeros.csv");
+        let mut text = header.to_string() + row;
+        text.push_str(&"\0".repeat(100_000));
+        std::fs::write(&zeros, &text).unwrap();
+        let e = read_with(&zeros, SourceFormat::Csv, small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("zeros.csv line 3") && e.contains("longer than 4096 bytes"),
+            "{e}"
+        );
+
+        // A quote never closed: named as such, with its line.
+        let open_quote = dir.path().join("q.csv");
+        std::fs::write(
+            &open_quote,
+            format!("{header}{row}2023-01-02 00:00:00,\"1,gold,A,buy,1,2\n{row}"),
+        )
+        .unwrap();
+        let e = read_with(&open_quote, SourceFormat::Csv, small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("q.csv line 3") && e.contains("closing quote"),
+            "{e}"
+        );
+
+        // A header that is all one huge column name: bounded in the error.
+        let wide = dir.path().join("wide.csv");
+        std::fs::write(&wide, format!("{}\n", "x".repeat(3000))).unwrap();
+        let e = plan(&wide, SourceFormat::Csv, &CsvOptions::default(), small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing required column") && e.len() < 600,
+            "{}",
+            e.len()
+        );
+
+        // A field over the field limit, in CSV and NDJSON.
+        let big = dir.path().join("big.csv");
+        std::fs::write(
+            &big,
+            format!(
+                "{header}{row}2023-01-02 00:00:00,{},gold,A,buy,1,2\n",
+                "u".repeat(200)
+            ),
+        )
+        .unwrap();
+        let e = read_with(&big, SourceFormat::Csv, small)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("big.csv line 3: user_id holds 200 bytes"), "{e}");
+        let nd = dir.path().join("big.ndjson");
+        std::fs::write(
+            &nd,
+            format!("{{\"timestamp\":\"t\",\"user_id\":\"{}\",\"client_type\":\"g\",\"symbol\":\"A\",\"side\":\"buy\",\"quantity\":1,\"price\":2}}\n", "u".repeat(200)),
+        )
+        .unwrap();
+        let e = read_with(&nd, SourceFormat::Ndjson, small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("big.ndjson line 1: user_id holds 200 bytes"),
+            "{e}"
+        );
+        std::fs::write(&nd, "x".repeat(5000)).unwrap();
+        let e = read_with(&nd, SourceFormat::Ndjson, small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("big.ndjson line 1: longer than 4096 bytes"),
+            "{e}"
+        );
+
+        // Within the limits everything is read.
+        assert_eq!(
+            read_with(&big, SourceFormat::Csv, Limits::default()).unwrap(),
+            2
+        );
     }
 }

@@ -1,9 +1,18 @@
 //! Turning a source string into the files it names, inside the data roots.
+//!
+//! Every file is resolved (symlinks followed) and checked against the roots
+//! before it is opened: a link inside a root that points outside it is
+//! refused, whether it is named directly, matched by a glob or met while
+//! walking a directory. Only regular files are read: a FIFO or a device
+//! would block or never end. Files of a directory or glob whose extension
+//! names no supported format are skipped and reported, never read.
 
+use std::collections::HashSet;
+use std::fs::Metadata;
 use std::path::{Component, Path, PathBuf};
 
 use quarry_core::{Error, Result};
-use quarry_proto::SourceFormat;
+use quarry_proto::{SkippedFile, SourceFormat};
 
 /// The directories the extractor may read, canonicalised.
 #[derive(Debug, Clone)]
@@ -82,15 +91,69 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// The format a file extension stands for.
+/// Compressed-file suffixes: named in errors and skip reasons, not read.
+const COMPRESSED: [&str; 7] = ["gz", "zst", "bz2", "xz", "lz4", "zip", "snappy"];
+
+/// The format a file extension stands for: `.csv`/`.tsv`, `.parquet`,
+/// `.ndjson`/`.jsonl`.
 pub fn format_of(path: &Path) -> Option<SourceFormat> {
     let ext = path.extension()?.to_str()?.to_ascii_lowercase();
     Some(match ext.as_str() {
-        "csv" | "tsv" | "txt" => SourceFormat::Csv,
-        "parquet" | "pq" => SourceFormat::Parquet,
-        "ndjson" | "jsonl" | "json" => SourceFormat::Ndjson,
+        "csv" | "tsv" => SourceFormat::Csv,
+        "parquet" => SourceFormat::Parquet,
+        "ndjson" | "jsonl" => SourceFormat::Ndjson,
         _ => return None,
     })
+}
+
+/// Why a file with no usable extension is not read.
+fn unknown_format(path: &Path) -> String {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if COMPRESSED.contains(&ext.to_ascii_lowercase().as_str()) => {
+            format!("compressed input (.{ext}) is not supported yet: decompress it first")
+        }
+        Some(ext) => format!("unknown extension .{ext}"),
+        None => "no extension".into(),
+    }
+}
+
+/// What kind of file `meta` describes, for messages.
+fn kind_of(meta: &Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses anything but a regular file: a FIFO would block the planner's
+/// first read and be empty for the second, a device may never end.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(Error::input(format!(
+            "{} is {}: Quarry reads regular files only",
+            path.display(),
+            kind_of(&meta)
+        )))
+    }
 }
 
 /// One file to read and its format.
@@ -100,8 +163,54 @@ pub struct SourceFile {
     pub format: SourceFormat,
 }
 
+/// The files a source names, and those it holds but that are not read.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub files: Vec<SourceFile>,
+    pub skipped: Vec<SkippedFile>,
+}
+
+impl Resolved {
+    fn skip(&mut self, path: &Path, reason: impl Into<String>) {
+        self.skipped.push(SkippedFile {
+            file: path.display().to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Takes a regular file met in a directory or glob: read when its
+    /// extension (or the requested format) says how, otherwise reported.
+    fn offer(&mut self, path: PathBuf, requested: SourceFormat) {
+        match (requested, format_of(&path)) {
+            (SourceFormat::Unspecified, Some(format)) => {
+                self.files.push(SourceFile { path, format })
+            }
+            (SourceFormat::Unspecified, None) => {
+                let reason = unknown_format(&path);
+                self.skip(&path, reason);
+            }
+            (requested, Some(f)) if f != requested => {
+                self.skip(&path, format!("not {}", format_name(requested)));
+            }
+            (requested, _) => self.files.push(SourceFile {
+                path,
+                format: requested,
+            }),
+        }
+    }
+}
+
+fn format_name(f: SourceFormat) -> &'static str {
+    match f {
+        SourceFormat::Csv => "CSV",
+        SourceFormat::Parquet => "Parquet",
+        SourceFormat::Ndjson => "NDJSON",
+        SourceFormat::Unspecified => "a known format",
+    }
+}
+
 /// Expands a source (file, directory or glob) into files, sorted by path.
-pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<Vec<SourceFile>> {
+pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<Resolved> {
     if source.trim().is_empty() {
         return Err(Error::input("the source is empty"));
     }
@@ -110,9 +219,8 @@ pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<
             "{source}: object-store sources are not supported by this extractor yet; use a local path"
         )));
     }
-    let is_glob = source.contains(['*', '?', '[']);
-    let mut paths = Vec::new();
-    if is_glob {
+    let mut out = Resolved::default();
+    if source.contains(['*', '?', '[']) {
         let options = glob::MatchOptions {
             require_literal_leading_dot: true,
             ..Default::default()
@@ -121,61 +229,115 @@ pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<
             .map_err(|e| Error::input(format!("bad glob pattern {source:?}: {e}")))?;
         for entry in entries {
             let p = entry.map_err(|e| Error::input(format!("{source}: {e}")))?;
-            if p.is_file() {
-                paths.push(roots.check(&p)?);
+            let real = roots.check(&p)?;
+            let meta = metadata(&real)?;
+            if meta.is_file() {
+                out.offer(real, format);
+            } else if !meta.is_dir() {
+                out.skip(&real, kind_of(&meta));
             }
         }
-        if paths.is_empty() {
-            return Err(Error::input(format!("no files match {source}")));
+        if out.files.is_empty() {
+            return Err(Error::input(format!(
+                "no readable files match {source}{}",
+                skipped_note(&out.skipped)
+            )));
         }
     } else {
         let p = roots.check(Path::new(source))?;
-        if p.is_dir() {
-            walk(&p, &mut paths, format)?;
-            if paths.is_empty() {
+        let meta = metadata(&p)?;
+        if meta.is_dir() {
+            let mut visited = HashSet::from([p.clone()]);
+            walk(&p, roots, format, &mut out, &mut visited)?;
+            if out.files.is_empty() {
                 return Err(Error::input(format!(
-                    "directory {source} holds no CSV, Parquet or NDJSON files"
+                    "directory {source} holds no CSV, Parquet or NDJSON files{}",
+                    skipped_note(&out.skipped)
                 )));
             }
         } else {
-            paths.push(p);
-        }
-    }
-    paths.sort();
-    paths.dedup();
-    paths
-        .into_iter()
-        .map(|path| {
+            check_regular(&p)?;
             let format = match format {
-                SourceFormat::Unspecified => format_of(&path).ok_or_else(|| {
+                SourceFormat::Unspecified => format_of(&p).ok_or_else(|| {
                     Error::input(format!(
-                        "cannot tell the format of {} from its extension; name it (csv, parquet or ndjson)",
-                        path.display()
+                        "cannot tell the format of {}: {}; name it with --format (csv, parquet or ndjson)",
+                        p.display(),
+                        unknown_format(&p)
                     ))
                 })?,
                 f => f,
             };
-            Ok(SourceFile { path, format })
-        })
-        .collect()
+            out.files.push(SourceFile { path: p, format });
+        }
+    }
+    out.files.sort_by(|a, b| a.path.cmp(&b.path));
+    out.files.dedup_by(|a, b| a.path == b.path);
+    out.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, format: SourceFormat) -> Result<()> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Error::input(format!("cannot list {}: {e}", dir.display())))?;
+fn metadata(path: &Path) -> Result<Metadata> {
+    std::fs::metadata(path)
+        .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))
+}
+
+fn skipped_note(skipped: &[SkippedFile]) -> String {
+    match skipped.first() {
+        None => String::new(),
+        Some(s) => format!(
+            " ({} skipped, e.g. {}: {})",
+            skipped.len(),
+            s.file,
+            s.reason
+        ),
+    }
+}
+
+/// Walks `dir` (canonical, inside the roots). Every entry is resolved before
+/// anything is opened; a symlink leaving the roots fails the whole source.
+/// `visited` holds the canonical directories seen, so a link back up the
+/// tree is not walked twice (or for ever).
+fn walk(
+    dir: &Path,
+    roots: &DataRoots,
+    format: SourceFormat,
+    out: &mut Resolved,
+    visited: &mut HashSet<PathBuf>,
+) -> Result<()> {
+    let list_err = |e: std::io::Error| Error::input(format!("cannot list {}: {e}", dir.display()));
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(list_err)?
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(list_err)?;
+    entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let entry =
-            entry.map_err(|e| Error::input(format!("cannot list {}: {e}", dir.display())))?;
-        let p = entry.path();
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
-        if p.is_dir() {
-            walk(&p, out, format)?;
-        } else if let Some(f) = format_of(&p)
-            && (format == SourceFormat::Unspecified || format == f)
-        {
-            out.push(p);
+        let p = entry.path();
+        let is_link = entry.file_type().map_err(list_err)?.is_symlink();
+        let real = if is_link {
+            match roots.check(&p) {
+                Ok(real) => real,
+                Err(e @ Error::PermissionDenied(_)) => return Err(e),
+                // A dangling link: nothing to read, say so.
+                Err(_) => {
+                    out.skip(&p, "a broken symbolic link");
+                    continue;
+                }
+            }
+        } else {
+            p
+        };
+        let meta = metadata(&real)?;
+        if meta.is_dir() {
+            if visited.insert(real.clone()) {
+                walk(&real, roots, format, out, visited)?;
+            }
+        } else if meta.is_file() {
+            out.offer(real, format);
+        } else {
+            out.skip(&real, kind_of(&meta));
         }
     }
     Ok(())
@@ -217,8 +379,41 @@ mod tests {
         ));
     }
 
+    #[cfg(unix)]
     #[test]
-    fn expands_directories_and_globs() {
+    fn a_directory_walk_refuses_links_out_of_the_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let d = data.join("d");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.csv"), "x").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret.csv"), "x").unwrap();
+        let roots = DataRoots::new(std::slice::from_ref(&data)).unwrap();
+        let source = d.display().to_string();
+
+        // A link to a file outside, then a link to a directory outside.
+        let link = d.join("passwd.csv");
+        std::os::unix::fs::symlink(outside.join("secret.csv"), &link).unwrap();
+        let e = resolve(&source, SourceFormat::Unspecified, &roots).unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+        assert!(e.to_string().contains("passwd.csv"), "{e}");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("sub")).unwrap();
+        let e = resolve(&source, SourceFormat::Unspecified, &roots).unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+        std::fs::remove_file(d.join("sub")).unwrap();
+
+        // Links inside the roots are followed once, even in a loop.
+        std::os::unix::fs::symlink(&data, d.join("up")).unwrap();
+        std::os::unix::fs::symlink(d.join("a.csv"), d.join("again.csv")).unwrap();
+        let r = resolve(&source, SourceFormat::Unspecified, &roots).unwrap();
+        assert_eq!(r.files.len(), 1, "{r:?}");
+    }
+
+    #[test]
+    fn expands_directories_and_globs_and_reports_what_it_skips() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir(d.join("sub")).unwrap();
@@ -227,31 +422,48 @@ mod tests {
             "a.parquet",
             "sub/c.jsonl",
             "notes.md",
+            "notes.txt",
+            "old.csv.gz",
             ".hidden.csv",
         ] {
             std::fs::write(d.join(f), "x").unwrap();
         }
         let roots = DataRoots::new(&[d.to_path_buf()]).unwrap();
-        let names = |v: Vec<SourceFile>| {
-            v.into_iter()
-                .map(|f| {
-                    f.path
-                        .strip_prefix(roots.roots()[0].clone())
-                        .unwrap()
-                        .display()
-                        .to_string()
-                })
-                .collect::<Vec<_>>()
+        let root = roots.roots()[0].clone();
+        let name = |p: &str| {
+            Path::new(p)
+                .strip_prefix(&root)
+                .unwrap()
+                .display()
+                .to_string()
         };
         let all = resolve(d.to_str().unwrap(), SourceFormat::Unspecified, &roots).unwrap();
-        assert_eq!(names(all), ["a.parquet", "b.csv", "sub/c.jsonl"]);
+        let files: Vec<_> = all
+            .files
+            .iter()
+            .map(|f| name(f.path.to_str().unwrap()))
+            .collect();
+        assert_eq!(files, ["a.parquet", "b.csv", "sub/c.jsonl"]);
+        let skipped: Vec<_> = all
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", name(&s.file), s.reason))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                "notes.md: unknown extension .md",
+                "notes.txt: unknown extension .txt",
+                "old.csv.gz: compressed input (.gz) is not supported yet: decompress it first"
+            ]
+        );
         let csv = resolve(
             &format!("{}/*.csv", d.display()),
             SourceFormat::Unspecified,
             &roots,
         )
         .unwrap();
-        assert_eq!(names(csv), ["b.csv"]);
+        assert_eq!(csv.files.len(), 1);
         assert!(
             resolve(
                 &format!("{}/*.xyz", d.display()),
@@ -260,5 +472,37 @@ mod tests {
             )
             .is_err()
         );
+        // Named directly, a compressed file gets a message that says so.
+        let e = resolve(
+            d.join("old.csv.gz").to_str().unwrap(),
+            SourceFormat::Unspecified,
+            &roots,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("compressed input (.gz)"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let fifo = d.join("f.csv");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(d.join("g.csv"), "x").unwrap();
+        let roots = DataRoots::new(&[d.to_path_buf()]).unwrap();
+        let e = resolve(fifo.to_str().unwrap(), SourceFormat::Unspecified, &roots)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.csv is a FIFO"), "{e}");
+        let r = resolve(d.to_str().unwrap(), SourceFormat::Unspecified, &roots).unwrap();
+        assert_eq!(r.files.len(), 1);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].reason, "a FIFO");
     }
 }
