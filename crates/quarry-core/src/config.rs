@@ -20,6 +20,31 @@ pub struct Config {
     pub run: RunConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub client: ClientConfig,
+}
+
+/// Deadlines of every gRPC client (the CLI, and the transformer calling the
+/// extractor and the loader).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Seconds to connect to a service and get its first answer (a health
+    /// call): a port that accepts connections but never answers fails here.
+    pub connect_timeout_secs: u64,
+    /// Seconds a query (runs, reports, partitions, status) may take. Runs,
+    /// loads and commits are not bounded by it: they take as long as the
+    /// data needs, and a peer that stops answering is detected by HTTP/2
+    /// keep-alive pings instead.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 10,
+            request_timeout_secs: 60,
+        }
+    }
 }
 
 /// TLS between Quarry's services and their clients (the CLI, and the
@@ -72,6 +97,11 @@ pub struct ExtractorConfig {
     pub data_roots: Vec<PathBuf>,
     /// Rows per Arrow record batch.
     pub batch_rows: usize,
+    /// Longest CSV record (line breaks inside quotes included) or NDJSON
+    /// line; a longer one fails the file, naming its line.
+    pub max_record_bytes: usize,
+    /// Longest value of an input column; a longer one fails the file.
+    pub max_field_bytes: usize,
     /// On SIGTERM/SIGINT: seconds open streams may take to finish before
     /// they are cut (the run reading them then fails and is aborted).
     pub shutdown_grace_secs: u64,
@@ -84,6 +114,8 @@ impl Default for ExtractorConfig {
             metrics_listen: String::new(),
             data_roots: vec![PathBuf::from("data")],
             batch_rows: 65_536,
+            max_record_bytes: 1 << 20,
+            max_field_bytes: 64 << 10,
             shutdown_grace_secs: 60,
         }
     }
@@ -227,6 +259,13 @@ pub struct LoaderConfig {
     pub begin_timeout_secs: u64,
     /// A run with no activity for this long is aborted (its driver is gone).
     pub run_idle_timeout_secs: u64,
+    /// How often the open runs' heartbeat is recorded (warehouses other
+    /// than SQLite), so loaders elsewhere see they are alive.
+    pub heartbeat_secs: u64,
+    /// A run recorded `running` by a loader on another host whose heartbeat
+    /// is older than this is taken for interrupted (set it above the longest
+    /// commit: no heartbeat is written while a run commits).
+    pub stale_run_secs: u64,
     /// On SIGTERM/SIGINT: seconds open runs may take to commit; runs still
     /// open then are aborted (staged data discarded) and the process exits.
     pub shutdown_grace_secs: u64,
@@ -239,6 +278,8 @@ impl Default for LoaderConfig {
             metrics_listen: String::new(),
             begin_timeout_secs: 60,
             run_idle_timeout_secs: 600,
+            heartbeat_secs: 30,
+            stale_run_secs: 3600,
             shutdown_grace_secs: 240,
         }
     }
@@ -521,17 +562,21 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config> {
-        let mut root = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    Error::config(format!("cannot read config file {}: {e}", p.display()))
-                })?;
-                text.parse::<toml::Table>().map_err(|e| {
-                    Error::config(format!("config file {}: {}", p.display(), e.message()))
-                })?
-            }
-            None => toml::Table::new(),
+        // Every key has a default: the file and the environment are laid
+        // over the built-in configuration, so a section may name one key.
+        let mut root = match toml::Value::try_from(Config::default()) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => return Err(Error::internal("the default configuration is not a table")),
         };
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                Error::config(format!("cannot read config file {}: {e}", p.display()))
+            })?;
+            let file = text.parse::<toml::Table>().map_err(|e| {
+                Error::config(format!("config file {}: {}", p.display(), e.message()))
+            })?;
+            merge(&mut root, file);
+        }
         for (key, value) in env {
             let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -598,6 +643,15 @@ impl Config {
                 self.extractor.batch_rows
             ));
         }
+        let e = &self.extractor;
+        if !(1024..=1 << 30).contains(&e.max_record_bytes)
+            || !(64..=e.max_record_bytes).contains(&e.max_field_bytes)
+        {
+            return bad(format!(
+                "extractor.max_record_bytes = {} must be between 1024 and 1073741824, and extractor.max_field_bytes = {} between 64 and max_record_bytes",
+                e.max_record_bytes, e.max_field_bytes
+            ));
+        }
         if !(1..=64).contains(&self.transformer.split_concurrency) {
             return bad(format!(
                 "transformer.split_concurrency = {} must be between 1 and 64",
@@ -641,8 +695,17 @@ impl Config {
         if q.validity.threshold > 1.0 {
             return bad("transformer.quality.validity.threshold is a share: at most 1".into());
         }
-        if self.loader.run_idle_timeout_secs == 0 {
-            return bad("loader.run_idle_timeout_secs must be positive".into());
+        let l = &self.loader;
+        if l.run_idle_timeout_secs == 0 || l.heartbeat_secs == 0 {
+            return bad(
+                "loader.run_idle_timeout_secs and loader.heartbeat_secs must be positive".into(),
+            );
+        }
+        if l.stale_run_secs < 2 * l.heartbeat_secs {
+            return bad(format!(
+                "loader.stale_run_secs = {} must be at least twice loader.heartbeat_secs ({})",
+                l.stale_run_secs, l.heartbeat_secs
+            ));
         }
         let ch = &self.warehouse.clickhouse;
         check_url("warehouse.clickhouse.url", &ch.url)?;
@@ -756,6 +819,12 @@ impl Config {
                 "auth.enabled is true but neither auth.token_file nor auth.token_env is set".into(),
             );
         }
+        if self.client.connect_timeout_secs == 0 || self.client.request_timeout_secs == 0 {
+            return bad(
+                "client.connect_timeout_secs and client.request_timeout_secs must be positive"
+                    .into(),
+            );
+        }
         if self.run.top_limit == 0 {
             return bad("run.top_limit must be positive".into());
         }
@@ -791,6 +860,18 @@ pub fn check_url(key: &str, url: &str) -> Result<()> {
         _ => Err(Error::config(format!(
             "{key} = {url:?} is not a URL like http://127.0.0.1:50051"
         ))),
+    }
+}
+
+/// Lays `over` onto `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -891,6 +972,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("warehouse.bigquery.dataset"), "{e}");
+    }
+
+    #[test]
+    fn a_section_may_set_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("q.toml");
+        std::fs::write(
+            &f,
+            "[transformer.quality.validity]\nseverity = \"warn\"\n[warehouse.clickhouse]\ndatabase = \"db2\"\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&f), env(&[])).unwrap();
+        assert_eq!(c.transformer.quality.validity.severity, Severity::Warn);
+        assert_eq!(c.transformer.quality.validity.threshold, 0.5);
+        assert_eq!(c.warehouse.clickhouse.database, "db2");
+        assert_eq!(c.warehouse.clickhouse.url, ClickHouseConfig::default().url);
+        let c = Config::load_with_env(
+            None,
+            env(&[("QUARRY_TRANSFORMER__QUALITY__FRESHNESS__THRESHOLD", "5")]),
+        )
+        .unwrap();
+        assert_eq!(c.transformer.quality.freshness.threshold, 5.0);
+        assert_eq!(c.transformer.quality.freshness.severity, Severity::Warn);
     }
 
     #[test]

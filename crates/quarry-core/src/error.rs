@@ -17,17 +17,30 @@ pub enum ErrorCategory {
     Backend,
     /// A data-quality check failed.
     Quality,
+    /// The run was stopped from outside: a signal, its client going away, a
+    /// service shutting down, or its process dying (found afterwards).
+    Interrupted,
     /// A bug in Quarry.
     Internal,
 }
 
 impl ErrorCategory {
+    pub const ALL: [ErrorCategory; 6] = [
+        Self::Input,
+        Self::Config,
+        Self::Backend,
+        Self::Quality,
+        Self::Interrupted,
+        Self::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Input => "input",
             Self::Config => "config",
             Self::Backend => "backend",
             Self::Quality => "quality",
+            Self::Interrupted => "interrupted",
             Self::Internal => "internal",
         }
     }
@@ -38,6 +51,7 @@ impl ErrorCategory {
             "config" => Self::Config,
             "backend" => Self::Backend,
             "quality" => Self::Quality,
+            "interrupted" => Self::Interrupted,
             "internal" => Self::Internal,
             _ => return None,
         })
@@ -92,6 +106,9 @@ pub enum Error {
     Backend { message: String, transient: bool },
     #[error("{0}")]
     Quality(String),
+    /// Stopped from outside (signal, cancelled client, shutdown).
+    #[error("{0}")]
+    Interrupted(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -107,6 +124,9 @@ impl Error {
     }
     pub fn quality(msg: impl Into<String>) -> Self {
         Self::Quality(msg.into())
+    }
+    pub fn interrupted(msg: impl Into<String>) -> Self {
+        Self::Interrupted(msg.into())
     }
 
     pub fn internal(msg: impl Into<String>) -> Self {
@@ -139,6 +159,7 @@ impl Error {
             Self::Config(_) => Self::Config(msg),
             Self::Backend { transient, .. } => Self::backend(msg, *transient),
             Self::Quality(_) => Self::Quality(msg),
+            Self::Interrupted(_) => Self::Interrupted(msg),
             Self::Internal(_) => Self::Internal(msg),
         }
     }
@@ -149,6 +170,7 @@ impl Error {
             Self::Config(_) => ErrorCategory::Config,
             Self::Backend { .. } => ErrorCategory::Backend,
             Self::Quality(_) => ErrorCategory::Quality,
+            Self::Interrupted(_) => ErrorCategory::Interrupted,
             Self::Internal(_) => ErrorCategory::Internal,
         }
     }
@@ -164,6 +186,7 @@ impl Error {
                 ErrorCategory::Config => Self::Config(msg),
                 ErrorCategory::Backend => Self::backend(msg, false),
                 ErrorCategory::Quality => Self::Quality(msg),
+                ErrorCategory::Interrupted => Self::Interrupted(msg),
                 ErrorCategory::Internal => Self::Internal(msg),
             },
         }
@@ -184,6 +207,7 @@ impl From<Error> for tonic::Status {
             Error::Backend { message, .. } => tonic::Status::aborted(message),
             // Quality failures are a property of the data, reported like bad input.
             Error::Quality(m) => tonic::Status::invalid_argument(m),
+            Error::Interrupted(m) => tonic::Status::aborted(m),
             Error::Internal(m) => tonic::Status::internal(m),
         };
         status.metadata_mut().insert(
@@ -213,6 +237,7 @@ mod tests {
             Error::backend("x", true),
             Error::backend("x", false),
             Error::quality("x"),
+            Error::interrupted("x"),
             Error::internal("x"),
         ];
         for e in cases {

@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod schema;
 pub mod security;
+pub mod text;
 
 pub use config::Config;
 pub use error::{Error, ErrorCategory, Result};

@@ -60,13 +60,7 @@ impl Errors {
             "Failed calls or runs, by error category",
             &["category"],
         );
-        for cat in [
-            ErrorCategory::Input,
-            ErrorCategory::Config,
-            ErrorCategory::Backend,
-            ErrorCategory::Quality,
-            ErrorCategory::Internal,
-        ] {
+        for cat in ErrorCategory::ALL {
             c.with_label_values(&[cat.as_str()]);
         }
         Self(c)

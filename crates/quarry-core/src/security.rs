@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::{Either, Ready, ready};
 use subtle::ConstantTimeEq;
@@ -59,16 +60,32 @@ impl Token {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     tls: bool,
     server_tls: Option<ServerTlsConfig>,
     client_tls: Option<ClientTlsConfig>,
     token: Option<Token>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
-/// What servers require and clients present. `Security::default()` is
-/// plaintext without authentication (the embedded runner, tests).
+impl Default for Inner {
+    fn default() -> Self {
+        let client = crate::config::ClientConfig::default();
+        Self {
+            tls: false,
+            server_tls: None,
+            client_tls: None,
+            token: None,
+            connect_timeout: Duration::from_secs(client.connect_timeout_secs),
+            request_timeout: Duration::from_secs(client.request_timeout_secs),
+        }
+    }
+}
+
+/// What servers require and clients present, and the clients' deadlines
+/// (`[tls]`, `[auth]`, `[client]`). `Security::default()` is plaintext
+/// without authentication (the embedded runner, tests).
 #[derive(Clone, Default)]
 pub struct Security(Arc<Inner>);
 
@@ -91,7 +108,11 @@ impl Security {
     /// The server certificate is optional here (clients need none); serving
     /// without it fails in [`Security::server_tls`].
     pub fn from_config(config: &Config) -> Result<Self> {
-        let mut inner = Inner::default();
+        let mut inner = Inner {
+            connect_timeout: Duration::from_secs(config.client.connect_timeout_secs),
+            request_timeout: Duration::from_secs(config.client.request_timeout_secs),
+            ..Inner::default()
+        };
         let tls = &config.tls;
         if tls.enabled {
             // Both rustls back ends are in the dependency tree; pick one for
@@ -169,10 +190,32 @@ impl Security {
         }
         Self(Arc::new(Inner {
             tls: client_tls.is_some(),
-            server_tls: None,
             client_tls,
             token,
+            ..Inner::default()
         }))
+    }
+
+    /// The same settings with other client deadlines.
+    pub fn with_deadlines(&self, connect: Duration, request: Duration) -> Self {
+        Self(Arc::new(Inner {
+            tls: self.0.tls,
+            server_tls: self.0.server_tls.clone(),
+            client_tls: self.0.client_tls.clone(),
+            token: self.0.token.clone(),
+            connect_timeout: connect,
+            request_timeout: request,
+        }))
+    }
+
+    /// How long connecting to a service (and its first answer) may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.0.connect_timeout
+    }
+
+    /// How long a query call may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.0.request_timeout
     }
 
     pub fn tls_enabled(&self) -> bool {
