@@ -161,6 +161,7 @@ async fn conformance(env: &Env) {
         run_id: "aborted".into(),
         source: "conformance".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .unwrap();
@@ -205,6 +206,7 @@ async fn conformance(env: &Env) {
         run_id: "restore".into(),
         source: "conformance".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .unwrap();
@@ -366,6 +368,7 @@ async fn snowflake_retries_transient_errors_only() {
         run_id: "retried".into(),
         source: "test".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .unwrap();
@@ -443,6 +446,7 @@ async fn snowflake_retries_transient_errors_only() {
         run_id: "several-files".into(),
         source: "test".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .unwrap();
@@ -562,6 +566,7 @@ async fn snowflake_key_pair_login_signs_with_the_key() {
         run_id: "keys".into(),
         source: "test".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .unwrap();
@@ -801,6 +806,7 @@ async fn clickhouse_retries_across_a_server_restart() {
         run_id: "restart".into(),
         source: "test".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .unwrap();
@@ -1049,6 +1055,7 @@ async fn bigquery_retries_across_an_emulator_restart() {
         run_id: "restart".into(),
         source: "test".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .unwrap();
@@ -1174,6 +1181,7 @@ async fn bigquery_failed_commit_changes_nothing() {
         run_id: run_id.into(),
         source: "test".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     };
     let mode = WriteMode::ReplacePartitions;
     wh.begin_run(start("good")).await.unwrap();

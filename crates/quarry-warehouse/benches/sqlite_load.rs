@@ -151,6 +151,7 @@ async fn quarry(dir: &Path, rows: usize) -> f64 {
         run_id: run_id.clone(),
         source: "bench".into(),
         options_json: "{}".into(),
+        owner_json: String::new(),
     })
     .await
     .expect("begin");

@@ -82,7 +82,7 @@ const STAGE_EXPIRY: &str = "INTERVAL 2 DAY";
 
 const RUN_COLUMNS: &str = "run_id, source, status, started_at, finished_at, rows_in, rows_valid, \
      rows_rejected, rows_duplicate, agg_rows, plan_ms, extract_ms, transform_ms, load_ms, \
-     commit_ms, total_ms, rows_committed, error_category, error_message, quality, options";
+     commit_ms, total_ms, rows_committed, error_category, error_message, quality, options, owner";
 
 fn tables_sql(ds: &str) -> [String; 4] {
     [
@@ -117,7 +117,7 @@ fn tables_sql(ds: &str) -> [String; 4] {
                 agg_rows INT64, plan_ms INT64, extract_ms INT64, transform_ms INT64,
                 load_ms INT64, commit_ms INT64, total_ms INT64,
                 rows_committed STRING, error_category STRING, error_message STRING,
-                quality STRING, options STRING
+                quality STRING, options STRING, owner STRING
             )"
         ),
     ]
@@ -368,12 +368,17 @@ impl ActiveRun {
 
 /// The values of a `pipeline_runs` INSERT, in column order.
 fn run_values(row: &RunRow) -> String {
-    let text = |cols: [&str; 5]| cols.map(literal).join(", ");
+    let text = |cols: &[&str]| {
+        cols.iter()
+            .map(|c| literal(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let numbers = row
         .counters()
         .map(|n| n.min(i64::MAX as u64).to_string())
         .join(", ");
-    format!("({}, {numbers}, {})", text(row.head()), text(row.tail()))
+    format!("({}, {numbers}, {})", text(&row.head()), text(&row.tail()))
 }
 
 /// What a query returned: rows of nullable text cells, and the rows a DML
@@ -1016,6 +1021,15 @@ impl Warehouse for BigQueryWarehouse {
         for sql in tables_sql(&format!("`{}.{}`", self.project, self.dataset)) {
             self.query("create tables", &sql).await?;
         }
+        // pipeline_runs of an older Quarry lacks the owner column.
+        self.query(
+            "add pipeline_runs.owner",
+            &format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS owner STRING",
+                self.table("pipeline_runs")
+            ),
+        )
+        .await?;
         Ok(())
     }
 
@@ -1045,7 +1059,10 @@ impl Warehouse for BigQueryWarehouse {
             )
             .await?;
         }
-        let record = RunRow::new(run.run_id, run.source, run.options_json, now_text());
+        let record = RunRow {
+            owner: run.owner_json,
+            ..RunRow::new(run.run_id, run.source, run.options_json, now_text())
+        };
         self.record(&record).await?;
         *self.run.lock().expect("run lock") = Some(ActiveRun {
             record,
@@ -1118,10 +1135,39 @@ impl Warehouse for BigQueryWarehouse {
             self.drop_stages(&run.tag).await?;
             run.record
         } else {
+            // Not open here (refused before it began, or left by a dead
+            // process): whatever it staged goes too.
+            self.drop_stages(&stage_tag(&f.run_id)?).await?;
             RunRow::not_open(&f.run_id, self.get_run(&f.run_id).await?)
         };
         row.abort(f);
         self.record(&row).await
+    }
+
+    async fn heartbeat(&self, run_id: &str) -> Result<()> {
+        let _w = self.writing.lock().await;
+        let row = {
+            let mut guard = self.run.lock().expect("run lock");
+            match guard.as_mut() {
+                Some(run) if run.record.run_id == run_id => {
+                    run.record.owner = crate::owner::RunOwner::beat(&run.record.owner);
+                    run.record.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.record(&row).await
+    }
+
+    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM {} WHERE status = 'running' ORDER BY started_at",
+            self.table("pipeline_runs")
+        );
+        let rows = self.rows("list running runs", &sql).await?;
+        rows.iter()
+            .map(|r| RunRow::from_cells(r).map(RunRow::record))
+            .collect()
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {

@@ -75,7 +75,7 @@ fn tables_sql(db: &str) -> [String; 4] {
                 agg_rows UInt64, plan_ms UInt64, extract_ms UInt64, transform_ms UInt64,
                 load_ms UInt64, commit_ms UInt64, total_ms UInt64,
                 rows_committed String, error_category String, error_message String,
-                quality String, options String
+                quality String, options String, owner String
             ) ENGINE = ReplacingMergeTree(version) ORDER BY run_id"
         ),
     ]
@@ -158,6 +158,8 @@ struct RunRow {
     error_message: String,
     quality: String,
     options: String,
+    /// Who runs it (`owner::RunOwner` as JSON).
+    owner: String,
 }
 
 impl RunRow {
@@ -185,12 +187,17 @@ impl RunRow {
             error_message: String::new(),
             quality: String::new(),
             options,
+            owner: String::new(),
         }
     }
 
-    /// The row's next state: a newer version replaces it.
-    fn finished(&mut self, status: &str) {
+    /// The row's next version (a newer version replaces it).
+    fn next_version(&mut self) {
         self.version = version().max(self.version + 1);
+    }
+
+    fn finished(&mut self, status: &str) {
+        self.next_version();
         self.status = status.into();
         self.finished_at = now_text();
     }
@@ -234,6 +241,7 @@ impl RunRow {
             error_message: self.error_message,
             quality_json: self.quality,
             options_json: self.options,
+            owner_json: self.owner,
         }
     }
 }
@@ -543,6 +551,27 @@ impl Warehouse for ClickHouseWarehouse {
         for sql in tables_sql(&self.db) {
             self.execute("create tables", &sql).await?;
         }
+        // pipeline_runs of an older Quarry lacks the owner column (servers
+        // before 19.x have no ADD COLUMN IF NOT EXISTS: look first).
+        let has_owner = self
+            .count(
+                "inspect pipeline_runs",
+                &format!(
+                    "SELECT count() FROM system.columns WHERE database = '{}' AND table = 'pipeline_runs' AND name = 'owner'",
+                    self.db
+                ),
+            )
+            .await?;
+        if has_owner == 0 {
+            self.execute(
+                "add pipeline_runs.owner",
+                &format!(
+                    "ALTER TABLE {}.pipeline_runs ADD COLUMN owner String DEFAULT ''",
+                    self.db
+                ),
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -577,7 +606,8 @@ impl Warehouse for ClickHouseWarehouse {
             )
             .await?;
         }
-        let row = RunRow::new(run.run_id, run.source, run.options_json, now_text());
+        let mut row = RunRow::new(run.run_id, run.source, run.options_json, now_text());
+        row.owner = run.owner_json;
         self.record(&row).await?;
         *self.run.lock().expect("run lock") = Some(ActiveRun {
             row,
@@ -721,12 +751,18 @@ impl Warehouse for ClickHouseWarehouse {
             self.drop_stages(&run.tag).await?;
             run.row
         } else {
-            // Failed before it began (e.g. the loader refused it): keep what
-            // is known of it.
-            match self.get_run(&f.run_id).await? {
-                Some(r) => RunRow::new(r.run_id, r.source, r.options_json, r.started_at),
+            // Not open here (refused before it began, or left by a dead
+            // process): keep what is known of it; whatever it staged goes.
+            let row = match self.get_run(&f.run_id).await? {
+                Some(r) => {
+                    let mut row = RunRow::new(r.run_id, r.source, r.options_json, r.started_at);
+                    row.owner = r.owner_json;
+                    row
+                }
                 None => RunRow::new(f.run_id.clone(), String::new(), String::new(), now_text()),
-            }
+            };
+            self.drop_stages(&stage_tag(&f.run_id)?).await?;
+            row
         };
         row.finished("failed");
         row.set_stats(&f.stats);
@@ -734,6 +770,35 @@ impl Warehouse for ClickHouseWarehouse {
         row.error_message = f.message;
         row.quality = f.quality_json;
         self.record(&row).await
+    }
+
+    async fn heartbeat(&self, run_id: &str) -> Result<()> {
+        let _w = self.writing.lock().await;
+        let row = {
+            let mut guard = self.run.lock().expect("run lock");
+            match guard.as_mut() {
+                Some(run) if run.run_id() == run_id => {
+                    run.row.next_version();
+                    run.row.owner = crate::owner::RunOwner::beat(&run.row.owner);
+                    run.row.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.record(&row).await
+    }
+
+    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT ?fields FROM {}.pipeline_runs FINAL WHERE status = 'running' ORDER BY started_at",
+            self.db
+        );
+        let rows = self
+            .retry("list running runs", || {
+                self.client.query(&sql).fetch_all::<RunRow>()
+            })
+            .await?;
+        Ok(rows.into_iter().map(RunRow::record).collect())
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
 pub mod bigquery;
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
+pub mod owner;
 #[cfg(any(feature = "bigquery", feature = "snowflake"))]
 mod run_row;
 #[cfg(feature = "snowflake")]
@@ -36,6 +38,8 @@ pub struct RunStart {
     pub run_id: String,
     pub source: String,
     pub options_json: String,
+    /// Who runs it ([`owner::RunOwner`] as JSON), recorded with the run.
+    pub owner_json: String,
 }
 
 /// What a successful run commits with.
@@ -95,6 +99,36 @@ pub trait Warehouse: Send + Sync + 'static {
 
     /// Opens a run and records it as `running`.
     async fn begin_run(&self, run: RunStart) -> Result<()>;
+
+    /// Tells other processes that the open run `run_id` is alive: refreshes
+    /// the heartbeat in its owner record. Only between writes, never during
+    /// the commit. Backends whose run record cannot change while the run is
+    /// open (SQLite: a run is one transaction) keep the default, which does
+    /// nothing.
+    async fn heartbeat(&self, _run_id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every run recorded as `running`, by any process.
+    async fn running_runs(&self) -> Result<Vec<RunRecord>>;
+
+    /// For a run recorded `running` by a process this one cannot inspect
+    /// (another host): whether it may still be going. By default its last
+    /// heartbeat (or, without an owner record, its start) must be younger
+    /// than `stale_after`.
+    async fn may_still_run(&self, run: &RunRecord, stale_after: Duration) -> Result<bool> {
+        let last = owner::RunOwner::parse(&run.owner_json)
+            .map(|o| o.heartbeat_at)
+            .unwrap_or_else(|| run.started_at.clone());
+        Ok(match chrono::DateTime::parse_from_rfc3339(&last) {
+            Ok(t) => {
+                let age = chrono::Utc::now().signed_duration_since(t);
+                age.to_std().map_or(true, |age| age < stale_after)
+            }
+            // An unreadable time: not enough to call the run dead.
+            Err(_) => true,
+        })
+    }
 
     /// Stages one batch of `table` (in `table.schema()`) into an open run.
     /// Returns the number of rows staged.

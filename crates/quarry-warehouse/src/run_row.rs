@@ -2,7 +2,7 @@
 //! (BigQuery, Snowflake) keep it: written as SQL literals, read back from
 //! `SELECT` of the columns in this order: run_id, source, status,
 //! started_at, finished_at, the eleven counters of `RunStats`,
-//! rows_committed, error_category, error_message, quality, options.
+//! rows_committed, error_category, error_message, quality, options, owner.
 
 use quarry_core::dates::now_text;
 use quarry_core::{Error, Result};
@@ -23,6 +23,8 @@ pub(crate) struct RunRow {
     pub error_message: String,
     pub quality: String,
     pub options: String,
+    /// Who runs it (`owner::RunOwner` as JSON).
+    pub owner: String,
 }
 
 impl RunRow {
@@ -47,7 +49,10 @@ impl RunRow {
     /// recorded of it (e.g. refused by the loader before it began), or its id.
     pub fn not_open(run_id: &str, recorded: Option<RunRecord>) -> Self {
         match recorded {
-            Some(r) => Self::new(r.run_id, r.source, r.options_json, r.started_at),
+            Some(r) => Self {
+                owner: r.owner_json,
+                ..Self::new(r.run_id, r.source, r.options_json, r.started_at)
+            },
             None => Self::new(run_id.into(), String::new(), String::new(), now_text()),
         }
     }
@@ -98,13 +103,14 @@ impl RunRow {
     }
 
     /// The text columns after the counters.
-    pub fn tail(&self) -> [&str; 5] {
+    pub fn tail(&self) -> [&str; 6] {
         [
             &self.rows_committed,
             &self.error_category,
             &self.error_message,
             &self.quality,
             &self.options,
+            &self.owner,
         ]
     }
 
@@ -144,6 +150,7 @@ impl RunRow {
             error_message: t(18),
             quality: t(19),
             options: t(20),
+            owner: t(21),
         })
     }
 
@@ -160,6 +167,7 @@ impl RunRow {
             error_message: self.error_message,
             quality_json: self.quality,
             options_json: self.options,
+            owner_json: self.owner,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch,
@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use quarry_core::dates::{date_text, now_text, parse_date};
 use quarry_core::decimal::{self, PNL_SCALE};
 use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
-use quarry_core::{Error, Result, Table};
+use quarry_core::{Error, ErrorCategory, Result, Table};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS pipeline_runs (
     error_category TEXT,
     error_message  TEXT,
     quality        TEXT,
-    options        TEXT
+    options        TEXT,
+    owner          TEXT
 );
 CREATE INDEX IF NOT EXISTS pipeline_runs_by_start ON pipeline_runs (started_at);
 ";
@@ -113,6 +114,9 @@ fn db_err(what: &str, e: rusqlite::Error) -> Error {
     Error::backend(format!("sqlite: {what}: {e}"), transient)
 }
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 enum Command {
     Ping(oneshot::Sender<Result<()>>),
     Begin(RunStart, oneshot::Sender<Result<()>>),
@@ -126,7 +130,80 @@ enum Command {
     Commit(RunCommit, oneshot::Sender<Result<BTreeMap<String, u64>>>),
     Abort(RunFailure, oneshot::Sender<Result<()>>),
     DropPartition(Table, String, oneshot::Sender<Result<u64>>),
+    /// Whether another connection holds the database's write lock.
+    OtherWriter(oneshot::Sender<Result<bool>>),
     Close(oneshot::Sender<Result<()>>),
+}
+
+/// Columns of `pipeline_runs` added after its first release, with their
+/// types: added to older databases when they are opened.
+const ADDED_RUN_COLUMNS: [(&str, &str); 1] = [("owner", "TEXT")];
+
+/// The columns of each table of `conn`, by table name (only tables that exist).
+fn table_columns(conn: &Connection) -> rusqlite::Result<HashMap<String, BTreeSet<String>>> {
+    let mut out = HashMap::new();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for t in tables {
+        let cols = conn
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info('{}')",
+                t.replace('\'', "''")
+            ))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        out.insert(t, cols);
+    }
+    Ok(out)
+}
+
+/// Refuses a database whose tables of Quarry's names are not Quarry's,
+/// before anything is written into it. Returns the run-record columns the
+/// database still lacks (an older Quarry's database).
+fn check_foreign(conn: &Connection, path: &Path) -> Result<Vec<(&'static str, &'static str)>> {
+    let existing = table_columns(conn).map_err(|e| {
+        Error::config(format!(
+            "{} is not a SQLite database Quarry can use: {e}",
+            path.display()
+        ))
+    })?;
+    let reference = Connection::open_in_memory()
+        .and_then(|c| c.execute_batch(SCHEMA_SQL).map(|_| c))
+        .and_then(|c| table_columns(&c))
+        .map_err(|e| Error::internal(format!("the SQLite schema does not load: {e}")))?;
+    let mut missing_run_columns = Vec::new();
+    for (table, needed) in &reference {
+        let Some(has) = existing.get(table) else {
+            continue;
+        };
+        let mut missing: Vec<&String> = needed.difference(has).collect();
+        if table == "pipeline_runs" {
+            missing.retain(|c| {
+                let added = ADDED_RUN_COLUMNS
+                    .iter()
+                    .find(|(name, _)| *name == c.as_str());
+                if let Some(a) = added {
+                    missing_run_columns.push(*a);
+                }
+                added.is_none()
+            });
+        }
+        if !missing.is_empty() {
+            return Err(Error::config(format!(
+                "{} is not a Quarry warehouse: its table {table} lacks the column{} {}; nothing was changed (use another --sqlite file)",
+                path.display(),
+                if missing.len() > 1 { "s" } else { "" },
+                missing
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(missing_run_columns)
 }
 
 pub struct SqliteWarehouse {
@@ -139,6 +216,9 @@ impl SqliteWarehouse {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)
             .map_err(|e| db_err(&format!("cannot open database {}", path.display()), e))?;
+        // A database of someone else's is refused before the pragmas below
+        // (WAL mode rewrites the file header) or any table is created.
+        let add_run_columns = check_foreign(&conn, path)?;
         conn.execute_batch(
             // page_size applies when the file is created: bigger pages mean
             // fewer page writes for bulk loads.
@@ -147,12 +227,19 @@ impl SqliteWarehouse {
              PRAGMA synchronous = NORMAL;
              PRAGMA temp_store = MEMORY;
              PRAGMA cache_size = -65536;
-             PRAGMA busy_timeout = 10000;
              PRAGMA wal_autocheckpoint = 0;",
         )
         .map_err(|e| db_err(&format!("cannot configure database {}", path.display()), e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| db_err("busy_timeout", e))?;
         conn.execute_batch(SCHEMA_SQL)
             .map_err(|e| db_err(&format!("cannot create tables in {}", path.display()), e))?;
+        for (column, ty) in add_run_columns {
+            conn.execute_batch(&format!(
+                "ALTER TABLE pipeline_runs ADD COLUMN {column} {ty}"
+            ))
+            .map_err(|e| db_err(&format!("cannot add pipeline_runs.{column}"), e))?;
+        }
         for t in Table::ALL {
             conn.execute_batch(&partition_index(t).1)
                 .map_err(|e| db_err(&format!("cannot create indexes in {}", path.display()), e))?;
@@ -211,6 +298,28 @@ impl Warehouse for SqliteWarehouse {
 
     async fn begin_run(&self, run: RunStart) -> Result<()> {
         self.call(|r| Command::Begin(run, r)).await
+    }
+
+    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM pipeline_runs WHERE status = 'running' ORDER BY started_at"
+            ))?;
+            st.query_map([], run_record)?.collect()
+        })
+        .await
+    }
+
+    /// A live SQLite run holds the write lock from its start to its end (one
+    /// transaction), so a `running` run while nobody holds the lock is dead —
+    /// unless it started a moment ago (its record is written just before
+    /// the lock is taken).
+    async fn may_still_run(&self, run: &RunRecord, _stale_after: Duration) -> Result<bool> {
+        let just_started = chrono::DateTime::parse_from_rfc3339(&run.started_at)
+            .map_or(true, |t| {
+                chrono::Utc::now().signed_duration_since(t) < chrono::TimeDelta::seconds(10)
+            });
+        Ok(just_started || self.call(Command::OtherWriter).await?)
     }
 
     async fn write(
@@ -363,7 +472,8 @@ const RUN_COLUMNS: &str = "run_id, source, status, started_at, COALESCE(finished
      COALESCE(rows_in, 0), COALESCE(rows_valid, 0), COALESCE(rows_rejected, 0), COALESCE(rows_duplicate, 0), \
      COALESCE(agg_rows, 0), COALESCE(plan_ms, 0), COALESCE(extract_ms, 0), COALESCE(transform_ms, 0), \
      COALESCE(load_ms, 0), COALESCE(commit_ms, 0), COALESCE(total_ms, 0), COALESCE(rows_committed, '{}'), \
-     COALESCE(error_category, ''), COALESCE(error_message, ''), COALESCE(quality, ''), COALESCE(options, '')";
+     COALESCE(error_category, ''), COALESCE(error_message, ''), COALESCE(quality, ''), COALESCE(options, ''), \
+     COALESCE(owner, '')";
 
 fn run_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };
@@ -392,6 +502,7 @@ fn run_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         error_message: r.get(18)?,
         quality_json: r.get(19)?,
         options_json: r.get(20)?,
+        owner_json: r.get(21)?,
     })
 }
 
@@ -446,6 +557,9 @@ impl Writer {
                     let _ = reply.send(self.abort(f));
                     self.checkpoint();
                 }
+                Command::OtherWriter(reply) => {
+                    let _ = reply.send(Ok(self.other_writer()));
+                }
                 Command::DropPartition(table, partition, reply) => {
                     let _ = reply.send(self.drop_partition(table, &partition));
                     self.checkpoint();
@@ -478,9 +592,15 @@ impl Writer {
         }
         self.conn
             .execute(
-                "INSERT INTO pipeline_runs (run_id, source, status, started_at, options)
-                 VALUES (?1, ?2, 'running', ?3, ?4)",
-                params![run.run_id, run.source, now_text(), run.options_json],
+                "INSERT INTO pipeline_runs (run_id, source, status, started_at, options, owner)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                params![
+                    run.run_id,
+                    run.source,
+                    now_text(),
+                    run.options_json,
+                    run.owner_json
+                ],
             )
             .map_err(|e| db_err("record run start", e))?;
         self.conn
@@ -645,6 +765,25 @@ impl Writer {
             .map_err(|e| db_err(&format!("drop partition {partition} of {table}"), e))
     }
 
+    /// Whether another connection holds the write lock: this one tries to
+    /// take it without waiting. While this writer has a run open, it holds
+    /// the lock itself.
+    fn other_writer(&mut self) -> bool {
+        if self.run.is_some() {
+            return false;
+        }
+        let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
+        let taken = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+        match taken {
+            Ok(()) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Copies committed pages from the WAL into the database file. Runs after
     /// the commit has been answered (automatic checkpoints are off on this
     /// connection), so readers of the new state do not wait for it.
@@ -657,9 +796,16 @@ impl Writer {
     /// Moves everything from the WAL into the database file, so the file
     /// alone holds the data (e.g. when it is copied or uploaded).
     fn close(&mut self) -> Result<()> {
-        if let Some(run) = self.run.take() {
+        if let Some(run) = self.run.as_ref() {
             tracing::warn!(run_id = %run.run_id, "shutting down during a run: discarding it");
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let failure = RunFailure {
+                run_id: run.run_id.clone(),
+                category: ErrorCategory::Interrupted,
+                message: "run aborted: the warehouse closed before its commit".into(),
+                stats: RunStats::default(),
+                quality_json: String::new(),
+            };
+            self.abort(failure)?;
         }
         self.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1138,6 +1284,7 @@ mod tests {
             run_id: id.into(),
             source: "test".into(),
             options_json: "{}".into(),
+            owner_json: String::new(),
         }
     }
 

@@ -792,6 +792,7 @@ impl Tier {
                     run_id: run_id.clone(),
                     source: format!("{}/{table} {from}..{to}", self.cold.display),
                     options_json: serde_json::json!({"restore": {"table": table.name(), "from": from, "to": to}}).to_string(),
+                    owner_json: quarry_warehouse::owner::RunOwner::this_process("archiver").to_json(),
                 })
                 .await?;
             let written = async {
@@ -1027,6 +1028,7 @@ mod tests {
                 run_id: "load".into(),
                 source: "test".into(),
                 options_json: "{}".into(),
+                owner_json: quarry_warehouse::owner::RunOwner::this_process("archiver").to_json(),
             })
             .await
             .unwrap();

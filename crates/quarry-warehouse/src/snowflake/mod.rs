@@ -102,7 +102,7 @@ fn cluster(table: Table) -> &'static str {
     }
 }
 
-const RUN_COLUMNS: [&str; 22] = [
+const RUN_COLUMNS: [&str; 23] = [
     "run_id",
     "source",
     "status",
@@ -124,6 +124,7 @@ const RUN_COLUMNS: [&str; 22] = [
     "error_message",
     "quality",
     "options",
+    "owner",
     "updated_at",
 ];
 
@@ -959,6 +960,15 @@ impl Warehouse for SnowflakeWarehouse {
         }
         self.exec("create tables", &runs_table_sql(&self.qualified))
             .await?;
+        // pipeline_runs of an older Quarry lacks the owner column.
+        self.exec(
+            "add pipeline_runs.owner",
+            &format!(
+                "ALTER TABLE {}.pipeline_runs ADD COLUMN IF NOT EXISTS owner VARCHAR",
+                self.qualified
+            ),
+        )
+        .await?;
         Ok(())
     }
 
@@ -984,7 +994,10 @@ impl Warehouse for SnowflakeWarehouse {
             )
             .await?;
         }
-        let row = RunRow::new(run.run_id, run.source, run.options_json, now_text());
+        let row = RunRow {
+            owner: run.owner_json,
+            ..RunRow::new(run.run_id, run.source, run.options_json, now_text())
+        };
         self.record(&row).await?;
         *self.run.lock().expect("run lock") = Some(ActiveRun {
             row,
@@ -1068,10 +1081,40 @@ impl Warehouse for SnowflakeWarehouse {
             self.drop_stages(&run.tag).await?;
             run.row
         } else {
+            // Not open here (refused before it began, or left by a dead
+            // process): whatever it staged goes too.
+            self.drop_stages(&stage_tag(&f.run_id)?).await?;
             RunRow::not_open(&f.run_id, self.get_run(&f.run_id).await?)
         };
         row.abort(f);
         self.record(&row).await
+    }
+
+    async fn heartbeat(&self, run_id: &str) -> Result<()> {
+        let _w = self.writing.lock().await;
+        let row = {
+            let mut guard = self.run.lock().expect("run lock");
+            match guard.as_mut() {
+                Some(run) if run.row.run_id == run_id => {
+                    run.row.owner = crate::owner::RunOwner::beat(&run.row.owner);
+                    run.row.clone()
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.record(&row).await
+    }
+
+    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        let rows = self
+            .read(
+                "list running runs",
+                &runs_select(&self.qualified, "WHERE status = 'running'", u32::MAX),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| RunRow::from_cells(r).map(RunRow::record))
+            .collect()
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
