@@ -13,10 +13,6 @@ use quarry_proto::{
     TopUser, TopUsersRequest, WeeklyTotal, WeeklyTotalsRequest, run_event,
 };
 
-fn status_error(s: tonic::Status) -> Error {
-    Error::from_status(&s)
-}
-
 /// Runs the pipeline on a transformer; `on_event` sees every event.
 pub async fn run_pipeline(
     transformer_url: &str,
@@ -36,13 +32,10 @@ pub async fn run_pipeline_with(
     let channel = grpc::connect_with("transformer", transformer_url, security).await?;
     let mut client = TransformerServiceClient::new(security.authorize(channel))
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
-    let mut events = client
-        .run(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let failed = |s: tonic::Status| grpc::call_error("transformer", transformer_url, &s);
+    let mut events = client.run(request).await.map_err(failed)?.into_inner();
     while let Some(event) = events.next().await {
-        let event = event.map_err(status_error)?;
+        let event = event.map_err(failed)?;
         on_event(&event);
         if let Some(run_event::Event::Completed(summary)) = event.event {
             return Ok(summary);
@@ -62,13 +55,17 @@ pub async fn health(url: &str, service: &str) -> Result<String> {
 pub async fn health_with(url: &str, service: &str, security: &Security) -> Result<String> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let channel = grpc::connect_with("service", url, security).await?;
-    let reply = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.to_string(),
-        })
-        .await
-        .map_err(|s| Error::from_status(&s))?
-        .into_inner();
+    let reply = grpc::query(
+        "service",
+        url,
+        security,
+        tonic_health::pb::health_client::HealthClient::new(channel).check(
+            tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            },
+        ),
+    )
+    .await?;
     Ok(ServingStatus::try_from(reply.status)
         .map_or("UNKNOWN", |s| s.as_str_name())
         .to_string())
@@ -76,38 +73,51 @@ pub async fn health_with(url: &str, service: &str, security: &Security) -> Resul
 
 /// A loader's control service. Cheap to clone: clones share one connection.
 #[derive(Clone)]
-pub struct LoaderClient(LoaderServiceClient<AuthChannel>);
+pub struct LoaderClient {
+    client: LoaderServiceClient<AuthChannel>,
+    url: String,
+    security: Security,
+}
 
 impl LoaderClient {
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, &Security::default()).await
     }
 
-    /// Connects over TLS and with the token of `security`.
+    /// Connects over TLS and with the token and deadlines of `security`.
     pub async fn connect_with(url: &str, security: &Security) -> Result<Self> {
         let channel = grpc::connect_with("loader", url, security).await?;
-        Ok(Self(
-            LoaderServiceClient::new(security.authorize(channel))
+        Ok(Self {
+            client: LoaderServiceClient::new(security.authorize(channel))
                 .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
-        ))
+            url: url.to_string(),
+            security: security.clone(),
+        })
     }
 
     pub async fn get_run(&mut self, run_id: &str) -> Result<RunRecord> {
-        self.0
-            .get_run(GetRunRequest {
-                run_id: run_id.to_string(),
-            })
-            .await
-            .map(|r| r.into_inner())
-            .map_err(status_error)
+        let request = GetRunRequest {
+            run_id: run_id.to_string(),
+        };
+        grpc::query(
+            "loader",
+            &self.url,
+            &self.security,
+            self.client.get_run(request),
+        )
+        .await
     }
 
     pub async fn list_runs(&mut self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.0
-            .list_runs(ListRunsRequest { limit })
-            .await
-            .map(|r| r.into_inner().runs)
-            .map_err(status_error)
+        let request = ListRunsRequest { limit };
+        grpc::query(
+            "loader",
+            &self.url,
+            &self.security,
+            self.client.list_runs(request),
+        )
+        .await
+        .map(|r| r.runs)
     }
 
     pub async fn top_users(
@@ -116,15 +126,19 @@ impl LoaderClient {
         metric: TopMetric,
         limit: u32,
     ) -> Result<Vec<TopUser>> {
-        self.0
-            .top_users(TopUsersRequest {
-                client_type: client_type.to_string(),
-                metric: metric as i32,
-                limit,
-            })
-            .await
-            .map(|r| r.into_inner().users)
-            .map_err(status_error)
+        let request = TopUsersRequest {
+            client_type: client_type.to_string(),
+            metric: metric as i32,
+            limit,
+        };
+        grpc::query(
+            "loader",
+            &self.url,
+            &self.security,
+            self.client.top_users(request),
+        )
+        .await
+        .map(|r| r.users)
     }
 
     /// The top users of a client type by volume and by PnL, queried at the
@@ -142,11 +156,14 @@ impl LoaderClient {
     }
 
     pub async fn weekly_totals(&mut self) -> Result<Vec<WeeklyTotal>> {
-        self.0
-            .weekly_totals(WeeklyTotalsRequest {})
-            .await
-            .map(|r| r.into_inner().totals)
-            .map_err(status_error)
+        grpc::query(
+            "loader",
+            &self.url,
+            &self.security,
+            self.client.weekly_totals(WeeklyTotalsRequest {}),
+        )
+        .await
+        .map(|r| r.totals)
     }
 }
 
@@ -154,6 +171,18 @@ pub fn metric_name(metric: TopMetric) -> &'static str {
     match metric {
         TopMetric::Pnl => "total_pnl",
         _ => "total_volume",
+    }
+}
+
+/// A text cell a spreadsheet will not run as a formula: cells starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return get a leading `'` (the
+/// OWASP advice for CSV injection). Only text columns need it; the amounts
+/// are numbers Quarry formats itself.
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
     }
 }
 
@@ -166,7 +195,8 @@ pub fn write_top_csv(path: &Path, metric: TopMetric, users: &[TopUser]) -> Resul
     w.write_record(["user_id", metric_name(metric)])
         .map_err(csv_err)?;
     for u in users {
-        w.write_record([&u.user_id, &u.value]).map_err(csv_err)?;
+        w.write_record([spreadsheet_safe(&u.user_id).as_ref(), &u.value])
+            .map_err(csv_err)?;
     }
     w.flush().map_err(io)
 }
@@ -188,15 +218,12 @@ pub async fn write_reports(
     client_type: &str,
     limit: u32,
 ) -> Result<Reports> {
-    std::fs::create_dir_all(output)
-        .map_err(|e| Error::config(format!("cannot create {}: {e}", output.display())))?;
+    check_output(output, client_type)?;
     let record = loader.get_run(run_id).await?;
     let (top_by_volume, top_by_pnl) = loader.top_by_volume_and_pnl(client_type, limit).await?;
-    let vol = output.join(format!("top_{client_type}_by_volume.csv"));
-    let pnl = output.join(format!("top_{client_type}_by_pnl.csv"));
+    let [vol, pnl, quality] = report_files(output, client_type);
     write_top_csv(&vol, TopMetric::Volume, &top_by_volume)?;
     write_top_csv(&pnl, TopMetric::Pnl, &top_by_pnl)?;
-    let quality = output.join("quality_report.json");
     let json = quality_report(&record);
     std::fs::write(
         &quality,
@@ -209,6 +236,37 @@ pub async fn write_reports(
         record,
         files: vec![vol, pnl, quality],
     })
+}
+
+/// The files `quarry run` writes into `output`.
+fn report_files(output: &Path, client_type: &str) -> [PathBuf; 3] {
+    [
+        output.join(format!("top_{client_type}_by_volume.csv")),
+        output.join(format!("top_{client_type}_by_pnl.csv")),
+        output.join("quality_report.json"),
+    ]
+}
+
+/// Makes sure the report files can be written into `output`, creating the
+/// directory if needed. Called before a run starts, so a bad output
+/// location fails the command before anything is committed.
+pub fn check_output(output: &Path, client_type: &str) -> Result<()> {
+    let bad = |what: String| {
+        Error::config(format!(
+            "cannot write reports to {}: {what}",
+            output.display()
+        ))
+    };
+    std::fs::create_dir_all(output).map_err(|e| bad(e.to_string()))?;
+    for f in report_files(output, client_type) {
+        if f.exists() && !f.is_file() {
+            return Err(bad(format!("{} is not a regular file", f.display())));
+        }
+    }
+    let probe = output.join(format!(".quarry-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| bad(e.to_string()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// The stored quality report of a run, with the run's own facts attached.

@@ -12,8 +12,41 @@ pub struct Cluster {
     pub extractor_url: Option<String>,
     pub transformer_url: Option<String>,
     pub loader_url: String,
+    /// The transformer stops first: a run it is still aborting (or
+    /// committing) needs the loader to record that.
+    front: Stage,
+    back: Stage,
+}
+
+/// Services stopped together.
+struct Stage {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<()>>>,
+}
+
+impl Stage {
+    fn new() -> Self {
+        Self {
+            stop: watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.changed().await;
+        }
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.await
+                .map_err(|e| quarry_core::Error::internal(format!("service task: {e}")))??;
+        }
+        Ok(())
+    }
 }
 
 fn url(listener: &tokio::net::TcpListener) -> Result<String> {
@@ -45,14 +78,7 @@ impl Cluster {
         pipeline: bool,
         extractor_url: Option<String>,
     ) -> Result<Self> {
-        let (stop, rx) = watch::channel(false);
-        let shutdown = move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        };
-        let mut tasks = Vec::new();
+        let (mut front, mut back) = (Stage::new(), Stage::new());
         // In-process services serve no metrics endpoint: the CLI is one process.
         let mut config = config.clone();
         config.extractor.metrics_listen.clear();
@@ -62,7 +88,8 @@ impl Cluster {
         let loader = Loader::open(&config.loader, &config.warehouse).await?;
         let loader_listener = grpc::bind("127.0.0.1:0").await?;
         let loader_url = url(&loader_listener)?;
-        tasks.push(tokio::spawn(loader.serve(loader_listener, shutdown())));
+        back.tasks
+            .push(tokio::spawn(loader.serve(loader_listener, back.shutdown())));
         let (mut extractor_url, mut transformer_url) = (extractor_url, None);
         if pipeline {
             let e_url = match &extractor_url {
@@ -71,7 +98,8 @@ impl Cluster {
                     let extractor = Extractor::new(&config.extractor)?;
                     let listener = grpc::bind("127.0.0.1:0").await?;
                     let u = url(&listener)?;
-                    tasks.push(tokio::spawn(extractor.serve(listener, shutdown())));
+                    back.tasks
+                        .push(tokio::spawn(extractor.serve(listener, back.shutdown())));
                     extractor_url = Some(u.clone());
                     u
                 }
@@ -81,26 +109,32 @@ impl Cluster {
             tcfg.loader_url = loader_url.clone();
             let listener = grpc::bind("127.0.0.1:0").await?;
             transformer_url = Some(url(&listener)?);
-            tasks.push(tokio::spawn(
-                Transformer::new(tcfg).serve(listener, shutdown()),
+            front.tasks.push(tokio::spawn(
+                Transformer::new(tcfg).serve(listener, front.shutdown()),
             ));
         }
         Ok(Self {
             extractor_url,
             transformer_url,
             loader_url,
-            stop,
-            tasks,
+            front,
+            back,
         })
     }
 
-    /// Stops every service and waits for them to finish.
+    /// Stops the transformer (its runs finish their commit or abort), then
+    /// the extractor and the loader, and waits for them.
     pub async fn stop(self) -> Result<()> {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            t.await
-                .map_err(|e| quarry_core::Error::internal(format!("service task: {e}")))??;
-        }
-        Ok(())
+        let front = self.front.stop().await;
+        let back = self.back.stop().await;
+        front.and(back)
+    }
+
+    /// Stops the transformer only; the loader keeps serving (e.g. to read
+    /// back how an interrupted run ended). `stop` then stops the rest.
+    pub async fn stop_transformer(&mut self) -> Result<()> {
+        std::mem::replace(&mut self.front, Stage::new())
+            .stop()
+            .await
     }
 }

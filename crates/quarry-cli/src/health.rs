@@ -53,14 +53,6 @@ pub struct Health {
     pub rows_in_total: u64,
 }
 
-const CATEGORIES: [ErrorCategory; 5] = [
-    ErrorCategory::Input,
-    ErrorCategory::Config,
-    ErrorCategory::Backend,
-    ErrorCategory::Quality,
-    ErrorCategory::Internal,
-];
-
 /// Figures over `runs` started at or after `since` (a date or RFC 3339 time,
 /// compared as text: the stored times are UTC RFC 3339).
 pub fn health(runs: &[RunRecord], since: Option<&str>) -> Health {
@@ -96,7 +88,7 @@ pub fn health(runs: &[RunRecord], since: Option<&str>) -> Health {
         failed,
         running: count("running"),
         success_rate: (finished > 0).then(|| succeeded as f64 / finished as f64),
-        error_rate: CATEGORIES
+        error_rate: ErrorCategory::ALL
             .iter()
             .map(|c| {
                 let n = runs

@@ -97,15 +97,19 @@ enum Command {
     },
     /// Write deterministic synthetic trades as CSV.
     Gen {
+        /// Trades to write (data rows, after the header).
         #[arg(long)]
         rows: u64,
+        /// The CSV file to write (its name must end in .csv).
         #[arg(long)]
         out: PathBuf,
+        /// Seed of the generator: the same seed gives the same file.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Share of invalid rows, spread over every rejection reason.
         #[arg(long, default_value_t = 0.001)]
         bad_share: f64,
+        /// Distinct users (each with a fixed client type and 6 symbols).
         #[arg(long, default_value_t = 10_000)]
         users: u32,
     },
@@ -115,10 +119,13 @@ enum Command {
 enum Report {
     /// Top users of a client type by total volume or PnL (exact decimals).
     TopUsers {
+        /// Client type to rank: gold, silver or bronze.
         #[arg(long, default_value = "bronze")]
         client_type: String,
+        /// What to rank by: total volume or total PnL, summed over all weeks and symbols.
         #[arg(long, value_enum, default_value_t = MetricArg::Volume)]
         metric: MetricArg,
+        /// Users to list.
         #[arg(long, default_value_t = 3)]
         limit: u32,
         #[command(flatten)]
@@ -142,11 +149,13 @@ enum ArchiveAction {
     },
     /// Hot and cold partitions with row counts and sizes.
     List {
+        /// Only this table (default: every table in archiver.tables).
         #[arg(long)]
         table: Option<String>,
     },
     /// Copy cold partitions back into the warehouse (atomic partition overwrite).
     Restore {
+        /// The table to restore partitions of.
         #[arg(long, default_value = "trades")]
         table: String,
         /// First partition (YYYY-MM-DD), inclusive.
@@ -257,19 +266,41 @@ struct RunArgs {
     quiet: bool,
 }
 
+/// Log levels of the commands that run services in-process: their own
+/// warnings only. The services' logs would repeat what the command prints
+/// (a failed run once per service); `QUARRY_LOG` brings them back.
+const EMBEDDED_LOG: &str = "warn,quarry_extractor=off,quarry_transformer=off,quarry_loader=off,\
+     quarry_archiver=off,quarry_warehouse=off,quarry_storage=off,quarry_core=error";
+
+/// A command stopped by a signal: the line to print and the exit code.
+#[derive(Debug)]
+struct Interrupted {
+    message: String,
+    code: i32,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 fn main() {
     let cli = Cli::parse();
     // A served service logs at info, like the service binaries: its runs'
     // spans (which carry run_id) are info spans. Other commands stay quiet.
     let serving = matches!(cli.command, Command::Serve { .. });
-    logging::init(if serving { "info" } else { "warn" });
+    logging::init(if serving { "info" } else { EMBEDDED_LOG });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     if let Err(e) = runtime.block_on(dispatch(cli)) {
         eprintln!("quarry: {e:#}");
-        std::process::exit(1);
+        let code = e.downcast_ref::<Interrupted>().map_or(1, |i| i.code);
+        std::process::exit(code);
     }
 }
 
@@ -399,6 +430,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => {
             if !(0.0..=1.0).contains(&bad_share) {
                 bail!("--bad-share must be between 0 and 1");
+            }
+            if !out
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+            {
+                bail!(
+                    "quarry gen writes CSV: name the output file .csv (got {})",
+                    out.display()
+                );
             }
             let file = std::fs::File::create(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
@@ -557,6 +597,18 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| config.run.output_dir.clone());
+    // Usage errors and a bad output location fail before any run begins.
+    if source.trim().is_empty() {
+        bail!("the source is empty: name a file, a directory or a glob with --source");
+    }
+    if let Some(d) = args.delimiter
+        && !(d.is_ascii() && quarry_core::schema::is_valid_delimiter(d as u8))
+    {
+        bail!(
+            "--delimiter {d:?} must be one ASCII character other than a quote, a line break or NUL"
+        );
+    }
+    client::check_output(&output, &config.run.top_client_type)?;
     let format = match args.format {
         None => SourceFormat::Unspecified,
         Some(FormatArg::Csv) => SourceFormat::Csv,
@@ -577,7 +629,7 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
 
     // Remote services get the configured TLS and token; the embedded ones
     // listen on loopback in this process, without either.
-    let (transformer_url, loader_url, cluster, sec) = match &args.transformer {
+    let (transformer_url, loader_url, mut cluster, sec) = match &args.transformer {
         Some(url) => {
             if args.sqlite.is_some() || args.warehouse.is_some() {
                 bail!(
@@ -614,22 +666,88 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
         }
     };
 
-    let result = run_and_report(
-        config,
-        &sec,
-        &transformer_url,
-        &loader_url,
-        request,
-        &output,
-        args.quiet,
-    )
-    .await;
+    let run_id = std::sync::Mutex::new(None::<String>);
+    let outcome = tokio::select! {
+        r = run_and_report(
+            config,
+            &sec,
+            &transformer_url,
+            &loader_url,
+            request,
+            &output,
+            args.quiet,
+            &run_id,
+        ) => Ok(r),
+        signal = grpc::next_signal() => Err(signal),
+    };
+    let result = match outcome {
+        Ok(result) => result,
+        Err(signal) => {
+            let run_id = run_id.lock().expect("run id lock").clone();
+            // A second signal ends the wait at once; the run is then marked
+            // interrupted by the next loader that starts.
+            tokio::select! {
+                line = interrupted_run(signal, run_id, cluster.as_mut(), &loader_url, &sec) => {
+                    Err(anyhow::Error::new(Interrupted { message: line, code: signal.exit_code() }))
+                }
+                again = grpc::next_signal() => {
+                    eprintln!("quarry: interrupted twice ({}): exiting without waiting for the abort", again.name());
+                    std::process::exit(again.exit_code());
+                }
+            }
+        }
+    };
     if let Some(c) = cluster {
         c.stop().await?;
     }
     result
 }
 
+/// After a signal: the run's client stream is gone, so its transformer
+/// aborts it (or, if the commit had begun, lets it finish). Waits for that
+/// and says how the run ended.
+async fn interrupted_run(
+    signal: grpc::Signal,
+    run_id: Option<String>,
+    cluster: Option<&mut Cluster>,
+    loader_url: &str,
+    sec: &grpc::Security,
+) -> String {
+    let sig = signal.name();
+    let Some(run_id) = run_id else {
+        return format!("interrupted by {sig} while the run was planned: nothing was committed");
+    };
+    if let Some(c) = cluster
+        && let Err(e) = c.stop_transformer().await
+    {
+        return format!("run {run_id} interrupted by {sig}: {e}");
+    }
+    // A remote transformer aborts on its own time: look for a few seconds.
+    let mut status = String::from("running");
+    if let Ok(mut loader) = LoaderClient::connect_with(loader_url, sec).await {
+        for _ in 0..50 {
+            match loader.get_run(&run_id).await {
+                Ok(r) if r.status != "running" => {
+                    status = r.status;
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(_) => break,
+            }
+        }
+    }
+    match status.as_str() {
+        "succeeded" => format!(
+            "run {run_id} interrupted by {sig} after its commit: the run succeeded, the report files were not written (quarry report)"
+        ),
+        "failed" => format!("run {run_id} interrupted by {sig}: aborted, nothing was committed"),
+        _ => format!(
+            "run {run_id} interrupted by {sig}: its transformer is aborting it; nothing is committed"
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_and_report(
     config: &Config,
     sec: &grpc::Security,
@@ -638,6 +756,7 @@ async fn run_and_report(
     request: RunRequest,
     output: &Path,
     quiet: bool,
+    run_id: &std::sync::Mutex<Option<String>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let bar = if quiet || !std::io::stderr().is_terminal() {
@@ -652,6 +771,7 @@ async fn run_and_report(
         .event
     {
         Some(run_event::Event::Started(s)) => {
+            *run_id.lock().expect("run id lock") = Some(s.run_id.clone());
             bar.set_message(format!("run {} started", s.run_id));
         }
         Some(run_event::Event::Progress(p)) => {
@@ -672,15 +792,24 @@ async fn run_and_report(
     .await;
     bar.finish_and_clear();
     let summary = summary?;
-    let mut loader = LoaderClient::connect_with(loader_url, sec).await?;
-    let reports = client::write_reports(
-        &mut loader,
-        &summary.run_id,
-        output,
-        &config.run.top_client_type,
-        config.run.top_limit,
-    )
-    .await?;
+    let reports = async {
+        let mut loader = LoaderClient::connect_with(loader_url, sec).await?;
+        client::write_reports(
+            &mut loader,
+            &summary.run_id,
+            output,
+            &config.run.top_client_type,
+            config.run.top_limit,
+        )
+        .await
+    }
+    .await
+    .with_context(|| {
+        format!(
+            "run {} succeeded, but its report files were not written (`quarry report` reads the results again)",
+            summary.run_id
+        )
+    })?;
     print_summary(&reports.record, started.elapsed());
     println!(
         "\nTop {} {} users by volume:",

@@ -2,11 +2,23 @@
 //! warehouse, and commits or aborts the run on request (`LoaderService`).
 //! Runs are serialised: a second run waits for the first one's commit (up to
 //! `begin_timeout_secs`) so two runs never interleave their commits.
+//!
+//! Runs are recorded with their owner (this process) and, while they stage,
+//! a heartbeat. When the loader starts and before every run it begins, runs
+//! left `running` by a process that is gone are recorded as failed
+//! (category `interrupted`): see `quarry_warehouse::owner`.
+//!
+//! Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING and new runs are
+//! refused, but every call of the open runs is still served — their DoPut
+//! streams, commits and aborts, on new connections too — until they end or
+//! `shutdown_grace_secs` passes; runs still open then are aborted and
+//! recorded as failed. Only then does the server stop.
 
 mod metrics;
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,9 +40,10 @@ use quarry_proto::{
     GetRunRequest, ListRunsRequest, ListRunsResponse, LoadAck, LoadCommand, RunRecord, TopMetric,
     TopUsersRequest, TopUsersResponse, WeeklyTotalsRequest, WeeklyTotalsResponse, WriteMode,
 };
+use quarry_warehouse::owner::RunOwner;
 use quarry_warehouse::{Metric, RunCommit, RunFailure, RunStart, TopUsersQuery, Warehouse};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
@@ -46,8 +59,15 @@ pub struct Loader {
     warehouse: Arc<dyn Warehouse>,
     slot: Arc<Semaphore>,
     runs: Arc<Mutex<HashMap<String, OpenRun>>>,
+    /// Notified whenever a run closes (the drain waits for the last one).
+    run_closed: Arc<Notify>,
+    /// Set once shutdown begins: new runs are refused.
+    draining: Arc<AtomicBool>,
+    /// This loader instance as the owner of the runs it begins.
+    owner: Arc<RunOwner>,
     begin_timeout: Duration,
     shutdown_grace: Duration,
+    stale_after: Duration,
     metrics_listen: String,
     metrics: Arc<metrics::Metrics>,
     security: Security,
@@ -75,14 +95,84 @@ impl Loader {
             warehouse,
             slot: Arc::new(Semaphore::new(1)),
             runs: Arc::new(Mutex::new(HashMap::new())),
+            run_closed: Arc::new(Notify::new()),
+            draining: Arc::new(AtomicBool::new(false)),
+            owner: Arc::new(RunOwner::this_process(&uuid::Uuid::now_v7().to_string())),
             begin_timeout: Duration::from_secs(config.begin_timeout_secs),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            stale_after: Duration::from_secs(config.stale_run_secs),
             metrics_listen: config.metrics_listen.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
             security: Security::default(),
         };
         loader.spawn_reaper(Duration::from_secs(config.run_idle_timeout_secs));
+        loader.spawn_heartbeat(Duration::from_secs(config.heartbeat_secs));
         loader
+    }
+
+    /// Refreshes the heartbeat of the open runs, so loaders elsewhere can
+    /// tell them from runs whose process died.
+    fn spawn_heartbeat(&self, period: Duration) {
+        let weak = Arc::downgrade(&self.runs);
+        let warehouse = self.warehouse.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(runs) = weak.upgrade() else { return };
+                let open: Vec<String> = runs.lock().expect("runs lock").keys().cloned().collect();
+                drop(runs);
+                for run_id in open {
+                    if let Err(e) = warehouse.heartbeat(&run_id).await {
+                        warn!(run_id = %run_id, error = %e, "could not record the run's heartbeat");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records as failed (category `interrupted`) every run left `running`
+    /// by a process that is gone; returns how many. A run open here is
+    /// alive; one owned on this host is alive while its process is; for the
+    /// others the warehouse decides (heartbeat, or SQLite's write lock).
+    pub async fn recover_interrupted(&self) -> Result<usize> {
+        let mut recovered = 0;
+        for run in self.warehouse.running_runs().await? {
+            if self
+                .runs
+                .lock()
+                .expect("runs lock")
+                .contains_key(&run.run_id)
+            {
+                continue;
+            }
+            let owner = RunOwner::parse(&run.owner_json);
+            let gone = match &owner {
+                Some(o) if o.loader == self.owner.loader => true,
+                Some(o) if o.is_local() => !o.process_alive(),
+                _ => !self.warehouse.may_still_run(&run, self.stale_after).await?,
+            };
+            if !gone {
+                continue;
+            }
+            let who = owner.map_or("its process".to_string(), |o| o.describe());
+            let message = format!(
+                "run interrupted: {who} stopped before the run ended; nothing of it was committed"
+            );
+            warn!(run_id = %run.run_id, "{message}");
+            self.warehouse
+                .abort(RunFailure {
+                    run_id: run.run_id.clone(),
+                    category: ErrorCategory::Interrupted,
+                    message,
+                    stats: run.stats.unwrap_or_default(),
+                    quality_json: String::new(),
+                })
+                .await?;
+            recovered += 1;
+        }
+        Ok(recovered)
     }
 
     /// Aborts runs whose driver went away without committing or aborting.
@@ -115,7 +205,7 @@ impl Loader {
                     let _ = warehouse
                         .abort(RunFailure {
                             run_id,
-                            category: ErrorCategory::Internal,
+                            category: ErrorCategory::Interrupted,
                             message,
                             stats: Default::default(),
                             quality_json: String::new(),
@@ -142,6 +232,7 @@ impl Loader {
             .drain()
             .map(|(id, _)| id)
             .collect();
+        self.run_closed.notify_waiters();
         for run_id in open {
             warn!(run_id = %run_id, "{message}");
             self.metrics.aborts.inc();
@@ -149,7 +240,7 @@ impl Loader {
                 .warehouse
                 .abort(RunFailure {
                     run_id: run_id.clone(),
-                    category: ErrorCategory::Backend,
+                    category: ErrorCategory::Interrupted,
                     message: message.to_string(),
                     stats: Default::default(),
                     quality_json: String::new(),
@@ -175,7 +266,20 @@ impl Loader {
     }
 
     fn close(&self, run_id: &str) -> Option<OpenRun> {
-        self.runs.lock().expect("runs lock").remove(run_id)
+        let closed = self.runs.lock().expect("runs lock").remove(run_id);
+        self.run_closed.notify_waiters();
+        closed
+    }
+
+    /// Resolves once no run is open.
+    async fn all_runs_closed(&self) {
+        loop {
+            let closed = self.run_closed.notified();
+            if self.runs.lock().expect("runs lock").is_empty() {
+                return;
+            }
+            closed.await;
+        }
     }
 
     pub fn routes(&self) -> Routes {
@@ -238,16 +342,26 @@ const SERVICE_NAMES: [&str; 2] = [
 ];
 
 impl Loader {
-    /// Opens the configured warehouse and checks that it answers.
+    /// Opens the configured warehouse, checks that it answers, and records
+    /// runs left `running` by dead processes as failed.
     pub async fn open(config: &LoaderConfig, warehouse: &WarehouseConfig) -> Result<Self> {
         let wh = quarry_warehouse::open(warehouse)?;
         wh.check_connectivity().await?;
-        Ok(Self::new(wh, config))
+        let loader = Self::new(wh, config);
+        let recovered = loader.recover_interrupted().await?;
+        if recovered > 0 {
+            info!(
+                runs = recovered,
+                "recorded runs of dead processes as interrupted"
+            );
+        }
+        Ok(loader)
     }
 
-    /// Serves on `listener` until `shutdown` resolves. Open runs then get
-    /// `shutdown_grace_secs` to commit; runs still open are aborted (their
-    /// staged data discarded, recorded as failed), then the warehouse closes.
+    /// Serves on `listener` until `shutdown` resolves, then drains: new runs
+    /// are refused while the open ones get `shutdown_grace_secs` to commit
+    /// (or abort); runs still open then are aborted (their staged data
+    /// discarded, recorded as failed), and the warehouse closes.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -261,20 +375,38 @@ impl Loader {
             self.metrics.registry.clone(),
         )
         .await?;
-        let expire = {
+        let signal = futures::FutureExt::shared(Box::pin(shutdown));
+        let drained = {
             let me = self.clone();
+            let signal = signal.clone();
             async move {
-                me.abort_open_runs("run aborted: the loader shut down before its commit")
+                signal.await;
+                me.draining.store(true, Ordering::SeqCst);
+                let open = me.runs.lock().expect("runs lock").len();
+                info!(
+                    open_runs = open,
+                    grace_secs = me.shutdown_grace.as_secs(),
+                    "shutting down: new runs refused, open runs may still commit"
+                );
+                if tokio::time::timeout(me.shutdown_grace, me.all_runs_closed())
                     .await
+                    .is_err()
+                {
+                    warn!(
+                        grace_secs = me.shutdown_grace.as_secs(),
+                        "shutdown grace period over: aborting the open runs"
+                    );
+                    me.abort_open_runs("run aborted: the loader shut down before its commit")
+                        .await;
+                }
             }
         };
-        let served = grpc::serve_with_grace(
+        let served = grpc::serve_draining(
             listener,
             self.routes(),
             &SERVICE_NAMES,
-            shutdown,
-            self.shutdown_grace,
-            expire,
+            signal,
+            drained,
             &self.security,
         )
         .await;
@@ -308,6 +440,12 @@ impl LoaderService for Loader {
         check_run_id(&req.run_id)?;
         let span = info_span!("run", run_id = %req.run_id);
         async {
+            if self.draining.load(Ordering::SeqCst) {
+                return Err(Error::backend(
+                    "the loader is shutting down: it takes no new runs; try another loader or later",
+                    true,
+                ));
+            }
             let slot = tokio::time::timeout(self.begin_timeout, self.slot.clone().acquire_owned())
                 .await
                 .map_err(|_| {
@@ -320,11 +458,17 @@ impl LoaderService for Loader {
                     )
                 })?
                 .map_err(|_| Error::internal("loader is shutting down"))?;
+            // Runs of dead processes are settled before a new one begins, so
+            // the history never shows one running for ever.
+            if let Err(e) = self.recover_interrupted().await {
+                warn!(error = %e, "could not check for interrupted runs");
+            }
             self.warehouse
                 .begin_run(RunStart {
                     run_id: req.run_id.clone(),
                     source: req.source.clone(),
                     options_json: req.options_json.clone(),
+                    owner_json: self.owner.to_json(),
                 })
                 .await?;
             self.runs.lock().expect("runs lock").insert(

@@ -135,6 +135,35 @@ pub async fn serve(
         .await
 }
 
+/// Usage errors of a run request: refused before a run begins.
+fn check_request(req: &RunRequest) -> Result<()> {
+    use quarry_core::Error;
+    if req.source.trim().is_empty() {
+        return Err(Error::input(
+            "the source is empty: name a file, a directory or a glob",
+        ));
+    }
+    if quarry_proto::SourceFormat::try_from(req.format).is_err() {
+        return Err(Error::input(format!(
+            "unknown source format {}",
+            req.format
+        )));
+    }
+    if let Some(csv) = &req.csv {
+        match csv.delimiter.as_bytes() {
+            [] => {}
+            [d] if quarry_core::schema::is_valid_delimiter(*d) => {}
+            _ => {
+                return Err(Error::input(format!(
+                    "CSV delimiter {} must be one ASCII character other than a quote, a line break or NUL",
+                    quarry_core::text::excerpt(&format!("{:?}", csv.delimiter), 16)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl TransformerService for Transformer {
     type RunStream = ReceiverStream<std::result::Result<RunEvent, Status>>;
@@ -144,6 +173,8 @@ impl TransformerService for Transformer {
         request: Request<RunRequest>,
     ) -> std::result::Result<Response<Self::RunStream>, Status> {
         let req = request.into_inner();
+        // A request that cannot run is refused before a run is recorded.
+        check_request(&req)?;
         let run_id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let span = info_span!("run", run_id = %run_id);

@@ -118,6 +118,7 @@ struct Measures {
     load_ms: u64,
     commit_ms: u64,
     files: Vec<FileFacts>,
+    skipped_files: Vec<(String, String)>,
 }
 
 impl Measures {
@@ -201,18 +202,24 @@ pub async fn drive(context: Context, req: RunRequest, run_id: String, events: Ev
     };
     let outcome = tokio::select! {
         r = run.execute(&events) => r,
-        // The client went away: stop and abort rather than commit unobserved.
-        _ = events.closed() => Err(Error::input("the client cancelled the run")),
-        // The service is stopping and the grace period is over. Once the
-        // commit is requested the loader decides the outcome: wait for it.
+        // The client went away: stop and abort rather than commit
+        // unobserved. Once the commit is requested the loader decides the
+        // outcome (an abort then would record a committed run as failed):
+        // wait for it, as for a shutdown.
+        _ = async {
+            events.closed().await;
+            if run.counters.stage() == "committing" {
+                std::future::pending::<()>().await;
+            }
+        } => Err(Error::interrupted("the client cancelled the run")),
+        // The service is stopping and the grace period is over.
         _ = async {
             shutdown.cancelled().await;
             if run.counters.stage() == "committing" {
                 std::future::pending::<()>().await;
             }
-        } => Err(Error::backend(
+        } => Err(Error::interrupted(
             "the transformer shut down before the run finished; nothing was committed",
-            true,
         )),
     };
     ticker.abort();
@@ -253,6 +260,7 @@ impl Run {
             run_id: &self.run_id,
             source: &self.req.source,
             files: &m.files,
+            skipped_files: &m.skipped_files,
             stats: &m.stats,
             duplicates: m.duplicates,
             dedup: self.dedup,
@@ -353,6 +361,11 @@ impl Run {
                     extra_columns: f.extra_columns.clone(),
                 })
                 .collect();
+            m.skipped_files = plan
+                .skipped
+                .iter()
+                .map(|s| (s.file.clone(), s.reason.clone()))
+                .collect();
         }
         self.counters
             .files_total
@@ -365,7 +378,7 @@ impl Run {
                 })),
             }))
             .await
-            .map_err(|_| Error::input("the client cancelled the run"))?;
+            .map_err(|_| Error::interrupted("the client cancelled the run"))?;
         info!(source = %self.req.source, files = tickets.len(), "run started");
 
         // Stream: one DoPut per table stays open while the splits are read.
