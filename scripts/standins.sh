@@ -29,16 +29,18 @@ wait_for() {
         fi
         sleep 0.1
     done
-    echo "$1 did not start; end of $3:" >&2
-    tail -n 30 "$3" >&2 || true
-    return 1
+    echo "end of $3:"
+    tail -n 30 "$3" || true
+    echo "scripts/test.sh: the $1 stand-in did not answer at $2 within 30 s (log: $3)" >&2
+    exit 1
 }
 
 # ClickHouse (Debian's clickhouse-server) on 127.0.0.1:18123.
 start_clickhouse() {
     if ! command -v clickhouse-server >/dev/null && [ ! -x /usr/sbin/clickhouse-server ]; then
-        as_root apt-get update -q
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client
+        as_root apt-get update -q &&
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client ||
+            { echo "scripts/test.sh: cannot install clickhouse-server from Debian's archive" >&2; exit 1; }
     fi
     local d="$STANDINS/clickhouse"
     rm -rf "$d"
@@ -62,7 +64,8 @@ start_clickhouse() {
 venv_from() {
     if ! "$1/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort "$2") >/dev/null; then
         python3 -m venv "$1"
-        "$1/bin/pip" install --quiet --disable-pip-version-check -r "$2"
+        "$1/bin/pip" install --quiet --disable-pip-version-check -r "$2" ||
+            { echo "scripts/test.sh: cannot install the stand-in packages of $2" >&2; exit 1; }
     fi
 }
 
@@ -132,7 +135,8 @@ start_snowflake() {
         fi
         sleep 0.1
     done
-    echo "fakesnow did not start; end of $d/log/server.log:" >&2
-    tail -n 30 "$d/log/server.log" >&2 || true
-    return 1
+    echo "end of $d/log/server.log:"
+    tail -n 30 "$d/log/server.log" || true
+    echo "scripts/test.sh: the Snowflake stand-in (fakesnow) did not answer at http://127.0.0.1:18765 within 30 s" >&2
+    exit 1
 }

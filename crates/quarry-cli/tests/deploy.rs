@@ -41,33 +41,6 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// A validator named by an environment variable, or None (and a message).
-fn tool(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            eprintln!("skipped: {var} is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
-/// kubectl: QUARRY_KUBECTL, else the first `kubectl` on PATH.
-fn kubectl() -> Option<PathBuf> {
-    if let Ok(k) = std::env::var("QUARRY_KUBECTL") {
-        return Some(PathBuf::from(k));
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!("skipped: kubectl is not on PATH (it renders the kustomize overlays)");
-    }
-    found
-}
-
 /// Runs a command in the repository; its output, or a failure with all of it.
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -177,10 +150,9 @@ fn binaries() -> Vec<String> {
 // ---------------------------------------------------------------- Dockerfile
 
 #[test]
+#[ignore = "needs hadolint (QUARRY_HADOLINT): scripts/test.sh runs it"]
 fn dockerfile_passes_hadolint() {
-    let Some(hadolint) = tool("QUARRY_HADOLINT") else {
-        return;
-    };
+    let hadolint = quarry_testkit::standin("QUARRY_HADOLINT");
     let out = run(Command::new(hadolint).arg("deploy/docker/Dockerfile"));
     assert!(out.trim().is_empty(), "hadolint findings:\n{out}");
 }
@@ -251,10 +223,9 @@ fn dockerfile_builds_every_binary_into_an_unprivileged_runtime() {
 // ------------------------------------------------------------ docker compose
 
 #[test]
+#[ignore = "needs check-jsonschema (QUARRY_CHECK_JSONSCHEMA): scripts/test.sh runs it"]
 fn compose_file_matches_the_compose_spec() {
-    let Some(cj) = tool("QUARRY_CHECK_JSONSCHEMA") else {
-        return;
-    };
+    let cj = quarry_testkit::standin("QUARRY_CHECK_JSONSCHEMA");
     run(Command::new(cj).args([
         "--verbose",
         "--builtin-schema",
@@ -603,10 +574,9 @@ async fn compose_health_checks_pass_only_while_the_service_serves() {
 // ------------------------------------------------------------ GitHub Actions
 
 #[test]
+#[ignore = "needs check-jsonschema (QUARRY_CHECK_JSONSCHEMA): scripts/test.sh runs it"]
 fn workflow_matches_the_github_schema() {
-    let Some(cj) = tool("QUARRY_CHECK_JSONSCHEMA") else {
-        return;
-    };
+    let cj = quarry_testkit::standin("QUARRY_CHECK_JSONSCHEMA");
     run(Command::new(cj).args([
         "--verbose",
         "--builtin-schema",
@@ -713,26 +683,25 @@ impl Rendered {
 
 /// Renders an overlay with kubectl kustomize and validates it with
 /// kubernetes-validate --strict (when available).
-fn render(dir: &str) -> Option<Rendered> {
-    let kubectl = kubectl()?;
+fn render(dir: &str) -> Rendered {
+    let kubectl = quarry_testkit::standin("QUARRY_KUBECTL");
+    let kv = quarry_testkit::standin("QUARRY_KUBERNETES_VALIDATE");
     let text = run(Command::new(kubectl).args(["kustomize", dir]));
-    if let Some(kv) = tool("QUARRY_KUBERNETES_VALIDATE") {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("rendered.yaml");
-        std::fs::write(&file, &text).unwrap();
-        for version in K8S_VERSIONS {
-            let out = run(Command::new(&kv)
-                .args(["--strict", "--quiet", "-k", version])
-                .arg(&file));
-            assert!(
-                !out.contains("WARN") && !out.contains("ERROR"),
-                "{dir} against {version}:\n{out}"
-            );
-        }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rendered.yaml");
+    std::fs::write(&file, &text).unwrap();
+    for version in K8S_VERSIONS {
+        let out = run(Command::new(&kv)
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&file));
+        assert!(
+            !out.contains("WARN") && !out.contains("ERROR"),
+            "{dir} against {version}:\n{out}"
+        );
     }
-    Some(Rendered {
+    Rendered {
         docs: yaml_docs(&text),
-    })
+    }
 }
 
 fn pod_spec(workload: &Value) -> &Value {
@@ -1091,15 +1060,15 @@ fn check_cluster(r: &Rendered, namespace: &str) -> BTreeMap<&'static str, Config
 }
 
 #[test]
+#[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
 fn k8s_base_renders_and_validates() {
     render("deploy/k8s/base");
 }
 
 #[test]
+#[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
 fn k8s_dev_overlay_sqlite_on_volumes() {
-    let Some(r) = render("deploy/k8s/overlays/dev") else {
-        return;
-    };
+    let r = render("deploy/k8s/overlays/dev");
     let configs = check_cluster(&r, "quarry-dev");
     let loader_cfg = &configs["loader"];
     assert_eq!(loader_cfg.warehouse.kind, WarehouseKind::Sqlite);
@@ -1158,10 +1127,9 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
 }
 
 #[test]
+#[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
 fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
-    let Some(r) = render("deploy/k8s/overlays/prod") else {
-        return;
-    };
+    let r = render("deploy/k8s/overlays/prod");
     let configs = check_cluster(&r, "quarry");
     assert_eq!(configs["loader"].warehouse.kind, WarehouseKind::Clickhouse);
     assert_eq!(

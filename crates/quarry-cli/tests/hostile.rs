@@ -742,3 +742,98 @@ fn top_lists_cannot_carry_spreadsheet_formulas() {
         "user_id,total_volume\n\"'=HYPERLINK(\"\"x\"\")\",900\n'+1,800\n'@SUM(A1),700\n"
     );
 }
+
+/// Every kind of failure a user can meet ends in one line on stderr naming
+/// it, with the category of the recorded run (interrupted runs: above).
+#[test]
+fn every_failure_category_ends_in_one_line() {
+    let dir = user_dir();
+    let data = dir.path().join("data");
+    std::fs::write(
+        data.join("nocol.csv"),
+        "timestamp,user_id,client_type,symbol,side,quantity\n",
+    )
+    .unwrap();
+    let mut bad = String::from(HEADER);
+    for _ in 0..10 {
+        bad.push_str("yesterday,1,gold,A,buy,1,2\n");
+    }
+    std::fs::write(data.join("bad.csv"), bad).unwrap();
+    let db = dir.path().join("agg_result.db");
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        run_within(dir.path(), args, vars, Duration::from_secs(60))
+    };
+
+    let out = run(&["run", "-q", "--source", "data/nocol.csv"], &[]);
+    one_line_error(
+        &out,
+        &["failed (input)", "nocol.csv: missing required column price"],
+    );
+    assert_eq!(runs_of(&db)[0].1, "input");
+
+    let out = run(&["run", "-q", "--source", "data/bad.csv"], &[]);
+    one_line_error(&out, &["failed (quality)", "validity"]);
+    assert_eq!(runs_of(&db)[0].1, "quality");
+
+    // A bad configuration value fails before anything starts.
+    let out = run(&["run", "-q"], &[("QUARRY_EXTRACTOR__BATCH_ROWS", "0")]);
+    one_line_error(&out, &["extractor.batch_rows"]);
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[loader]\nlistn = 1\n").unwrap();
+    let out = run(&["run", "-q", "--config", "bad.toml"], &[]);
+    one_line_error(&out, &["bad.toml", "listn"]);
+
+    // A warehouse that is not there.
+    let dead = format!("http://127.0.0.1:{}", common::procs::free_port());
+    let out = run(
+        &["run", "-q", "--warehouse", "clickhouse"],
+        &[("QUARRY_WAREHOUSE__CLICKHOUSE__URL", &dead)],
+    );
+    one_line_error(&out, &["clickhouse at", "cannot connect"]);
+    assert_eq!(runs_of(&db).len(), 2, "no run began without a warehouse");
+}
+
+/// The pipeline streams: ten times the input (with the same groups) costs
+/// far less memory than the input grew by. (What does grow: the duplicate
+/// counter keeps 8 bytes of hash per row, up to 64 MiB per part before it
+/// spills to disk; holding the input itself would cost more than its size.)
+#[test]
+fn memory_stays_bounded_as_the_input_grows() {
+    let dir = user_dir();
+    let mut peak = vec![];
+    for rows in ["200000", "2000000"] {
+        let file = format!("data/gen-{rows}.csv");
+        let out = run_within(
+            dir.path(),
+            &["gen", "--rows", rows, "--users", "100", "--out", &file],
+            &[],
+            Duration::from_secs(120),
+        );
+        assert!(out.status.success());
+        let (out, kib) = peak_kib(
+            dir.path(),
+            &["run", "-q", "--no-raw-trades", "--source", &file],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        peak.push(kib);
+    }
+    let input_growth_kib = std::fs::metadata(dir.path().join("data/gen-2000000.csv"))
+        .unwrap()
+        .len()
+        / 1024
+        - std::fs::metadata(dir.path().join("data/gen-200000.csv"))
+            .unwrap()
+            .len()
+            / 1024;
+    let growth = peak[1].saturating_sub(peak[0]);
+    assert!(
+        growth < input_growth_kib * 3 / 4,
+        "peak RSS {} KiB -> {} KiB for {input_growth_kib} KiB more input",
+        peak[0],
+        peak[1]
+    );
+}

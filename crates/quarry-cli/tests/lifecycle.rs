@@ -24,12 +24,15 @@ fn planned(e: &RunEvent) -> Option<u64> {
 }
 
 /// Runs `source` on the stack and sends SIGTERM to `victim` at the first
-/// event `when` picks. Returns the run's result and the rows read then.
+/// event `when` picks — after pausing the extractor (SIGSTOP) if `pause`,
+/// so that the run cannot finish within the grace period however fast the
+/// machine is. Returns the run's result and the rows read then.
 async fn run_and_terminate(
     stack: &Stack,
     victim: &Service,
     source: &std::path::Path,
     when: fn(&RunEvent) -> Option<u64>,
+    pause: bool,
 ) -> (quarry_core::Result<quarry_proto::RunSummary>, u64) {
     let mut signalled_at = None;
     let req = RunRequest {
@@ -40,11 +43,17 @@ async fn run_and_terminate(
         if signalled_at.is_none()
             && let Some(rows) = when(e)
         {
+            if pause {
+                stack.extractor.pause();
+            }
             victim.terminate();
             signalled_at = Some(rows);
         }
     })
     .await;
+    if pause {
+        stack.extractor.resume();
+    }
     (
         result,
         signalled_at.expect("the run reached the signal point"),
@@ -71,7 +80,7 @@ async fn sigterm_to_the_transformer_aborts_its_run_and_exits_0() {
             ("QUARRY_EXTRACTOR__BATCH_ROWS", "500"),
         ],
     );
-    let (result, at) = run_and_terminate(&stack, &stack.transformer, &big, streaming).await;
+    let (result, at) = run_and_terminate(&stack, &stack.transformer, &big, streaming, true).await;
     let signalled = Instant::now();
     assert!(at < 400_000, "signalled after {at} rows");
     let e = result.expect_err("a run cut by shutdown must fail");
@@ -111,7 +120,7 @@ async fn sigterm_to_the_loader_aborts_the_open_run_and_exits_0() {
             ("QUARRY_EXTRACTOR__BATCH_ROWS", "500"),
         ],
     );
-    let (result, at) = run_and_terminate(&stack, &stack.loader, &big, streaming).await;
+    let (result, at) = run_and_terminate(&stack, &stack.loader, &big, streaming, true).await;
     assert!(at < 400_000, "signalled after {at} rows");
     result.expect_err("a run whose loader stopped must fail");
     let status = stack.loader.wait_exit(Duration::from_secs(30));
@@ -139,10 +148,73 @@ async fn a_run_that_finishes_within_the_grace_period_commits() {
     let env = Env::new();
     let sample = env.copy_fixture();
     let stack = Stack::start(&env, &[("QUARRY_TRANSFORMER__SHUTDOWN_GRACE_SECS", "60")]);
-    let (result, _) = run_and_terminate(&stack, &stack.transformer, &sample, planned).await;
+    let (result, _) = run_and_terminate(&stack, &stack.transformer, &sample, planned, false).await;
     let summary = result.expect("the run finishes within the grace period");
     assert_eq!(summary.stats.unwrap().rows_in, 800);
     stack.stop();
     let runs = env.runs().await;
     assert_eq!(runs[0].status, "succeeded");
+}
+
+/// While a run holds the loader (its source paused), a second run waits
+/// `begin_timeout_secs` for it and is then refused with one clear error;
+/// the first run, resumed, commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_waits_begin_timeout_secs_then_is_refused() {
+    let env = Env::new();
+    let sample = env.copy_fixture();
+    let big = big_input(&env, 400_000);
+    let stack = Stack::start(
+        &env,
+        &[
+            ("QUARRY_LOADER__BEGIN_TIMEOUT_SECS", "1"),
+            ("QUARRY_EXTRACTOR__BATCH_ROWS", "500"),
+        ],
+    );
+    let paused = tokio::sync::Notify::new();
+    let first = async {
+        let mut done = false;
+        let req = RunRequest {
+            source: big.display().to_string(),
+            ..Default::default()
+        };
+        client::run_pipeline(&stack.transformer.url(), req, |e| {
+            if !done && streaming(e).is_some() {
+                stack.extractor.pause();
+                paused.notify_one();
+                done = true;
+            }
+        })
+        .await
+    };
+    let second = async {
+        paused.notified().await;
+        let req = RunRequest {
+            source: sample.display().to_string(),
+            ..Default::default()
+        };
+        let refused = client::run_pipeline(&stack.transformer.url(), req, |_| {}).await;
+        stack.extractor.resume();
+        refused
+    };
+    let (first, second) = tokio::join!(first, second);
+    let e = second.expect_err("the loader is busy");
+    assert!(
+        e.to_string()
+            .contains("the warehouse is busy with another run for over 1 s"),
+        "{e}"
+    );
+    assert_eq!(first.unwrap().stats.unwrap().rows_in, 400_000);
+    stack.stop();
+    let runs = env.runs().await;
+    let statuses: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| (r.status.as_str(), r.error_category.as_str()))
+        .collect();
+    // Newest first: the refused run is recorded when it is aborted.
+    assert_eq!(
+        statuses,
+        [("failed", "backend"), ("succeeded", "")],
+        "{runs:?}"
+    );
 }

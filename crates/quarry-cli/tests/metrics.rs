@@ -206,7 +206,8 @@ async fn the_archiver_counts_partitions_moved_and_restored() {
         .iter()
         .filter(|m| m.outcome == "restored")
         .count();
-    assert!(n_restored > 0, "{:?}", restored.moves);
+    // 2023-01-01 to 2023-01-10: ten archived days come back.
+    assert_eq!(n_restored, 10, "{:?}", restored.moves);
     let m = scrape(metrics).await;
     assert_eq!(sample(&m, "quarry_archiver_partitions_moved_total"), 43.0);
     assert_eq!(

@@ -311,8 +311,9 @@ async fn a_file_that_breaks_half_way_changes_nothing_and_is_recorded() {
         "{}",
         failed.error_message
     );
-    // The rows streamed before the break were counted, then discarded.
-    assert!(failed.stats.as_ref().unwrap().rows_in >= 100);
+    // The rows read before the break (lines 2 to 5001) were counted, then
+    // discarded.
+    assert_eq!(failed.stats.as_ref().unwrap().rows_in, 5_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,8 +494,13 @@ async fn duplicates_are_counted_and_dropped_on_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_runs_are_serialised_by_the_loader() {
     let env = Env::new();
+    // The same days from two files: their commits replace each other's
+    // partitions, so they must not interleave.
     let a = env.copy_fixture();
-    let b = env.write("other.csv", valid_rows(2_000));
+    let b = env.write(
+        "copy.csv",
+        std::fs::read(common::fixtures().join("trades_sample.csv")).unwrap(),
+    );
     let cluster = quarry_cli::embedded::Cluster::start(&env.config)
         .await
         .unwrap();
@@ -513,7 +519,20 @@ async fn concurrent_runs_are_serialised_by_the_loader() {
     ra.unwrap();
     rb.unwrap();
     cluster.stop().await.unwrap();
-    assert_eq!(env.count("SELECT count(*) FROM trades"), 790 + 2_000);
-    let runs = env.runs().await;
+    // One copy of the trades (the later commit replaced the days), the
+    // rejected rows of both files.
+    assert_eq!(env.count("SELECT count(*) FROM trades"), 790);
+    assert_eq!(env.count("SELECT count(*) FROM trades_rejected"), 20);
+    let mut runs = env.runs().await;
     assert_eq!(runs.iter().filter(|r| r.status == "succeeded").count(), 2);
+    // One after the other: the second began after the first committed.
+    runs.sort_by(|x, y| x.started_at.cmp(&y.started_at));
+    assert!(
+        runs[0].finished_at <= runs[1].started_at,
+        "overlapping runs: {} .. {} and {} .. {}",
+        runs[0].started_at,
+        runs[0].finished_at,
+        runs[1].started_at,
+        runs[1].finished_at
+    );
 }

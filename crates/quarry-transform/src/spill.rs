@@ -50,6 +50,12 @@ impl HashRuns {
         Ok(())
     }
 
+    /// Sorted runs written to temporary files so far.
+    #[cfg(test)]
+    fn spilled_runs(&self) -> usize {
+        self.runs.len()
+    }
+
     /// Hashes equal to an earlier one: the exact duplicate count.
     pub fn duplicates(mut self) -> Result<u64> {
         self.buffer.sort_unstable();
@@ -104,12 +110,18 @@ mod tests {
 
     #[test]
     fn counts_exactly_across_spilled_runs() {
-        for limit in [1, 3, 7, 1000] {
+        // 80 hashes: a run is spilled each time `limit` of them are held.
+        for (limit, spilled) in [(1, 80), (3, 26), (7, 11), (1000, 0)] {
             let mut runs = HashRuns::new(limit);
             // 0..50 once, multiples of 5 three times more: 10 values * 3 = 30 duplicates.
             for v in (0..50u64).chain((0..50).filter(|v| v % 5 == 0).cycle().take(30)) {
                 runs.push(v.wrapping_mul(0x9E37_79B9_7F4A_7C15)).unwrap();
             }
+            assert_eq!(runs.spilled_runs(), spilled, "limit {limit}");
+            assert!(
+                runs.buffer.len() < limit,
+                "limit {limit}: at most limit - 1 in memory"
+            );
             assert_eq!(runs.duplicates().unwrap(), 30, "limit {limit}");
         }
         assert_eq!(HashRuns::new(4).duplicates().unwrap(), 0);

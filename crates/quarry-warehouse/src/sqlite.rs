@@ -674,8 +674,19 @@ impl Writer {
         match self.finish_commit(&run, &c) {
             Ok(rows) => Ok(rows),
             Err(e) => {
-                // Leave nothing half-done behind: the transaction is undone.
+                // Leave nothing half-done behind: the transaction is undone,
+                // and the run is recorded as failed by its commit (like the
+                // other backends do).
                 let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = record_end(
+                    &self.conn,
+                    &c.run_id,
+                    "failed",
+                    &c.stats,
+                    &BTreeMap::new(),
+                    Some((e.category().as_str(), &e.to_string())),
+                    &c.quality_json,
+                );
                 Err(e)
             }
         }

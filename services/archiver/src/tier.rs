@@ -98,10 +98,15 @@ struct Hold {
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// After the first file of a partition is written, before the rest.
+    ExportMidway,
     Export,
     Verify,
     Manifest,
     Drop,
+    /// After the partition was dropped from the warehouse, before the move
+    /// is reported (a crash right after the drop).
+    AfterDrop,
     /// Not a failure: overwrites the first exported file with other rows
     /// before verify reads it.
     Corrupt,
@@ -540,6 +545,7 @@ impl Tier {
                 self.cold.display
             )));
         }
+        self.fault("AfterDrop")?;
         let mut m = outcome(
             table,
             partition,
@@ -609,6 +615,9 @@ impl Tier {
                     bytes: size,
                 });
                 pending_rows = 0;
+                if files.len() == 1 {
+                    self.fault("ExportMidway")?;
+                }
             }
             let Some(b) = next else { break };
             pending_rows += b.num_rows();
@@ -1080,8 +1089,38 @@ mod tests {
         NaiveDate::from_ymd_opt(2024, 1, 6)
     }
 
-    /// Every row, hot and cold (as the manifests list them), as (count, checksum).
-    async fn everything(t: &Tier) -> (u64, String) {
+    /// Rows as sorted `|`-joined text (timestamps as nanoseconds), so that
+    /// expected values do not come from the archiver's own checksum.
+    fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
+        let mut out = vec![];
+        for b in batches {
+            let cols: Vec<_> = b
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    arrow::datatypes::DataType::Timestamp(..) => {
+                        arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap()
+                    }
+                    _ => c.clone(),
+                })
+                .collect();
+            let fmt: Vec<_> = cols
+                .iter()
+                .map(|c| {
+                    arrow::util::display::ArrayFormatter::try_new(c, &Default::default()).unwrap()
+                })
+                .collect();
+            for i in 0..b.num_rows() {
+                let row: Vec<String> = fmt.iter().map(|f| f.value(i).to_string()).collect();
+                out.push(row.join("|"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Every row, hot and cold (as the manifests list them), as text.
+    async fn everything(t: &Tier) -> Vec<String> {
         let mut all = vec![];
         for p in t.warehouse.list_partitions(Table::Trades).await.unwrap() {
             all.extend(
@@ -1094,7 +1133,23 @@ mod tests {
         for p in t.cold_partitions(Table::Trades).await.unwrap().keys() {
             all.extend(t.read_cold(Table::Trades, p).await.unwrap());
         }
-        checksum(&Table::Trades.schema(), &all).unwrap()
+        rows_text(&all)
+    }
+
+    /// (partition, outcome) of each move.
+    fn outcomes(moves: &[PartitionMove]) -> Vec<(String, String)> {
+        moves
+            .iter()
+            .map(|m| (m.partition.clone(), m.outcome.clone()))
+            .collect()
+    }
+
+    /// The three due days with one outcome each.
+    fn due_days(outcome: &str) -> Vec<(String, String)> {
+        ["2024-01-01", "2024-01-02", "2024-01-03"]
+            .iter()
+            .map(|d| (d.to_string(), outcome.to_string()))
+            .collect()
     }
 
     async fn hot_days(t: &Tier) -> Vec<String> {
@@ -1123,7 +1178,7 @@ mod tests {
     async fn old_partitions_move_and_come_back() {
         let f = Fixture::new().await;
         let t = f.tier();
-        let want = checksum(&Table::Trades.schema(), &f.original).unwrap();
+        let want = rows_text(&f.original);
 
         let (cutoff, dry) = t.archive("", as_of(), true).await.unwrap();
         assert_eq!(cutoff, "2024-01-04");
@@ -1145,7 +1200,10 @@ mod tests {
             hot_days(&t).await,
             ["2024-01-04", "2024-01-05", "2024-01-06"]
         );
-        assert_eq!(everything(&t).await, want, "hot + cold = the original rows");
+        assert!(
+            everything(&t).await == want,
+            "hot + cold = the original rows"
+        );
 
         // Nothing is due any more; a second run changes nothing.
         let (_, again) = t.archive("", as_of(), false).await.unwrap();
@@ -1169,7 +1227,7 @@ mod tests {
         for p in hot_days(&t).await {
             hot.extend(t.warehouse.read_partition(Table::Trades, &p).await.unwrap());
         }
-        assert_eq!(checksum(&Table::Trades.schema(), &hot).unwrap(), want);
+        assert_eq!(rows_text(&hot), want);
         let (_, held) = t.archive("", as_of(), true).await.unwrap();
         assert!(held.is_empty(), "restored partitions are held: {held:?}");
 
@@ -1180,47 +1238,100 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_at_any_step_loses_nothing_and_the_next_run_finishes() {
-        for step in [Step::Export, Step::Verify, Step::Manifest, Step::Drop] {
+        for step in [
+            Step::ExportMidway,
+            Step::Export,
+            Step::Verify,
+            Step::Manifest,
+            Step::Drop,
+            Step::AfterDrop,
+        ] {
             let f = Fixture::new().await;
             let t = f.tier();
-            let want = checksum(&Table::Trades.schema(), &f.original).unwrap();
+            let want = rows_text(&f.original);
+            assert_eq!(want.len(), 300);
             t.inject(Some(step));
             let (_, moves) = t.archive("", as_of(), false).await.unwrap();
+            assert_eq!(outcomes(&moves), due_days("failed"), "{step:?}");
             assert!(
-                moves
-                    .iter()
-                    .all(|m| m.outcome == "failed" && m.detail.contains("injected failure")),
+                moves.iter().all(|m| m.detail.contains("injected failure")),
                 "{step:?}: {moves:?}"
             );
-            assert_eq!(hot_days(&t).await.len(), 6, "{step:?}: nothing dropped");
-            // Every row is still hot; cold holds at most a published copy.
-            let cold = t.cold_partitions(Table::Trades).await.unwrap();
+            // Every row is hot or cold (or both), never neither; cold holds
+            // only published copies.
+            let dropped = step == Step::AfterDrop;
             assert_eq!(
-                cold.len(),
-                if step == Step::Drop { 3 } else { 0 },
+                hot_days(&t).await.len(),
+                if dropped { 3 } else { 6 },
                 "{step:?}"
             );
+            let cold = t.cold_partitions(Table::Trades).await.unwrap();
+            let published = matches!(step, Step::Drop | Step::AfterDrop);
+            assert_eq!(cold.len(), if published { 3 } else { 0 }, "{step:?}");
+            // Rows of a published but not yet dropped partition are in
+            // both tiers: none is missing.
+            let mut seen = everything(&t).await;
+            seen.dedup();
+            assert!(seen == want, "{step:?}: rows lost by the failure");
 
+            // The next run finishes the job: the three days end up cold,
+            // exactly once, with no file left that no manifest lists.
             t.inject(None);
             let (_, moves) = t.archive("", as_of(), false).await.unwrap();
-            let expected = if step == Step::Drop {
-                "finished"
-            } else {
-                "archived"
+            let expected = match step {
+                Step::Drop => due_days("finished"),
+                // Dropped already: nothing is due any more.
+                Step::AfterDrop => vec![],
+                _ => due_days("archived"),
             };
-            assert!(
-                moves.iter().all(|m| m.outcome == expected),
-                "{step:?}: {moves:?}"
+            assert_eq!(outcomes(&moves), expected, "{step:?}");
+            assert_eq!(
+                hot_days(&t).await,
+                ["2024-01-04", "2024-01-05", "2024-01-06"],
+                "{step:?}"
             );
             assert_eq!(
-                everything(&t).await,
-                want,
-                "{step:?}: no row lost or doubled"
+                t.cold_partitions(Table::Trades).await.unwrap().len(),
+                3,
+                "{step:?}"
+            );
+            assert!(
+                everything(&t).await == want,
+                "{step:?}: rows lost or doubled"
             );
             for p in ["2024-01-01", "2024-01-02", "2024-01-03"] {
                 assert!(orphans(&t, p).await.is_empty(), "{step:?}: orphans in {p}");
             }
         }
+    }
+
+    /// An archiver killed while it held a lease never releases it: the
+    /// partition is busy for others until the lease expires, then the next
+    /// archiver takes it over and finishes the move.
+    #[tokio::test]
+    async fn a_lease_left_by_a_killed_archiver_expires() {
+        let f = Fixture::new().await;
+        let mut killed = f.tier();
+        killed.config.lease_secs = 1;
+        assert!(killed.lease(Table::Trades, "2024-01-01").await.unwrap());
+        drop(killed);
+        let t = f.tier();
+        let (_, moves) = t.archive("", as_of(), false).await.unwrap();
+        assert_eq!(
+            outcomes(&moves),
+            [
+                ("2024-01-01".to_string(), "busy".to_string()),
+                ("2024-01-02".to_string(), "archived".to_string()),
+                ("2024-01-03".to_string(), "archived".to_string()),
+            ]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let (_, moves) = t.archive("", as_of(), false).await.unwrap();
+        assert_eq!(
+            outcomes(&moves),
+            [("2024-01-01".to_string(), "archived".to_string())]
+        );
+        assert!(everything(&t).await == rows_text(&f.original));
     }
 
     #[tokio::test]

@@ -217,4 +217,5 @@ pub fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
     }
     out
 }
+pub mod counting_proxy;
 pub mod procs;

@@ -68,11 +68,25 @@ impl Service {
 
     /// Sends SIGTERM, as an orchestrator stopping the service does.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Stops the process (SIGSTOP) without ending it: a paused source.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
         let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
             .unwrap();
-        assert!(st.success(), "kill -TERM {}", self.name);
+        assert!(st.success(), "kill -{sig} {}", self.name);
     }
 
     /// Waits for the process to exit; fails the test after `within`.

@@ -298,33 +298,15 @@ fn fill_in(path: &str, v: &mut Value) {
 
 /// Tables of `database`.PUBLIC, straight from fakesnow (its own session).
 pub async fn tables(upstream: &str, database: &str) -> Vec<String> {
+    let resp = sql(
+        upstream,
+        &format!(
+            "SELECT table_name FROM {database}.information_schema.tables \
+             WHERE table_schema = 'PUBLIC' ORDER BY table_name"
+        ),
+    )
+    .await;
     use base64::Engine;
-    let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{upstream}/session/v1/login-request"))
-        .json(&json!({"data": {"SESSION_PARAMETERS": {}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["data"]["token"].as_str().unwrap().to_string();
-    let sql = format!(
-        "SELECT table_name FROM {database}.information_schema.tables \
-         WHERE table_schema = 'PUBLIC' ORDER BY table_name"
-    );
-    let resp: Value = client
-        .post(format!("{upstream}/queries/v1/query-request"))
-        .header("Authorization", format!("Snowflake Token=\"{token}\""))
-        .json(&json!({"sqlText": sql}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(resp["success"], json!(true), "{resp}");
     let b64 = resp["data"]["rowsetBase64"].as_str().unwrap_or_default();
     if b64.is_empty() {
         return vec![];
@@ -342,4 +324,43 @@ pub async fn tables(upstream: &str, database: &str) -> Vec<String> {
         out.extend(col.iter().map(|v| v.unwrap_or_default().to_string()));
     }
     out
+}
+
+/// Runs one statement on fakesnow directly (a session of its own); fails
+/// the test unless it succeeds. Returns the response.
+pub async fn sql(upstream: &str, sql: &str) -> Value {
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(format!("{upstream}/session/v1/login-request"))
+        .json(&json!({"data": {"SESSION_PARAMETERS": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["data"]["token"].as_str().unwrap().to_string();
+    let resp: Value = client
+        .post(format!("{upstream}/queries/v1/query-request"))
+        .header("Authorization", format!("Snowflake Token=\"{token}\""))
+        .json(&json!({"sqlText": sql}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["success"], json!(true), "{sql}: {resp}");
+    resp
+}
+
+/// Points a warehouse configuration at Snowflake through `proxy`, with a
+/// database of its own (fakesnow keeps one in-memory store for everyone).
+pub fn configure(config: &mut quarry_core::config::WarehouseConfig, proxy: &Proxy, database: &str) {
+    config.kind = quarry_core::config::WarehouseKind::Snowflake;
+    let sf = &mut config.snowflake;
+    sf.account = "quarry-test".into();
+    sf.user = "quarry".into();
+    sf.endpoint = proxy.url.clone();
+    sf.database = database.into();
 }

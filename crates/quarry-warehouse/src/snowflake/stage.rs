@@ -720,13 +720,9 @@ mod tests {
     /// Snowflake's own Python connector (installed with the fakesnow
     /// stand-in) decrypts what `encrypt` produced, with both key sizes.
     #[test]
+    #[ignore = "needs the Snowflake connector of the fakesnow stand-in: scripts/test.sh runs it"]
     fn snowflakes_connector_decrypts_our_files() {
-        let Ok(python) = std::env::var("QUARRY_TEST_SNOWFLAKE_PYTHON") else {
-            eprintln!(
-                "QUARRY_TEST_SNOWFLAKE_PYTHON is not set: the Snowflake stand-in is not running"
-            );
-            return;
-        };
+        let python = quarry_testkit::standin("QUARRY_TEST_SNOWFLAKE_PYTHON");
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..200_003u32).map(|i| (i % 253) as u8).collect();
         let script = r#"
@@ -774,11 +770,9 @@ print(out)
     /// The S3 path against the S3 stand-in, with key material: the object
     /// carries Snowflake's metadata and decrypts to the original.
     #[tokio::test]
+    #[ignore = "needs the S3 stand-in (moto): scripts/test.sh runs it"]
     async fn s3_upload_carries_the_envelope() {
-        let Ok(endpoint) = std::env::var("QUARRY_TEST_S3_ENDPOINT") else {
-            eprintln!("QUARRY_TEST_S3_ENDPOINT is not set: the S3 stand-in is not running");
-            return;
-        };
+        let endpoint = quarry_testkit::standin("QUARRY_TEST_S3_ENDPOINT");
         let bucket = format!("sf-stage-{}", std::process::id());
         let client = reqwest::Client::new();
         client
