@@ -72,6 +72,6 @@ cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
-cargo test --workspace --locked -- --include-ignored
+cargo test --workspace --locked --no-fail-fast -- --include-ignored
 echo "== benchmark smoke run (tiny input: keeps the harness and the peers' agreement check working)"
 QUARRY_BENCH_PROFILE=dev scripts/bench.sh --rows 20000 --reps 1 --raw

@@ -79,13 +79,19 @@ impl Sneak {
             Sneak::Sqlite(_) => {}
             Sneak::ClickHouse { url, database } => {
                 let sql = format!(
-                    "INSERT INTO {database}.trades_flat_{tag} SELECT * FROM {database}.trades_flat_{tag}"
+                    "INSERT INTO {database}.trades_flat_{tag} (timestamp, timestamp_nanos, \
+                     user_id, client_type, symbol, side, quantity, price, trade_date, run_id) \
+                     VALUES ('2024-01-05 10:00:00', 0, {SNEAKED}, 1, 1, '2024-01-05', '{run_id}')"
                 );
                 let out = std::process::Command::new("curl")
-                    .args(["-sf", "--data-binary", &sql, url])
+                    .args(["-s", "--fail-with-body", "--data-binary", &sql, url])
                     .output()
                     .unwrap();
-                assert!(out.status.success(), "{sql}");
+                assert!(
+                    out.status.success(),
+                    "{sql}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
             }
             Sneak::BigQuery {
                 url,
@@ -500,11 +506,14 @@ async fn snowflake() {
         database: database.clone(),
     };
     conformance(&env, sneak).await;
+    // Every file a PUT staged arrived encrypted and was decrypted.
     let decrypted = proxy
         .state
         .decrypted
         .load(std::sync::atomic::Ordering::SeqCst);
-    assert!(decrypted >= 3, "{decrypted} encrypted uploads");
+    let puts = proxy.state.puts.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(decrypted, puts, "{decrypted} of {puts} uploads decrypted");
+    assert!(puts >= 3, "{puts} PUTs");
     // Nothing left behind: no staging tables of any run, committed or aborted.
     assert_eq!(
         snowflake_proxy::tables(&url, &database).await,
@@ -991,8 +1000,8 @@ async fn clickhouse_retries_across_a_server_restart() {
     assert_eq!(
         got,
         [
-            "2023-01-02|gold|a|SYM|1.50000000|-0.0000000000000001|1",
-            "2023-01-02|gold|b|SYM|1.50000000|-0.0000000000000001|1",
+            "2023-01-03|gold|a|SYM|1.50000000|-0.0000000000000001|1",
+            "2023-01-03|gold|b|SYM|1.50000000|-0.0000000000000001|1",
         ]
     );
     assert_eq!(
@@ -1246,8 +1255,8 @@ async fn bigquery_retries_across_an_emulator_restart() {
     assert_eq!(
         got,
         [
-            "2023-01-02|gold|a|SYM|1.50000000|-0.0000000000000001|1",
-            "2023-01-02|gold|b|SYM|1.50000000|-0.0000000000000001|1",
+            "2023-01-03|gold|a|SYM|1.50000000|-0.0000000000000001|1",
+            "2023-01-03|gold|b|SYM|1.50000000|-0.0000000000000001|1",
         ]
     );
     assert_eq!(
@@ -1342,7 +1351,7 @@ async fn bigquery_failed_commit_changes_nothing() {
         before,
         [
             "1704448800123456789|a|gold|SYM|buy|1.50000001|10.25000000|2024-01-05",
-            "2023-01-02|gold|a|SYM|1.50000000|-0.0000000000000001|1",
+            "2023-01-03|gold|a|SYM|1.50000000|-0.0000000000000001|1",
         ]
     );
 
