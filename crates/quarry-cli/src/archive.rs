@@ -44,8 +44,13 @@ where
     let task = tokio::spawn(archiver.serve(listener, async move {
         let _ = rx.changed().await;
     }));
-    // In-process on loopback: no TLS, no token.
-    let result = f(connect(format!("http://{addr}"), Security::default()).await?).await;
+    // In-process on loopback: no TLS, no token; the configured deadlines.
+    let secs = std::time::Duration::from_secs;
+    let sec = Security::default().with_deadlines(
+        secs(config.client.connect_timeout_secs),
+        secs(config.client.request_timeout_secs),
+    );
+    let result = f(connect(format!("http://{addr}"), sec).await?).await;
     let _ = stop.send(true);
     task.await
         .map_err(|e| Error::internal(format!("archiver task: {e}")))??;

@@ -540,6 +540,16 @@ async fn archive_command(
     Ok(())
 }
 
+/// How the command reaches services it started in-process: loopback, no
+/// TLS or token, the configured client deadlines.
+fn embedded_security(config: &Config) -> grpc::Security {
+    let secs = std::time::Duration::from_secs;
+    grpc::Security::default().with_deadlines(
+        secs(config.client.connect_timeout_secs),
+        secs(config.client.request_timeout_secs),
+    )
+}
+
 /// Runs `f` against a remote loader, or against an in-process one over the local SQLite file.
 async fn with_loader<F, Fut>(config: &mut Config, target: Target, f: F) -> anyhow::Result<()>
 where
@@ -564,7 +574,8 @@ where
         );
     }
     let cluster = Cluster::start_loader(config).await?;
-    let result = f(LoaderClient::connect(&cluster.loader_url).await?).await;
+    let result =
+        f(LoaderClient::connect_with(&cluster.loader_url, &embedded_security(config)).await?).await;
     cluster.stop().await?;
     result
 }
@@ -662,7 +673,7 @@ async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
             let cluster = Cluster::start(config).await?;
             let t = cluster.transformer_url.clone().expect("pipeline cluster");
             let l = cluster.loader_url.clone();
-            (t, l, Some(cluster), grpc::Security::default())
+            (t, l, Some(cluster), embedded_security(config))
         }
     };
 

@@ -10,13 +10,14 @@ use std::process::Command;
 
 use arrow_flight::Ticket;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use common::{Env, fixtures, rows_text};
+use common::Env;
 use futures::TryStreamExt;
 use prost::Message;
 use quarry_core::config::WarehouseKind;
 use quarry_core::{Config, Table};
 use quarry_proto::archiver_service_client::ArchiverServiceClient;
 use quarry_proto::{ArchiveRequest, ColdTicket, ListPartitionsRequest, RestoreRequest};
+use quarry_testkit::rows_text;
 use quarry_warehouse::Warehouse;
 
 /// Every hot row of `trades`, as sorted text, by partition.
@@ -224,13 +225,7 @@ async fn clickhouse_and_a_local_directory() {
 /// `quarry archive …` as a user runs it, in-process archiver, SQLite.
 #[test]
 fn the_archive_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::copy(
-        fixtures().join("trades_sample.csv"),
-        dir.path().join("data/trades.csv"),
-    )
-    .unwrap();
+    let dir = common::user_dir();
     let quarry = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .env_remove("QUARRY_CONFIG")

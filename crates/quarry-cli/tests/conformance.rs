@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type};
-use common::{Env, expected_agg, fixtures, rows_text};
+use common::{Env, expected_agg, fixtures};
 use quarry_core::config::WarehouseKind;
 use quarry_core::dates::date_text;
 use quarry_core::decimal::{PNL_SCALE, parse_scaled};
 use quarry_core::{ErrorCategory, Table};
+use quarry_testkit::rows_text;
 use quarry_warehouse::{
     Metric, RunCommit, RunFailure, RunStart, RunStats, TopUsersQuery, Warehouse, WriteMode,
 };

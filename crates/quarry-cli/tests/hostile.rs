@@ -11,21 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::procs::{Service, Stack, big_input, quarry};
-use common::{Env, HEADER, fixtures};
+use common::{Env, HEADER, fixtures, user_dir};
 use quarry_cli::client;
 use quarry_proto::{RunRequest, run_event};
-
-/// A directory holding `data/trades.csv` (the sample), as a user has it.
-fn user_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::copy(
-        fixtures().join("trades_sample.csv"),
-        dir.path().join("data/trades.csv"),
-    )
-    .unwrap();
-    dir
-}
 
 /// Runs `quarry ARGS` in `dir`, killing it after `deadline`.
 fn run_within(dir: &Path, args: &[&str], vars: &[(&str, &str)], deadline: Duration) -> Output {
@@ -50,6 +38,27 @@ fn run_within(dir: &Path, args: &[&str], vars: &[(&str, &str)], deadline: Durati
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+/// Runs `quarry ARGS` in `dir` (60 s at most) and fails the test unless it
+/// succeeds.
+fn run_ok(dir: &Path, args: &[&str]) -> Output {
+    let out = run_within(dir, args, &[], Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "quarry {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `quarry ARGS` in `dir` and expects it to fail in one line holding
+/// every needle; returns that line.
+fn fails(dir: &Path, args: &[&str], needles: &[&str]) -> String {
+    one_line_error(
+        &run_within(dir, args, &[], Duration::from_secs(60)),
+        needles,
+    )
 }
 
 /// Exit code 1 and exactly one line on stderr holding every needle.
@@ -172,32 +181,18 @@ fn fifos_and_devices_are_refused_at_once() {
             .unwrap()
             .success()
     );
-    let out = run_within(
+    fails(
         dir.path(),
         &["run", "-q", "--source", "data/f.csv"],
-        &[],
-        Duration::from_secs(30),
+        &["f.csv is a FIFO", "regular files only"],
     );
-    one_line_error(&out, &["f.csv is a FIFO", "regular files only"]);
-    let out = run_within(
+    fails(
         dir.path(),
         &["run", "-q", "--source", "/dev/zero", "--format", "csv"],
-        &[],
-        Duration::from_secs(30),
+        &["/dev/zero is a device"],
     );
-    one_line_error(&out, &["/dev/zero is a device"]);
     // A FIFO in a directory source is skipped and reported.
-    let out = run_within(
-        dir.path(),
-        &["run", "-q", "--source", "data"],
-        &[],
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(dir.path(), &["run", "-q", "--source", "data"]);
     let report = std::fs::read_to_string(dir.path().join("output/quality_report.json")).unwrap();
     let q: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(q["skipped_files"][0]["reason"], "a FIFO", "{q}");
@@ -257,13 +252,11 @@ fn huge_records_headers_and_fields_fail_in_bounded_memory() {
     // A 16 KB header: the error stays short (and fits a gRPC status).
     let header: Vec<String> = (0..2000).map(|i| format!("col{i}")).collect();
     std::fs::write(d.join("wide.csv"), header.join(",") + "\n").unwrap();
-    let out = run_within(
+    let err = fails(
         dir.path(),
         &["run", "-q", "--source", "data/wide.csv"],
-        &[],
-        Duration::from_secs(30),
+        &["wide.csv", "missing required columns", "more"],
     );
-    let err = one_line_error(&out, &["wide.csv", "missing required columns", "more"]);
     assert!(err.len() < 1000, "{} bytes: {err}", err.len());
 
     // A 2 MB field: the run fails naming the line; nothing is stored.
@@ -275,13 +268,11 @@ fn huge_records_headers_and_fields_fail_in_bounded_memory() {
         ),
     )
     .unwrap();
-    let out = run_within(
+    let err = fails(
         dir.path(),
         &["run", "-q", "--source", "data/field.csv"],
-        &[],
-        Duration::from_secs(30),
+        &["field.csv line 3"],
     );
-    let err = one_line_error(&out, &["field.csv line 3"]);
     assert!(err.len() < 1000, "{} bytes", err.len());
     let db = dir.path().join("agg_result.db");
     let c = rusqlite::Connection::open(&db).unwrap();
@@ -311,17 +302,7 @@ fn directory_sources_skip_and_report_unknown_files() {
     let dir = user_dir();
     std::fs::write(dir.path().join("data/notes.txt"), "not trades\n").unwrap();
     std::fs::write(dir.path().join("data/old.csv.gz"), [0x1f, 0x8b, 8, 0]).unwrap();
-    let out = run_within(
-        dir.path(),
-        &["run", "-q", "--source", "data"],
-        &[],
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(dir.path(), &["run", "-q", "--source", "data"]);
     let q: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("output/quality_report.json")).unwrap(),
     )
@@ -345,13 +326,11 @@ fn directory_sources_skip_and_report_unknown_files() {
     );
     assert_eq!(q["rows_in"], 800);
     // Named directly, a compressed file is refused with the reason.
-    let out = run_within(
+    fails(
         dir.path(),
         &["run", "-q", "--source", "data/old.csv.gz"],
-        &[],
-        Duration::from_secs(30),
+        &["compressed input (.gz) is not supported yet"],
     );
-    one_line_error(&out, &["compressed input (.gz) is not supported yet"]);
 }
 
 /// Starts `quarry run` on a big input (small batches, so it streams for a
@@ -548,14 +527,9 @@ fn a_foreign_sqlite_file_is_refused_untouched() {
             .unwrap();
     }
     let before = std::fs::read(&other).unwrap();
-    let out = run_within(
+    fails(
         dir.path(),
         &["run", "-q", "--sqlite", "other.db"],
-        &[],
-        Duration::from_secs(30),
-    );
-    one_line_error(
-        &out,
         &[
             "other.db is not a Quarry warehouse",
             "trades",
@@ -566,13 +540,11 @@ fn a_foreign_sqlite_file_is_refused_untouched() {
     assert!(!dir.path().join("other.db-wal").exists());
     // Not a database at all.
     std::fs::write(dir.path().join("text.db"), "hello\n").unwrap();
-    let out = run_within(
+    fails(
         dir.path(),
         &["run", "-q", "--sqlite", "text.db"],
-        &[],
-        Duration::from_secs(30),
+        &["text.db is not a SQLite database"],
     );
-    one_line_error(&out, &["text.db is not a SQLite database"]);
     assert_eq!(
         std::fs::read(dir.path().join("text.db")).unwrap(),
         b"hello\n"
@@ -608,13 +580,11 @@ fn a_port_that_never_answers_fails_by_the_deadline_naming_it() {
 fn bad_output_locations_and_usage_errors_fail_before_a_run_begins() {
     let dir = user_dir();
     std::fs::write(dir.path().join("outfile"), "x\n").unwrap();
-    let out = run_within(
+    fails(
         dir.path(),
         &["run", "-q", "--output", "outfile"],
-        &[],
-        Duration::from_secs(30),
+        &["cannot write reports to outfile"],
     );
-    one_line_error(&out, &["cannot write reports to outfile"]);
     for args in [
         vec!["run", "-q", "--delimiter", "é"],
         vec!["run", "-q", "--delimiter", "\""],
@@ -629,7 +599,7 @@ fn bad_output_locations_and_usage_errors_fail_before_a_run_begins() {
     // A remote transformer refuses them too, before a run is recorded.
     let env = Env::new();
     let stack = Stack::start(&env, &[]);
-    let out = run_within(
+    fails(
         dir.path(),
         &[
             "run",
@@ -641,20 +611,16 @@ fn bad_output_locations_and_usage_errors_fail_before_a_run_begins() {
             "--source",
             " ",
         ],
-        &[],
-        Duration::from_secs(30),
+        &["the source is empty"],
     );
-    one_line_error(&out, &["the source is empty"]);
     stack.stop();
     assert!(runs_of(&env.db).is_empty());
 
-    let out = run_within(
+    fails(
         dir.path(),
         &["gen", "--rows", "10", "--out", "x.parquet"],
-        &[],
-        Duration::from_secs(30),
+        &["writes CSV", "x.parquet"],
     );
-    one_line_error(&out, &["writes CSV", "x.parquet"]);
     assert!(!dir.path().join("x.parquet").exists());
 }
 
@@ -673,7 +639,7 @@ fn a_partial_quality_section_takes_the_other_keys_from_the_defaults() {
         bad.push_str("not a time,1,gold,A,buy,1,2\n");
     }
     std::fs::write(dir.path().join("data/bad.csv"), bad).unwrap();
-    let out = run_within(
+    let out = run_ok(
         dir.path(),
         &[
             "run",
@@ -683,13 +649,6 @@ fn a_partial_quality_section_takes_the_other_keys_from_the_defaults() {
             "--source",
             "data/bad.csv",
         ],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("quality warning: validity"));
     // The check that is not named keeps its default severity (error).
@@ -698,7 +657,7 @@ fn a_partial_quality_section_takes_the_other_keys_from_the_defaults() {
         "[transformer.quality.freshness]\nthreshold = 1.0\n",
     )
     .unwrap();
-    let out = run_within(
+    fails(
         dir.path(),
         &[
             "run",
@@ -708,10 +667,8 @@ fn a_partial_quality_section_takes_the_other_keys_from_the_defaults() {
             "--source",
             "data/bad.csv",
         ],
-        &[],
-        Duration::from_secs(30),
+        &["quality check failed: validity"],
     );
-    one_line_error(&out, &["quality check failed: validity"]);
 }
 
 #[test]
@@ -725,17 +682,7 @@ fn top_lists_cannot_carry_spreadsheet_formulas() {
         ));
     }
     std::fs::write(dir.path().join("data/f.csv"), rows).unwrap();
-    let out = run_within(
-        dir.path(),
-        &["run", "-q", "--source", "data/f.csv"],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(dir.path(), &["run", "-q", "--source", "data/f.csv"]);
     let csv = std::fs::read_to_string(dir.path().join("output/top_bronze_by_volume.csv")).unwrap();
     assert_eq!(
         csv,

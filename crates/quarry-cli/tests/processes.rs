@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Env;
 use common::counting_proxy::CountingProxy;
-use common::{Env, fixtures};
 use quarry_cli::client;
 use quarry_cli::embedded::Cluster;
 use quarry_proto::{RunRequest, run_event};
@@ -104,17 +104,6 @@ async fn killing_the_extractor_mid_stream_fails_the_run_and_changes_nothing() {
     assert!(!runs[0].error_message.is_empty());
 }
 
-fn setup_user_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::copy(
-        fixtures().join("trades_sample.csv"),
-        dir.path().join("data/trades.csv"),
-    )
-    .unwrap();
-    dir
-}
-
 /// Runs `quarry ARGS` in `dir`; fails the test unless it succeeds. Returns stdout.
 fn quarry_ok(dir: &Path, args: &[&str]) -> String {
     let out = quarry().args(args).current_dir(dir).output().unwrap();
@@ -158,7 +147,7 @@ fn read(p: impl AsRef<Path>) -> String {
 
 #[test]
 fn the_quarry_command_runs_the_default_job_and_reports() {
-    let dir = setup_user_dir();
+    let dir = common::user_dir();
     let stdout = quarry_ok(dir.path(), &["run"]);
     assert!(
         stdout.contains("succeeded") && stdout.contains("timestamp_invalid"),
@@ -260,7 +249,7 @@ fn gen_is_deterministic() {
 #[ignore = "needs the ClickHouse stand-in: scripts/test.sh runs it"]
 fn quarry_run_on_clickhouse_matches_the_sqlite_run() {
     let url = quarry_testkit::standin("QUARRY_TEST_CLICKHOUSE_URL");
-    let dir = setup_user_dir();
+    let dir = common::user_dir();
     quarry_ok(dir.path(), &["run", "-q", "--output", "out-sqlite"]);
     let database = format!("quarry_cli_{}", std::process::id());
     let on_clickhouse = |url: &str| {
@@ -337,7 +326,7 @@ fn quarry_run_on_clickhouse_matches_the_sqlite_run() {
 fn quarry_run_on_bigquery_matches_the_sqlite_run() {
     let url = quarry_testkit::standin("QUARRY_TEST_BIGQUERY_URL");
     let project = std::env::var("QUARRY_TEST_BIGQUERY_PROJECT").unwrap();
-    let dir = setup_user_dir();
+    let dir = common::user_dir();
     quarry_ok(dir.path(), &["run", "-q", "--output", "out-sqlite"]);
     let dataset = format!("quarry_cli_{}", std::process::id());
     let bigquery = |url: &str, args: &[&str]| {
@@ -589,7 +578,7 @@ async fn ping_reports_a_services_health() {
 fn quarry_run_on_snowflake_matches_the_sqlite_run() {
     let url = quarry_testkit::standin("QUARRY_TEST_SNOWFLAKE_URL");
     let proxy = snowflake_proxy::start(&url);
-    let dir = setup_user_dir();
+    let dir = common::user_dir();
     quarry_ok(dir.path(), &["run", "-q", "--output", "out-sqlite"]);
     let database = format!("quarry_cli_{}", std::process::id());
     let on_snowflake = |endpoint: &str, args: &[&str]| {

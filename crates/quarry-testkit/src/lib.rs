@@ -27,3 +27,33 @@ pub fn standin(var: &str) -> String {
         ),
     }
 }
+
+/// Rows as `|`-joined text, with Arrow's display of each value (timestamps
+/// as their nanoseconds: formatting a named time zone would need chrono-tz),
+/// so that tests compare exact values without trusting the code under test.
+pub fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    use arrow::datatypes::DataType;
+    use arrow::util::display::ArrayFormatter;
+    let mut out = vec![];
+    for b in batches {
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Timestamp(..) => {
+                    arrow::compute::cast(c, &DataType::Int64).expect("timestamps cast to Int64")
+                }
+                _ => c.clone(),
+            })
+            .collect();
+        let cols: Vec<_> = cols
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c, &Default::default()).expect("displayable"))
+            .collect();
+        for i in 0..b.num_rows() {
+            let row: Vec<String> = cols.iter().map(|c| c.value(i).to_string()).collect();
+            out.push(row.join("|"));
+        }
+    }
+    out
+}

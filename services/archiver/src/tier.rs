@@ -1089,34 +1089,12 @@ mod tests {
         NaiveDate::from_ymd_opt(2024, 1, 6)
     }
 
-    /// Rows as sorted `|`-joined text (timestamps as nanoseconds), so that
-    /// expected values do not come from the archiver's own checksum.
+    /// Rows as sorted text, so that expected values do not come from the
+    /// archiver's own checksum.
     fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
-        let mut out = vec![];
-        for b in batches {
-            let cols: Vec<_> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    arrow::datatypes::DataType::Timestamp(..) => {
-                        arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap()
-                    }
-                    _ => c.clone(),
-                })
-                .collect();
-            let fmt: Vec<_> = cols
-                .iter()
-                .map(|c| {
-                    arrow::util::display::ArrayFormatter::try_new(c, &Default::default()).unwrap()
-                })
-                .collect();
-            for i in 0..b.num_rows() {
-                let row: Vec<String> = fmt.iter().map(|f| f.value(i).to_string()).collect();
-                out.push(row.join("|"));
-            }
-        }
-        out.sort();
-        out
+        let mut rows = quarry_testkit::rows_text(batches);
+        rows.sort();
+        rows
     }
 
     /// Every row, hot and cold (as the manifests list them), as text.

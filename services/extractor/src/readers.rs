@@ -885,6 +885,7 @@ mod tests {
             })
             .map(|_| n)
         };
+        let error = |p: &Path, f: SourceFormat| read_with(p, f, small).unwrap_err().to_string();
         let header = "timestamp,user_id,client_type,symbol,side,quantity,price\n";
         let row = "2023-01-02 00:00:00,1,gold,A,buy,1,2\n";
 
@@ -893,9 +894,7 @@ mod tests {
         let mut text = header.to_string() + row;
         text.push_str(&"\0".repeat(100_000));
         std::fs::write(&zeros, &text).unwrap();
-        let e = read_with(&zeros, SourceFormat::Csv, small)
-            .unwrap_err()
-            .to_string();
+        let e = error(&zeros, SourceFormat::Csv);
         assert!(
             e.contains("zeros.csv line 3") && e.contains("longer than 4096 bytes"),
             "{e}"
@@ -908,9 +907,7 @@ mod tests {
             format!("{header}{row}2023-01-02 00:00:00,\"1,gold,A,buy,1,2\n{row}"),
         )
         .unwrap();
-        let e = read_with(&open_quote, SourceFormat::Csv, small)
-            .unwrap_err()
-            .to_string();
+        let e = error(&open_quote, SourceFormat::Csv);
         assert!(
             e.contains("q.csv line 3") && e.contains("closing quote"),
             "{e}"
@@ -938,9 +935,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let e = read_with(&big, SourceFormat::Csv, small)
-            .unwrap_err()
-            .to_string();
+        let e = error(&big, SourceFormat::Csv);
         assert!(e.contains("big.csv line 3: user_id holds 200 bytes"), "{e}");
         let nd = dir.path().join("big.ndjson");
         std::fs::write(
@@ -948,17 +943,13 @@ mod tests {
             format!("{{\"timestamp\":\"t\",\"user_id\":\"{}\",\"client_type\":\"g\",\"symbol\":\"A\",\"side\":\"buy\",\"quantity\":1,\"price\":2}}\n", "u".repeat(200)),
         )
         .unwrap();
-        let e = read_with(&nd, SourceFormat::Ndjson, small)
-            .unwrap_err()
-            .to_string();
+        let e = error(&nd, SourceFormat::Ndjson);
         assert!(
             e.contains("big.ndjson line 1: user_id holds 200 bytes"),
             "{e}"
         );
         std::fs::write(&nd, "x".repeat(5000)).unwrap();
-        let e = read_with(&nd, SourceFormat::Ndjson, small)
-            .unwrap_err()
-            .to_string();
+        let e = error(&nd, SourceFormat::Ndjson);
         assert!(
             e.contains("big.ndjson line 1: longer than 4096 bytes"),
             "{e}"

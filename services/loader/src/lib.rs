@@ -348,12 +348,12 @@ impl Loader {
         let wh = quarry_warehouse::open(warehouse)?;
         wh.check_connectivity().await?;
         let loader = Self::new(wh, config);
-        let recovered = loader.recover_interrupted().await?;
-        if recovered > 0 {
-            info!(
-                runs = recovered,
-                "recorded runs of dead processes as interrupted"
-            );
+        // Not fatal: the loader works without it, and tries again before
+        // every run it begins.
+        match loader.recover_interrupted().await {
+            Ok(0) => {}
+            Ok(n) => info!(runs = n, "recorded runs of dead processes as interrupted"),
+            Err(e) => warn!(error = %e, "could not check for interrupted runs"),
         }
         Ok(loader)
     }

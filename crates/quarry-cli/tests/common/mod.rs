@@ -21,6 +21,18 @@ pub fn fixtures() -> PathBuf {
     dir
 }
 
+/// A directory holding `data/trades.csv` (the sample), as a user has it.
+pub fn user_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::copy(
+        fixtures().join("trades_sample.csv"),
+        dir.path().join("data/trades.csv"),
+    )
+    .unwrap();
+    dir
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
@@ -186,36 +198,5 @@ pub fn expected_agg<T>(amount: impl Fn(&str, u32) -> T) -> Vec<AggRow<T>> {
     rows
 }
 
-/// Rows as `|`-joined text, using Arrow's display of each value.
-pub fn rows_text(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
-    let mut out = vec![];
-    for b in batches {
-        // Timestamps as their nanoseconds: formatting a named time zone
-        // would need chrono-tz.
-        let cols: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| match c.data_type() {
-                arrow::datatypes::DataType::Timestamp(..) => {
-                    arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap()
-                }
-                _ => c.clone(),
-            })
-            .collect();
-        let cols: Vec<_> = cols
-            .iter()
-            .map(|c| arrow::util::display::ArrayFormatter::try_new(c, &Default::default()).unwrap())
-            .collect();
-        for i in 0..b.num_rows() {
-            out.push(
-                cols.iter()
-                    .map(|c| c.value(i).to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            );
-        }
-    }
-    out
-}
 pub mod counting_proxy;
 pub mod procs;
