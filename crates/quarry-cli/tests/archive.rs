@@ -311,10 +311,13 @@ async fn the_service_archives_on_its_schedule() {
     env.run(&src).await.unwrap();
     let (url, _stop) = start_archiver(&env.config).await;
     let mut c = ArchiverServiceClient::connect(url).await.unwrap();
+    // Every scheduled run reports in the status; the first moves all 91
+    // days, and a later one (a second apart) may already have found
+    // nothing more: wait until a run has happened, then count the moves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
         let s = c
-            .status(quarry_proto::StatusRequest { events: 1 })
+            .status(quarry_proto::StatusRequest { events: 200 })
             .await
             .unwrap()
             .into_inner();
@@ -324,8 +327,16 @@ async fn the_service_archives_on_its_schedule() {
         assert!(std::time::Instant::now() < deadline, "no scheduled run");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    assert_eq!(status.last_run_result, "archived 91", "{status:?}");
-    assert_eq!(status.events[0].action, "archived");
+    assert!(
+        ["archived 91", "nothing due"].contains(&status.last_run_result.as_str()),
+        "{status:?}"
+    );
+    let archived = status
+        .events
+        .iter()
+        .filter(|e| e.action == "archived")
+        .count();
+    assert_eq!(archived, 91, "{status:?}");
     let wh = quarry_warehouse::open(&env.config.warehouse).unwrap();
     assert!(wh.list_partitions(Table::Trades).await.unwrap().is_empty());
 }
