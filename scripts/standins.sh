@@ -22,8 +22,9 @@ as_root() {
 
 # wait_for NAME URL LOG: polls URL for up to 30 s.
 wait_for() {
-    for _ in $(seq 300); do
-        if curl -sf "$2" >/dev/null; then
+    local deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if curl -sf --max-time 2 "$2" >/dev/null; then
             echo "$1 is up at $2"
             return 0
         fi
@@ -122,8 +123,9 @@ start_snowflake() {
     "$venv/bin/fakesnow" -s --host 127.0.0.1 -p 18765 >"$d/log/server.log" 2>&1 &
     STANDIN_PIDS+=("$!")
     # Any HTTP answer (404 for /) means it is up.
-    for _ in $(seq 300); do
-        if curl -s -o /dev/null http://127.0.0.1:18765/; then
+    local deadline=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if curl -s --max-time 2 -o /dev/null http://127.0.0.1:18765/; then
             echo "fakesnow is up at http://127.0.0.1:18765"
             export QUARRY_TEST_SNOWFLAKE_URL=http://127.0.0.1:18765
             # fakesnow accepts any password; the backend reads it from here.
