@@ -9,10 +9,12 @@ pub mod flight;
 pub mod grpc;
 pub mod logging;
 pub mod metrics;
+pub mod run;
 pub mod schema;
 pub mod security;
 pub mod text;
 
 pub use config::Config;
 pub use error::{Error, ErrorCategory, Result};
+pub use run::RunStatus;
 pub use schema::Table;

@@ -14,16 +14,17 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use quarry_core::config::{WarehouseConfig, WarehouseKind};
-use quarry_core::{ErrorCategory, Result, Table};
-pub use quarry_proto::{RunRecord, RunStats, WeeklyTotal, WriteMode};
+use quarry_core::{Result, Table};
 
+mod arrow_rows;
 #[cfg(feature = "bigquery")]
 pub mod bigquery;
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
 pub mod owner;
-#[cfg(any(feature = "bigquery", feature = "snowflake"))]
-mod run_row;
+mod record;
+#[cfg(any(feature = "clickhouse", feature = "bigquery", feature = "snowflake"))]
+mod retry;
 #[cfg(feature = "snowflake")]
 pub mod snowflake;
 pub mod sqlite;
@@ -31,63 +32,12 @@ pub mod sqlite;
 mod staging;
 #[cfg(any(feature = "bigquery", feature = "snowflake"))]
 mod text_rows;
+mod types;
 
-/// Opening facts of a run.
-#[derive(Debug, Clone)]
-pub struct RunStart {
-    pub run_id: String,
-    pub source: String,
-    pub options_json: String,
-    /// Who runs it ([`owner::RunOwner`] as JSON), recorded with the run.
-    pub owner_json: String,
-}
-
-/// What a successful run commits with.
-#[derive(Debug, Clone)]
-pub struct RunCommit {
-    pub run_id: String,
-    /// Every file the run read: their earlier rejected rows are replaced.
-    pub source_files: Vec<String>,
-    pub stats: RunStats,
-    pub quality_json: String,
-}
-
-/// Why a run failed.
-#[derive(Debug, Clone)]
-pub struct RunFailure {
-    pub run_id: String,
-    pub category: ErrorCategory,
-    pub message: String,
-    pub stats: RunStats,
-    pub quality_json: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    Volume,
-    Pnl,
-}
-
-#[derive(Debug, Clone)]
-pub struct TopUsersQuery {
-    pub client_type: String,
-    pub metric: Metric,
-    pub limit: u32,
-}
-
-/// One partition of a table (`Table::partition_column` value) and its rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionInfo {
-    pub partition: String,
-    pub rows: u64,
-}
-
-/// One line of a top-users report: the user and the exact decimal total.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopUser {
-    pub user_id: String,
-    pub value: String,
-}
+pub use types::{
+    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,
+    TopUsersQuery, WeeklyTotal, WriteMode,
+};
 
 #[async_trait]
 pub trait Warehouse: Send + Sync + 'static {

@@ -2,16 +2,12 @@
 //! Snowflake backends select every value as text (exact decimals, dates as
 //! `YYYY-MM-DD`) and convert it here by value into the table's schema.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampNanosecondBuilder, UInt64Builder,
-};
+use arrow::array::RecordBatch;
 use quarry_core::dates::parse_date;
 use quarry_core::decimal::{self, PNL_SCALE, SCALE};
-use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{Error, Result, Table};
+
+use crate::arrow_rows::{Agg, PartitionBuilder, Rejected, Trade};
 
 /// Rows of a result, every value as text (NULL: None).
 pub type Rows = Vec<Vec<Option<String>>>;
@@ -23,6 +19,43 @@ pub struct Timestamp<'a> {
     pub parse: &'a dyn Fn(&[Option<String>]) -> Option<i64>,
 }
 
+/// One result row, its cells read by type; `backend` names the source in
+/// errors.
+struct Cells<'a> {
+    backend: &'a str,
+    row: &'a [Option<String>],
+}
+
+impl<'a> Cells<'a> {
+    fn bad(&self, what: &str, v: Option<&str>) -> Error {
+        Error::internal(format!("{} returned {v:?} for {what}", self.backend))
+    }
+
+    fn opt(&self, i: usize) -> Option<&'a str> {
+        self.row.get(i).and_then(|c| c.as_deref())
+    }
+
+    fn text(&self, i: usize) -> Result<&'a str> {
+        self.opt(i)
+            .ok_or_else(|| self.bad("a NOT NULL column", None))
+    }
+
+    fn scaled(&self, i: usize, scale: u32) -> Result<i128> {
+        let t = self.text(i)?;
+        decimal::parse_scaled(t.as_bytes(), scale).map_err(|_| self.bad("a decimal", Some(t)))
+    }
+
+    fn day(&self, i: usize) -> Result<i32> {
+        let t = self.text(i)?;
+        parse_date(t).ok_or_else(|| self.bad("a date", Some(t)))
+    }
+
+    fn int(&self, i: usize) -> Result<i64> {
+        let t = self.text(i)?;
+        t.parse().map_err(|_| self.bad("an integer", Some(t)))
+    }
+}
+
 /// `rows` of `table` (the columns of its schema in order, the trades'
 /// timestamp as `timestamp` says) as one batch; none if there are no rows.
 /// `backend` names the source in errors.
@@ -32,106 +65,48 @@ pub fn partition_batch(
     rows: &[Vec<Option<String>>],
     timestamp: Timestamp<'_>,
 ) -> Result<Vec<RecordBatch>> {
-    if rows.is_empty() {
-        return Ok(vec![]);
+    let mut out = PartitionBuilder::new(table);
+    for row in rows {
+        let c = Cells { backend, row };
+        match table {
+            Table::Trades => {
+                let k = timestamp.cells;
+                let ts = (timestamp.parse)(row.get(..k).unwrap_or_default())
+                    .ok_or_else(|| c.bad("a timestamp", c.opt(0)))?;
+                out.trade(Trade {
+                    timestamp: ts,
+                    user_id: c.text(k)?,
+                    client_type: c.text(k + 1)?,
+                    symbol: c.text(k + 2)?,
+                    side: c.text(k + 3)?,
+                    quantity: c.scaled(k + 4, SCALE)?,
+                    price: c.scaled(k + 5, SCALE)?,
+                    trade_date: c.day(k + 6)?,
+                });
+            }
+            Table::TradesRejected => {
+                let n = c.int(9)?;
+                out.rejected(Rejected {
+                    // The raw fields may be NULL; reason and source file may not.
+                    fields: std::array::from_fn(|i| c.opt(i)),
+                    reason: c.text(7)?,
+                    source_file: c.text(8)?,
+                    source_row: u64::try_from(n)
+                        .map_err(|_| c.bad("a row number", Some(&n.to_string())))?,
+                });
+            }
+            Table::AggTradesWeekly => out.agg(Agg {
+                week_start_date: c.day(0)?,
+                client_type: c.text(1)?,
+                user_id: c.text(2)?,
+                symbol: c.text(3)?,
+                total_volume: c.scaled(4, SCALE)?,
+                total_pnl: c.scaled(5, PNL_SCALE)?,
+                trade_count: c.int(6)?,
+            }),
+        }
     }
-    let bad = |what: &str, v: Option<&str>| {
-        Error::internal(format!("{backend} returned {v:?} for {what}"))
-    };
-    let text = |r: &[Option<String>], i: usize| -> Result<String> {
-        r.get(i)
-            .cloned()
-            .flatten()
-            .ok_or_else(|| bad("a NOT NULL column", None))
-    };
-    let scaled = |r: &[Option<String>], i: usize, scale: u32| -> Result<i128> {
-        let t = text(r, i)?;
-        decimal::parse_scaled(t.as_bytes(), scale).map_err(|_| bad("a decimal", Some(&t)))
-    };
-    let day = |r: &[Option<String>], i: usize| -> Result<i32> {
-        let t = text(r, i)?;
-        parse_date(&t).ok_or_else(|| bad("a date", Some(&t)))
-    };
-    let int = |r: &[Option<String>], i: usize| -> Result<i64> {
-        let t = text(r, i)?;
-        t.parse().map_err(|_| bad("an integer", Some(&t)))
-    };
-    let cols: Vec<ArrayRef> = match table {
-        Table::Trades => {
-            let mut ts = TimestampNanosecondBuilder::new().with_timezone("UTC");
-            let mut strs: [StringBuilder; 4] = Default::default();
-            let mut qty = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
-            let mut price = Decimal128Builder::new().with_data_type(QUANTITY_TYPE);
-            let mut days = Date32Builder::new();
-            let k = timestamp.cells;
-            for r in rows {
-                let cells = r.get(..k).unwrap_or_default();
-                ts.append_value(
-                    (timestamp.parse)(cells)
-                        .ok_or_else(|| bad("a timestamp", r.first().and_then(|c| c.as_deref())))?,
-                );
-                for (i, b) in strs.iter_mut().enumerate() {
-                    b.append_value(text(r, k + i)?);
-                }
-                qty.append_value(scaled(r, k + 4, SCALE)?);
-                price.append_value(scaled(r, k + 5, SCALE)?);
-                days.append_value(day(r, k + 6)?);
-            }
-            let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish())];
-            cols.extend(strs.map(|mut b| Arc::new(b.finish()) as ArrayRef));
-            cols.push(Arc::new(qty.finish()));
-            cols.push(Arc::new(price.finish()));
-            cols.push(Arc::new(days.finish()));
-            cols
-        }
-        Table::TradesRejected => {
-            // The raw fields may be NULL; reason and source file may not.
-            let mut strs: Vec<StringBuilder> = (0..9).map(|_| StringBuilder::new()).collect();
-            let mut row_no = UInt64Builder::new();
-            for r in rows {
-                for (i, b) in strs.iter_mut().enumerate() {
-                    if i < 7 {
-                        b.append_option(r.get(i).cloned().flatten());
-                    } else {
-                        b.append_value(text(r, i)?);
-                    }
-                }
-                let n = int(r, 9)?;
-                row_no.append_value(
-                    u64::try_from(n).map_err(|_| bad("a row number", Some(&n.to_string())))?,
-                );
-            }
-            let mut cols: Vec<ArrayRef> = strs
-                .into_iter()
-                .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-                .collect();
-            cols.push(Arc::new(row_no.finish()));
-            cols
-        }
-        Table::AggTradesWeekly => {
-            let mut weeks = Date32Builder::new();
-            let mut strs: [StringBuilder; 3] = Default::default();
-            let mut vol = Decimal128Builder::new().with_data_type(VOLUME_TYPE);
-            let mut pnl = Decimal128Builder::new().with_data_type(PNL_TYPE);
-            let mut count = Int64Builder::new();
-            for r in rows {
-                weeks.append_value(day(r, 0)?);
-                for (i, b) in strs.iter_mut().enumerate() {
-                    b.append_value(text(r, 1 + i)?);
-                }
-                vol.append_value(scaled(r, 4, SCALE)?);
-                pnl.append_value(scaled(r, 5, PNL_SCALE)?);
-                count.append_value(int(r, 6)?);
-            }
-            let mut cols: Vec<ArrayRef> = vec![Arc::new(weeks.finish())];
-            cols.extend(strs.map(|mut b| Arc::new(b.finish()) as ArrayRef));
-            cols.push(Arc::new(vol.finish()));
-            cols.push(Arc::new(pnl.finish()));
-            cols.push(Arc::new(count.finish()));
-            cols
-        }
-    };
-    Ok(vec![RecordBatch::try_new(table.schema(), cols)?])
+    Ok(out.finish()?.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! recorded as failed. Only then does the server stop.
 
 mod metrics;
+mod wire;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -38,7 +39,7 @@ use quarry_proto::loader_service_server::{LoaderService, LoaderServiceServer};
 use quarry_proto::{
     AbortRequest, AbortResponse, BeginRunRequest, BeginRunResponse, CommitRequest, CommitResponse,
     GetRunRequest, ListRunsRequest, ListRunsResponse, LoadAck, LoadCommand, RunRecord, TopMetric,
-    TopUsersRequest, TopUsersResponse, WeeklyTotalsRequest, WeeklyTotalsResponse, WriteMode,
+    TopUsersRequest, TopUsersResponse, WeeklyTotalsRequest, WeeklyTotalsResponse,
 };
 use quarry_warehouse::owner::RunOwner;
 use quarry_warehouse::{Metric, RunCommit, RunFailure, RunStart, TopUsersQuery, Warehouse};
@@ -166,7 +167,7 @@ impl Loader {
                     run_id: run.run_id.clone(),
                     category: ErrorCategory::Interrupted,
                     message,
-                    stats: run.stats.unwrap_or_default(),
+                    stats: run.stats,
                     quality_json: String::new(),
                 })
                 .await?;
@@ -306,7 +307,7 @@ impl Loader {
         let cmd: LoadCommand = flight::decode("LoadCommand", &descriptor.cmd)?;
         let table = Table::parse(&cmd.table)
             .ok_or_else(|| Error::input(format!("unknown table {:?}", cmd.table)))?;
-        let mode = WriteMode::try_from(cmd.mode).unwrap_or(WriteMode::ReplacePartitions);
+        let mode = wire::write_mode(cmd.mode)?;
         self.touch(&cmd.run_id)?;
         // The next batches are received and decoded while the warehouse
         // writes the current one; the reader stops when `put` returns.
@@ -503,7 +504,7 @@ impl LoaderService for Loader {
                 .commit(RunCommit {
                     run_id: req.run_id.clone(),
                     source_files: req.source_files.clone(),
-                    stats: req.stats.unwrap_or_default(),
+                    stats: wire::stats(req.stats),
                     quality_json: req.quality_json.clone(),
                 })
                 .await;
@@ -548,7 +549,7 @@ impl LoaderService for Loader {
                     run_id: req.run_id.clone(),
                     category,
                     message: req.error_message.clone(),
-                    stats: req.stats.unwrap_or_default(),
+                    stats: wire::stats(req.stats),
                     quality_json: req.quality_json.clone(),
                 })
                 .await;
@@ -573,7 +574,9 @@ impl LoaderService for Loader {
             n => n,
         };
         let runs = self.warehouse.list_runs(limit).await?;
-        Ok(Response::new(ListRunsResponse { runs }))
+        Ok(Response::new(ListRunsResponse {
+            runs: runs.into_iter().map(wire::run).collect(),
+        }))
     }
 
     async fn get_run(
@@ -582,7 +585,7 @@ impl LoaderService for Loader {
     ) -> std::result::Result<Response<RunRecord>, Status> {
         let run_id = request.into_inner().run_id;
         match self.warehouse.get_run(&run_id).await? {
-            Some(r) => Ok(Response::new(r)),
+            Some(r) => Ok(Response::new(wire::run(r))),
             None => Err(Status::not_found(format!("no run {run_id}"))),
         }
     }
@@ -633,7 +636,9 @@ impl LoaderService for Loader {
         _request: Request<WeeklyTotalsRequest>,
     ) -> std::result::Result<Response<WeeklyTotalsResponse>, Status> {
         let totals = self.warehouse.weekly_totals().await?;
-        Ok(Response::new(WeeklyTotalsResponse { totals }))
+        Ok(Response::new(WeeklyTotalsResponse {
+            totals: totals.into_iter().map(wire::weekly_total).collect(),
+        }))
     }
 }
 

@@ -1,0 +1,198 @@
+//! A run staged in BigQuery: per-run staging tables (`<table>_stage_<run>`,
+//! created `LIKE` their target, expiring after two days should a crash
+//! leave them) filled by load jobs (newline-delimited JSON gathered per
+//! table into jobs of up to 32 MiB, the rest at commit): load jobs write no
+//! streaming buffer, so the rows can be deleted or replaced by DML at once.
+//! The swap is ONE multi-statement transaction: per table `DELETE` the
+//! covered partitions and `INSERT … SELECT` from staging, plus the run's
+//! record; it counts only once its job completed without an error.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use quarry_core::{Result, Table};
+
+use super::client::{BigQuery, Load};
+use super::json::batch_json;
+use super::sql::{RUN_COLUMNS, columns, literal, partition_literal, record_sql};
+use crate::RunRecord;
+use crate::staging::{StagedRun, StagingBackend};
+
+/// Newline-delimited JSON gathered per table before one load job takes it:
+/// few, big jobs (each has seconds of overhead on BigQuery, and a table takes
+/// at most 1 500 load jobs a day), with bounded memory.
+const LOAD_BYTES: usize = 32 << 20;
+
+/// Staging tables outlive a crashed run by this long at most.
+const STAGE_EXPIRY: &str = "INTERVAL 2 DAY";
+
+/// Rows of an open run not loaded yet.
+pub(super) struct Loads {
+    /// Makes load job ids unique across runs that reuse a run id.
+    job_prefix: String,
+    loads: u64,
+    pending: BTreeMap<Table, Vec<u8>>,
+}
+
+impl Loads {
+    /// The rows gathered for `table`, if any, as the run's next load job.
+    fn take(&mut self, table: Table, tag: &str) -> Option<Load> {
+        let data = self.pending.remove(&table).filter(|d| !d.is_empty())?;
+        self.loads += 1;
+        Some(Load {
+            table_id: format!("{table}_stage_{tag}"),
+            job_id: format!("{}_{table}_{}", self.job_prefix, self.loads),
+            data,
+        })
+    }
+}
+
+#[async_trait]
+impl StagingBackend for BigQuery {
+    type Pending = Loads;
+    type Encoded = Vec<u8>;
+
+    fn name(&self) -> &'static str {
+        "bigquery"
+    }
+
+    fn pending(&self, tag: &str) -> Loads {
+        Loads {
+            job_prefix: format!("quarry_{tag}_{}", chrono::Utc::now().timestamp_micros()),
+            loads: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    async fn create_stages(&self, tag: &str) -> Result<()> {
+        let expiry = format!("TIMESTAMP_ADD(CURRENT_TIMESTAMP(), {STAGE_EXPIRY})");
+        for t in Table::ALL {
+            self.query(
+                "create staging table",
+                &format!(
+                    "CREATE TABLE {} LIKE {} OPTIONS (expiration_timestamp = {expiry})",
+                    self.stage(t, tag),
+                    self.table(t.name())
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_stages(&self, tag: &str) -> Result<()> {
+        for t in Table::ALL {
+            self.query(
+                "drop staging table",
+                &format!("DROP TABLE IF EXISTS {}", self.stage(t, tag)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn encode(&self, table: Table, batch: &RecordBatch, run_id: &str) -> Result<Vec<u8>> {
+        batch_json(table, batch, run_id)
+    }
+
+    async fn stage(&self, run: &mut StagedRun<Loads>, table: Table, data: Vec<u8>) -> Result<()> {
+        let pending = run.pending.pending.entry(table).or_default();
+        pending.extend_from_slice(&data);
+        if pending.len() >= LOAD_BYTES
+            && let Some(load) = run.pending.take(table, &run.tag)
+        {
+            self.load(&load).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self, run: &mut StagedRun<Loads>) -> Result<()> {
+        for table in Table::ALL {
+            if let Some(load) = run.pending.take(table, &run.tag) {
+                self.load(&load).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn count_staged(&self, tag: &str, table: Table) -> Result<u64> {
+        self.count(
+            "read back staged rows",
+            &format!("SELECT COUNT(*) FROM {}", self.stage(table, tag)),
+        )
+        .await
+    }
+
+    async fn swap(&self, run: &mut StagedRun<Loads>, record: &RunRecord) -> Result<()> {
+        let mut script = String::from("BEGIN TRANSACTION;\n");
+        for table in Table::ALL {
+            let target = self.table(table.name());
+            if let Some(parts) = run.staged.partitions.get(&table).filter(|p| !p.is_empty()) {
+                let list = parts
+                    .iter()
+                    .map(|p| partition_literal(table, p))
+                    .collect::<Result<Vec<_>>>()?
+                    .join(", ");
+                let _ = writeln!(
+                    script,
+                    "DELETE FROM {target} WHERE {} IN ({list});",
+                    table.partition_column()
+                );
+            }
+            if run.staged.rows.contains_key(&table) {
+                let cols = columns(table);
+                let _ = writeln!(
+                    script,
+                    "INSERT INTO {target} ({cols}) SELECT {cols} FROM {};",
+                    self.stage(table, &run.tag)
+                );
+            }
+        }
+        script.push_str(&record_sql(&self.table("pipeline_runs"), record));
+        script.push_str("COMMIT TRANSACTION;");
+        // Confirmed only when the script's job completed without an error.
+        self.query("commit (transaction)", &script)
+            .await
+            .map(|_| ())
+    }
+
+    async fn record(&self, record: &RunRecord) -> Result<()> {
+        let sql = format!(
+            "BEGIN TRANSACTION;\n{}COMMIT TRANSACTION;",
+            record_sql(&self.table("pipeline_runs"), record)
+        );
+        self.query("record run", &sql).await.map(|_| ())
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let runs = self
+            .runs_where(
+                "get run",
+                &format!("WHERE run_id = {}", literal(run_id)),
+                None,
+            )
+            .await?;
+        Ok(runs.into_iter().next())
+    }
+}
+
+impl BigQuery {
+    /// The runs `filter` (a WHERE clause, or nothing) selects, newest
+    /// first, at most `limit`.
+    pub(super) async fn runs_where(
+        &self,
+        what: &str,
+        filter: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<RunRecord>> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM {} {filter} ORDER BY started_at DESC, run_id DESC{limit}",
+            self.table("pipeline_runs")
+        );
+        let rows = self.rows(what, &sql).await?;
+        rows.iter().map(|r| RunRecord::from_cells(r)).collect()
+    }
+}

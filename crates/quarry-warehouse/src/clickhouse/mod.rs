@@ -1,0 +1,267 @@
+//! The ClickHouse backend, over the HTTP interface (`clickhouse` crate,
+//! RowBinary, which old and new servers accept).
+//!
+//! Tables are MergeTree, partitioned by their partition column (`trade_date`,
+//! `week_start_date`: DATE; `source_file` for the quarantine); a run is
+//! staged as `staging.rs` describes, through the one run lifecycle of
+//! `crate::staging`. Amounts are Decimal(18,8) / Decimal(38,8) /
+//! Decimal(38,16): exact. `timestamp` is DateTime('UTC') plus
+//! `timestamp_nanos` (UInt32), since servers before 20.1 have no DateTime64.
+//! Runs are rows of a ReplacingMergeTree keyed by run_id (latest version
+//! wins).
+//!
+//! - `client.rs`: the connection, statements with retries, error classes,
+//!   literals and DDL;
+//! - `rows.rs`: the tables' rows to insert and read back;
+//! - `staging.rs`: the staging primitives and the partition swap.
+
+mod client;
+mod rows;
+mod staging;
+
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use quarry_core::config::ClickHouseConfig;
+use quarry_core::decimal::{self, PNL_SCALE};
+use quarry_core::{Error, Result, Table};
+
+use self::client::{ClickHouse, literal};
+use self::rows::{AggRow, RejectedRow, TradeOut, push_agg, push_rejected, push_trade};
+use crate::arrow_rows::PartitionBuilder;
+use crate::staging::StagedRuns;
+use crate::{
+    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
+    Warehouse, WeeklyTotal, WriteMode,
+};
+
+pub struct ClickHouseWarehouse {
+    runs: StagedRuns<ClickHouse>,
+}
+
+impl ClickHouseWarehouse {
+    pub fn open(config: &ClickHouseConfig) -> Result<Self> {
+        Ok(Self {
+            runs: StagedRuns::new(ClickHouse::open(config)),
+        })
+    }
+
+    fn ch(&self) -> &ClickHouse {
+        self.runs.backend()
+    }
+
+    /// Exact decimal text from a sum ClickHouse returned as text.
+    fn exact(text: &str) -> Result<String> {
+        decimal::parse_scaled(text.as_bytes(), PNL_SCALE)
+            .map(|v| decimal::format_scaled(v, PNL_SCALE))
+            .map_err(|e| Error::internal(format!("clickhouse returned {text:?}: {e:?}")))
+    }
+}
+
+#[async_trait]
+impl Warehouse for ClickHouseWarehouse {
+    fn kind(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    async fn check_connectivity(&self) -> Result<()> {
+        let ch = self.ch();
+        // One attempt: a wrong URL or credentials should say so at once.
+        ch.admin
+            .query("SELECT 1")
+            .fetch_one::<u8>()
+            .await
+            .map_err(|e| ch.err("cannot connect", e))?;
+        ch.create_tables().await
+    }
+
+    async fn begin_run(&self, run: RunStart) -> Result<()> {
+        self.runs.begin(run).await
+    }
+
+    async fn write(
+        &self,
+        run_id: &str,
+        table: Table,
+        mode: WriteMode,
+        batch: RecordBatch,
+    ) -> Result<u64> {
+        self.runs.write(run_id, table, mode, batch).await
+    }
+
+    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
+        self.runs.commit(commit).await
+    }
+
+    async fn abort(&self, f: RunFailure) -> Result<()> {
+        self.runs.abort(f).await
+    }
+
+    async fn heartbeat(&self, run_id: &str) -> Result<()> {
+        self.runs.heartbeat(run_id).await
+    }
+
+    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        self.ch()
+            .runs_where("list running runs", "status = 'running'", None)
+            .await
+    }
+
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        self.ch().runs_where("list runs", "1", Some(limit)).await
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        use crate::staging::StagingBackend;
+        self.ch().get_run(run_id).await
+    }
+
+    async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
+        let ch = self.ch();
+        let column = match query.metric {
+            Metric::Volume => "total_volume",
+            Metric::Pnl => "total_pnl",
+        };
+        let sql = format!(
+            "SELECT user_id, toString(sum({column})) FROM {}
+             WHERE client_type = {} GROUP BY user_id ORDER BY sum({column}) DESC, user_id ASC LIMIT {}",
+            ch.table(Table::AggTradesWeekly),
+            literal(&query.client_type),
+            query.limit
+        );
+        let rows = ch
+            .retry("top users", || {
+                ch.client.query(&sql).fetch_all::<(String, String)>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(user_id, total)| {
+                Ok(TopUser {
+                    user_id,
+                    value: Self::exact(&total)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
+        let ch = self.ch();
+        let sql = format!(
+            "SELECT toString(week_start_date), client_type, toString(sum(total_volume)),
+                    toString(sum(total_pnl)), toUInt64(sum(trade_count))
+             FROM {} GROUP BY week_start_date, client_type ORDER BY 1, 2",
+            ch.table(Table::AggTradesWeekly)
+        );
+        let rows = ch
+            .retry("weekly totals", || {
+                ch.client
+                    .query(&sql)
+                    .fetch_all::<(String, String, String, String, u64)>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(week, ct, vol, pnl, n)| {
+                Ok(WeeklyTotal {
+                    week_start_date: week,
+                    client_type: ct,
+                    total_volume: Self::exact(&vol)?,
+                    total_pnl: Self::exact(&pnl)?,
+                    trade_count: n,
+                })
+            })
+            .collect()
+    }
+
+    async fn list_partitions(&self, table: Table) -> Result<Vec<PartitionInfo>> {
+        let ch = self.ch();
+        let col = table.partition_column();
+        let sql = format!(
+            "SELECT toString({col}), count() FROM {} GROUP BY {col} ORDER BY {col}",
+            ch.table(table)
+        );
+        let rows = ch
+            .retry("list partitions", || {
+                ch.client.query(&sql).fetch_all::<(String, u64)>()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(partition, rows)| PartitionInfo { partition, rows })
+            .collect())
+    }
+
+    async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
+        let ch = self.ch();
+        let filter = format!(
+            "FROM {} WHERE {} = {}",
+            ch.table(table),
+            table.partition_column(),
+            literal(partition)
+        );
+        let mut out = PartitionBuilder::new(table);
+        match table {
+            Table::Trades => {
+                let sql =
+                    format!("SELECT ?fields {filter} ORDER BY timestamp, timestamp_nanos, user_id");
+                let rows = ch
+                    .retry("read partition", || {
+                        ch.client.query(&sql).fetch_all::<TradeOut>()
+                    })
+                    .await?;
+                rows.iter().for_each(|r| push_trade(&mut out, r));
+            }
+            Table::TradesRejected => {
+                let sql = format!("SELECT ?fields {filter} ORDER BY source_row");
+                let rows = ch
+                    .retry("read partition", || {
+                        ch.client.query(&sql).fetch_all::<RejectedRow>()
+                    })
+                    .await?;
+                rows.iter().for_each(|r| push_rejected(&mut out, r));
+            }
+            Table::AggTradesWeekly => {
+                let sql = format!("SELECT ?fields {filter} ORDER BY client_type, user_id, symbol");
+                let rows = ch
+                    .retry("read partition", || {
+                        ch.client.query(&sql).fetch_all::<AggRow>()
+                    })
+                    .await?;
+                rows.iter().for_each(|r| push_agg(&mut out, r));
+            }
+        }
+        Ok(out.finish()?.into_iter().collect())
+    }
+
+    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
+        let ch = self.ch();
+        let drop = async {
+            let rows = ch
+                .count(
+                    "count partition rows",
+                    &format!(
+                        "SELECT count() FROM {} WHERE {} = {}",
+                        ch.table(table),
+                        table.partition_column(),
+                        literal(partition)
+                    ),
+                )
+                .await?;
+            ch.execute(
+                &format!("drop partition {partition} of {table}"),
+                &format!(
+                    "ALTER TABLE {} DROP PARTITION {}",
+                    ch.table(table),
+                    literal(partition)
+                ),
+            )
+            .await?;
+            Ok(rows)
+        };
+        self.runs.drop_partition(table, partition, drop).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.runs.close().await
+    }
+}
