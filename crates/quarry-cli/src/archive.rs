@@ -39,7 +39,7 @@ where
     let listener = grpc::bind("127.0.0.1:0").await?;
     let addr = listener
         .local_addr()
-        .map_err(|e| Error::internal(format!("local address: {e}")))?;
+        .map_err(|e| Error::internal(format!("local address: {e}")).with_source(e))?;
     let (stop, mut rx) = watch::channel(false);
     let task = tokio::spawn(archiver.serve(listener, async move {
         let _ = rx.changed().await;
@@ -53,7 +53,7 @@ where
     let result = f(connect(format!("http://{addr}"), sec).await?).await;
     let _ = stop.send(true);
     task.await
-        .map_err(|e| Error::internal(format!("archiver task: {e}")))??;
+        .map_err(|e| Error::internal(format!("archiver task: {e}")).with_source(e))??;
     result
 }
 

@@ -189,8 +189,9 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
 /// Writes `user_id,<metric>` rows.
 pub fn write_top_csv(path: &Path, metric: TopMetric, users: &[TopUser]) -> Result<()> {
     let io = |e: std::io::Error| Error::config(format!("cannot write {}: {e}", path.display()));
-    let mut w = csv::Writer::from_path(path)
-        .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
+    let mut w = csv::Writer::from_path(path).map_err(|e| {
+        Error::config(format!("cannot write {}: {e}", path.display())).with_source(e)
+    })?;
     let csv_err = |e: csv::Error| Error::config(format!("cannot write {}: {e}", path.display()));
     w.write_record(["user_id", metric_name(metric)])
         .map_err(csv_err)?;
@@ -229,7 +230,9 @@ pub async fn write_reports(
         &quality,
         serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
     )
-    .map_err(|e| Error::config(format!("cannot write {}: {e}", quality.display())))?;
+    .map_err(|e| {
+        Error::config(format!("cannot write {}: {e}", quality.display())).with_source(e)
+    })?;
     Ok(Reports {
         top_by_volume,
         top_by_pnl,

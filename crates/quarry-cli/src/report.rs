@@ -430,18 +430,21 @@ pub fn html(data: &ReportData, charts: &[Chart], generated_at: &str) -> String {
 pub fn write(dir: &Path, data: &ReportData, generated_at: &str) -> Result<Vec<PathBuf>> {
     let charts = charts(data)?;
     let chart_dir = dir.join("charts");
-    std::fs::create_dir_all(&chart_dir)
-        .map_err(|e| Error::config(format!("cannot create {}: {e}", chart_dir.display())))?;
+    std::fs::create_dir_all(&chart_dir).map_err(|e| {
+        Error::config(format!("cannot create {}: {e}", chart_dir.display())).with_source(e)
+    })?;
     let mut written = vec![];
     for c in &charts {
         let path = chart_dir.join(c.file);
-        std::fs::write(&path, &c.svg)
-            .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, &c.svg).map_err(|e| {
+            Error::config(format!("cannot write {}: {e}", path.display())).with_source(e)
+        })?;
         written.push(path);
     }
     let page = dir.join("report.html");
-    std::fs::write(&page, html(data, &charts, generated_at))
-        .map_err(|e| Error::config(format!("cannot write {}: {e}", page.display())))?;
+    std::fs::write(&page, html(data, &charts, generated_at)).map_err(|e| {
+        Error::config(format!("cannot write {}: {e}", page.display())).with_source(e)
+    })?;
     written.insert(0, page);
     Ok(written)
 }

@@ -5,40 +5,16 @@ mod snowflake_proxy;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::Env;
+use common::cli::quarry_ok;
 use common::counting_proxy::CountingProxy;
+use common::procs::{Service, big_input, free_port, quarry};
 use quarry_cli::client;
 use quarry_cli::embedded::Cluster;
 use quarry_proto::{RunRequest, run_event};
-
-fn quarry() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_quarry"));
-    c.env_remove("QUARRY_CONFIG");
-    c
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "service exited early");
-        assert!(
-            Instant::now() < deadline,
-            "service did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_extractor_mid_stream_fails_the_run_and_changes_nothing() {
@@ -48,32 +24,25 @@ async fn killing_the_extractor_mid_stream_fails_the_run_and_changes_nothing() {
     env.run(&good).await.unwrap();
     let before = env.snapshot();
 
-    let big = env.data.join("big.csv");
-    let opts = quarry_testkit::GenOptions {
-        rows: 400_000,
-        ..Default::default()
-    };
-    quarry_testkit::generate(
-        &opts,
-        &mut std::io::BufWriter::new(std::fs::File::create(&big).unwrap()),
-    )
-    .unwrap();
+    let big = big_input(&env, 400_000);
 
     let port = free_port();
-    let mut extractor = quarry()
-        .args(["serve", "extractor"])
-        .env("QUARRY_EXTRACTOR__LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "QUARRY_EXTRACTOR__DATA_ROOTS",
+    let vars = [
+        (
+            "QUARRY_EXTRACTOR__LISTEN".to_string(),
+            format!("127.0.0.1:{port}"),
+        ),
+        (
+            "QUARRY_EXTRACTOR__DATA_ROOTS".to_string(),
             format!("[{:?}]", env.data.display().to_string()),
-        )
-        .env("QUARRY_EXTRACTOR__BATCH_ROWS", "500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut extractor);
-    let cluster = Cluster::start_with_extractor(&env.config, &format!("http://127.0.0.1:{port}"))
+        ),
+        (
+            "QUARRY_EXTRACTOR__BATCH_ROWS".to_string(),
+            "500".to_string(),
+        ),
+    ];
+    let mut extractor = Service::start("extractor", port, &vars, env.dir.path());
+    let cluster = Cluster::start_with_extractor(&env.config, &extractor.url())
         .await
         .unwrap();
     let mut killed_at = None;
@@ -86,13 +55,13 @@ async fn killing_the_extractor_mid_stream_fails_the_run_and_changes_nothing() {
             && p.rows_read > 0
             && killed_at.is_none()
         {
-            extractor.kill().unwrap();
+            extractor.child.kill().unwrap();
             killed_at = Some(p.rows_read);
         }
     })
     .await;
-    let _ = extractor.kill();
-    let _ = extractor.wait();
+    let _ = extractor.child.kill();
+    let _ = extractor.child.wait();
     let killed_at = killed_at.expect("the run streamed rows before finishing");
     assert!(killed_at < 400_000, "killed after {killed_at} rows");
     let e = result.expect_err("a run whose extractor died must fail");
@@ -102,17 +71,6 @@ async fn killing_the_extractor_mid_stream_fails_the_run_and_changes_nothing() {
     let runs = env.runs().await;
     assert_eq!(runs[0].status, "failed", "{e}");
     assert!(!runs[0].error_message.is_empty());
-}
-
-/// Runs `quarry ARGS` in `dir`; fails the test unless it succeeds. Returns stdout.
-fn quarry_ok(dir: &Path, args: &[&str]) -> String {
-    let out = quarry().args(args).current_dir(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "quarry {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// An endpoint with nothing behind it, whose requests are counted.

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use common::Env;
 use common::procs::{Stack, quarry};
@@ -51,6 +52,11 @@ fn make_pki(dir: &Path, name: &str) -> Pki {
     pki
 }
 
+/// The token the services are given, for a client that has it.
+fn token() -> Option<Token> {
+    Some(Token::new("test token", TOKEN).unwrap())
+}
+
 fn https(port: u16) -> String {
     format!("https://127.0.0.1:{port}")
 }
@@ -68,24 +74,8 @@ async fn services_over_tls_require_the_token() {
     let env = Env::new();
     let sample = env.copy_fixture();
     let pki = make_pki(env.dir.path(), "quarry");
-    let token_file = env.dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let s = |p: &Path| p.display().to_string();
-    let (ca, cert, key, tf) = (s(&pki.ca), s(&pki.cert), s(&pki.key), s(&token_file));
-    let stack = Stack::start_with(
-        &env,
-        &[
-            ("QUARRY_TLS__ENABLED", "true"),
-            ("QUARRY_TLS__CA_PATH", &ca),
-            ("QUARRY_TLS__CERT_PATH", &cert),
-            ("QUARRY_TLS__KEY_PATH", &key),
-            ("QUARRY_AUTH__ENABLED", "true"),
-            ("QUARRY_AUTH__TOKEN_FILE", &tf),
-        ],
-        "https",
-    );
+    let stack = start_secured(&env, &pki);
     let ca_pem = std::fs::read(&pki.ca).unwrap();
-    let token = || Some(Token::new("test token", TOKEN).unwrap());
     let good = Security::client(Some(&ca_pem), None, token());
     let no_token = Security::client(Some(&ca_pem), None, None);
     let wrong = Security::client(
@@ -105,25 +95,7 @@ async fn services_over_tls_require_the_token() {
 
     // No token, or a wrong one: UNAUTHENTICATED, on every service.
     for sec in [&no_token, &wrong] {
-        let e = list_runs(&loader, sec).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
-        let req = RunRequest {
-            source: sample.display().to_string(),
-            ..Default::default()
-        };
-        let e = client::run_pipeline_with(&https(stack.transformer.port), sec, req, |_| {})
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("bearer token"), "{e}");
-        let channel = grpc::connect_with("extractor", &https(stack.extractor.port), sec)
-            .await
-            .unwrap();
-        let e =
-            arrow_flight::flight_service_client::FlightServiceClient::new(sec.authorize(channel))
-                .list_actions(arrow_flight::Empty {})
-                .await
-                .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert_refused_on_every_service(&stack, &sample, sec).await;
     }
     assert_eq!(list_runs(&loader, &good).await.unwrap(), 0);
 
@@ -140,37 +112,11 @@ async fn services_over_tls_require_the_token() {
     let mut l = LoaderClient::connect_with(&loader, &good).await.unwrap();
     assert_eq!(l.list_runs(10).await.unwrap()[0].status, "succeeded");
 
-    // Plaintext against the TLS port fails; so does TLS trusting another CA.
-    let plain = format!("http://127.0.0.1:{}", stack.loader.port);
-    assert!(client::health(&plain, "").await.is_err());
-    let other = make_pki(env.dir.path(), "other");
-    let other_ca = std::fs::read(&other.ca).unwrap();
-    let untrusted = Security::client(Some(&other_ca), None, token());
-    assert!(
-        grpc::connect_with("loader", &loader, &untrusted)
-            .await
-            .is_err()
-    );
-
-    // tls.domain: the name checked in the certificate instead of the URL's host.
-    let named = Security::client(Some(&ca_pem), Some("localhost"), token());
-    assert_eq!(list_runs(&loader, &named).await.unwrap(), 1);
-    let misnamed = Security::client(Some(&ca_pem), Some("elsewhere.example"), token());
-    let e = grpc::connect_with("loader", &loader, &misnamed)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("certificate"), "{e}");
+    assert_tls_is_checked(&env, stack.loader.port, &ca_pem).await;
 
     // The quarry command as a client, configured like the services; the
     // token never shows in its output.
-    let out = quarry()
-        .args(["runs", "--loader", &loader])
-        .env("QUARRY_TLS__ENABLED", "true")
-        .env("QUARRY_TLS__CA_PATH", &ca)
-        .env("QUARRY_AUTH__ENABLED", "true")
-        .env("QUARRY_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+    let out = quarry_runs(&loader, &pki.ca, TOKEN);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -178,14 +124,7 @@ async fn services_over_tls_require_the_token() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("succeeded"), "{stdout}");
-    let out = quarry()
-        .args(["runs", "--loader", &loader])
-        .env("QUARRY_TLS__ENABLED", "true")
-        .env("QUARRY_TLS__CA_PATH", &ca)
-        .env("QUARRY_AUTH__ENABLED", "true")
-        .env("QUARRY_TOKEN", "wrong-token")
-        .output()
-        .unwrap();
+    let out = quarry_runs(&loader, &pki.ca, "wrong-token");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -199,4 +138,90 @@ async fn services_over_tls_require_the_token() {
         .collect();
     assert!(!logs.contains(TOKEN), "the token appears in a log");
     stack.stop();
+}
+
+/// The three services over TLS with `pki`, each requiring the token (read
+/// from a file next to the certificates).
+fn start_secured(env: &Env, pki: &Pki) -> Stack {
+    let token_file = env.dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (ca, cert, key, tf) = (s(&pki.ca), s(&pki.cert), s(&pki.key), s(&token_file));
+    Stack::start_with(
+        env,
+        &[
+            ("QUARRY_TLS__ENABLED", "true"),
+            ("QUARRY_TLS__CA_PATH", &ca),
+            ("QUARRY_TLS__CERT_PATH", &cert),
+            ("QUARRY_TLS__KEY_PATH", &key),
+            ("QUARRY_AUTH__ENABLED", "true"),
+            ("QUARRY_AUTH__TOKEN_FILE", &tf),
+        ],
+        "https",
+    )
+}
+
+/// A client with the security `sec` (no token or a wrong one) is refused by
+/// each service: the loader's and the extractor's calls are
+/// UNAUTHENTICATED, and a run through the transformer fails naming the
+/// bearer token.
+async fn assert_refused_on_every_service(stack: &Stack, sample: &Path, sec: &Security) {
+    let e = list_runs(&https(stack.loader.port), sec).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let req = RunRequest {
+        source: sample.display().to_string(),
+        ..Default::default()
+    };
+    let e = client::run_pipeline_with(&https(stack.transformer.port), sec, req, |_| {})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("bearer token"), "{e}");
+    let channel = grpc::connect_with("extractor", &https(stack.extractor.port), sec)
+        .await
+        .unwrap();
+    let e = arrow_flight::flight_service_client::FlightServiceClient::new(sec.authorize(channel))
+        .list_actions(arrow_flight::Empty {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+}
+
+/// The loader on `port` (its certificate signed by the CA in `ca_pem`, one
+/// run recorded) is reached only over TLS, trusting that CA, with the
+/// certificate's names checked.
+async fn assert_tls_is_checked(env: &Env, port: u16, ca_pem: &[u8]) {
+    let loader = &https(port);
+    // Plaintext against the TLS port fails; so does TLS trusting another CA.
+    let plain = format!("http://127.0.0.1:{port}");
+    assert!(client::health(&plain, "").await.is_err());
+    let other = make_pki(env.dir.path(), "other");
+    let other_ca = std::fs::read(&other.ca).unwrap();
+    let untrusted = Security::client(Some(&other_ca), None, token());
+    assert!(
+        grpc::connect_with("loader", loader, &untrusted)
+            .await
+            .is_err()
+    );
+
+    // tls.domain: the name checked in the certificate instead of the URL's host.
+    let named = Security::client(Some(ca_pem), Some("localhost"), token());
+    assert_eq!(list_runs(loader, &named).await.unwrap(), 1);
+    let misnamed = Security::client(Some(ca_pem), Some("elsewhere.example"), token());
+    let e = grpc::connect_with("loader", loader, &misnamed)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+}
+
+/// `quarry runs` against the loader at `loader`, configured like the
+/// services (TLS trusting `ca`, auth on) and sending `token`.
+fn quarry_runs(loader: &str, ca: &Path, token: &str) -> Output {
+    quarry()
+        .args(["runs", "--loader", loader])
+        .env("QUARRY_TLS__ENABLED", "true")
+        .env("QUARRY_TLS__CA_PATH", ca)
+        .env("QUARRY_AUTH__ENABLED", "true")
+        .env("QUARRY_TOKEN", token)
+        .output()
+        .unwrap()
 }

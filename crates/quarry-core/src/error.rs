@@ -1,7 +1,9 @@
 //! Errors grouped by who is at fault, and their mapping to gRPC statuses.
 
 use std::fmt;
+use std::sync::Arc;
 
+#[cfg(feature = "service")]
 /// Status metadata carrying the error category between services (several
 /// categories share a status code).
 const CATEGORY_KEY: &str = "quarry-error-category";
@@ -59,6 +61,7 @@ impl ErrorCategory {
 
     /// The category of a failure reported by another service: the one it
     /// attached, else guessed from the status code.
+    #[cfg(feature = "service")]
     pub fn from_status(status: &tonic::Status) -> Self {
         use tonic::Code;
         if let Some(c) = status
@@ -91,124 +94,147 @@ impl fmt::Display for ErrorCategory {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
+/// What went wrong, finer than the category: the gRPC status follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
     /// Bad input data or a bad request; never retried.
-    #[error("{0}")]
-    Input(String),
+    Input,
     /// The request asks for something it may not have (e.g. a path outside the data roots).
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    Config(String),
+    PermissionDenied,
+    Config,
     /// A backend failed. Transient failures may be retried; permanent ones never.
-    #[error("{message}")]
-    Backend { message: String, transient: bool },
-    #[error("{0}")]
-    Quality(String),
+    Backend {
+        transient: bool,
+    },
+    Quality,
     /// Stopped from outside (signal, cancelled client, shutdown).
-    #[error("{0}")]
-    Interrupted(String),
-    #[error("{0}")]
-    Internal(String),
+    Interrupted,
+    Internal,
+}
+
+/// The cause of an error, kept for its chain (`source()`), shared so that
+/// errors stay cheap to clone.
+type Source = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A Quarry error: its kind, one line saying what failed (the text the user
+/// and the other services see), and the library error that caused it, if
+/// any, as its `source()`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<Source>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn input(msg: impl Into<String>) -> Self {
-        Self::Input(msg.into())
-    }
-    pub fn config(msg: impl Into<String>) -> Self {
-        Self::Config(msg.into())
-    }
-    pub fn quality(msg: impl Into<String>) -> Self {
-        Self::Quality(msg.into())
-    }
-    pub fn interrupted(msg: impl Into<String>) -> Self {
-        Self::Interrupted(msg.into())
-    }
-
-    pub fn internal(msg: impl Into<String>) -> Self {
-        Self::Internal(msg.into())
-    }
-    pub fn backend(msg: impl Into<String>, transient: bool) -> Self {
-        Self::Backend {
+    pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
+        Self {
+            kind,
             message: msg.into(),
-            transient,
+            source: None,
         }
     }
 
-    /// The same kind of error with another message.
-    /// A backend failure worth another attempt.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Backend {
-                transient: true,
-                ..
-            }
-        )
+    pub fn input(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Input, msg)
+    }
+    pub fn permission_denied(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, msg)
+    }
+    pub fn config(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, msg)
+    }
+    pub fn quality(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Quality, msg)
+    }
+    pub fn interrupted(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Interrupted, msg)
+    }
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, msg)
+    }
+    pub fn backend(msg: impl Into<String>, transient: bool) -> Self {
+        Self::new(ErrorKind::Backend { transient }, msg)
     }
 
+    /// The same error, caused by `source` (kept as its `source()`).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The one line of the error, without its causes.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// A backend failure worth another attempt.
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Backend { transient: true }
+    }
+
+    /// The same kind of error (and cause) with another message.
     pub fn with_message(&self, msg: impl Into<String>) -> Self {
-        let msg = msg.into();
-        match self {
-            Self::Input(_) => Self::Input(msg),
-            Self::PermissionDenied(_) => Self::PermissionDenied(msg),
-            Self::Config(_) => Self::Config(msg),
-            Self::Backend { transient, .. } => Self::backend(msg, *transient),
-            Self::Quality(_) => Self::Quality(msg),
-            Self::Interrupted(_) => Self::Interrupted(msg),
-            Self::Internal(_) => Self::Internal(msg),
+        Self {
+            kind: self.kind,
+            message: msg.into(),
+            source: self.source.clone(),
         }
     }
 
     pub fn category(&self) -> ErrorCategory {
-        match self {
-            Self::Input(_) | Self::PermissionDenied(_) => ErrorCategory::Input,
-            Self::Config(_) => ErrorCategory::Config,
-            Self::Backend { .. } => ErrorCategory::Backend,
-            Self::Quality(_) => ErrorCategory::Quality,
-            Self::Interrupted(_) => ErrorCategory::Interrupted,
-            Self::Internal(_) => ErrorCategory::Internal,
+        match self.kind {
+            ErrorKind::Input | ErrorKind::PermissionDenied => ErrorCategory::Input,
+            ErrorKind::Config => ErrorCategory::Config,
+            ErrorKind::Backend { .. } => ErrorCategory::Backend,
+            ErrorKind::Quality => ErrorCategory::Quality,
+            ErrorKind::Interrupted => ErrorCategory::Interrupted,
+            ErrorKind::Internal => ErrorCategory::Internal,
         }
     }
 
     /// Rebuilds an error from a status returned by another Quarry service.
+    #[cfg(feature = "service")]
     pub fn from_status(status: &tonic::Status) -> Self {
-        let msg = status.message().to_string();
-        match status.code() {
-            tonic::Code::PermissionDenied => Self::PermissionDenied(msg),
-            tonic::Code::Unavailable => Self::backend(msg, true),
+        let kind = match status.code() {
+            tonic::Code::PermissionDenied => ErrorKind::PermissionDenied,
+            tonic::Code::Unavailable => ErrorKind::Backend { transient: true },
             _ => match ErrorCategory::from_status(status) {
-                ErrorCategory::Input => Self::Input(msg),
-                ErrorCategory::Config => Self::Config(msg),
-                ErrorCategory::Backend => Self::backend(msg, false),
-                ErrorCategory::Quality => Self::Quality(msg),
-                ErrorCategory::Interrupted => Self::Interrupted(msg),
-                ErrorCategory::Internal => Self::Internal(msg),
+                ErrorCategory::Input => ErrorKind::Input,
+                ErrorCategory::Config => ErrorKind::Config,
+                ErrorCategory::Backend => ErrorKind::Backend { transient: false },
+                ErrorCategory::Quality => ErrorKind::Quality,
+                ErrorCategory::Interrupted => ErrorKind::Interrupted,
+                ErrorCategory::Internal => ErrorKind::Internal,
             },
-        }
+        };
+        Self::new(kind, status.message()).with_source(status.clone())
     }
 }
 
+#[cfg(feature = "service")]
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let category = e.category().as_str();
-        let mut status = match e {
-            Error::Input(m) => tonic::Status::invalid_argument(m),
-            Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
-            Error::Config(m) => tonic::Status::failed_precondition(m),
-            Error::Backend {
-                message,
-                transient: true,
-            } => tonic::Status::unavailable(message),
-            Error::Backend { message, .. } => tonic::Status::aborted(message),
+        let m = e.message;
+        let mut status = match e.kind {
+            ErrorKind::Input => tonic::Status::invalid_argument(m),
+            ErrorKind::PermissionDenied => tonic::Status::permission_denied(m),
+            ErrorKind::Config => tonic::Status::failed_precondition(m),
+            ErrorKind::Backend { transient: true } => tonic::Status::unavailable(m),
+            ErrorKind::Backend { transient: false } => tonic::Status::aborted(m),
             // Quality failures are a property of the data, reported like bad input.
-            Error::Quality(m) => tonic::Status::invalid_argument(m),
-            Error::Interrupted(m) => tonic::Status::aborted(m),
-            Error::Internal(m) => tonic::Status::internal(m),
+            ErrorKind::Quality => tonic::Status::invalid_argument(m),
+            ErrorKind::Interrupted => tonic::Status::aborted(m),
+            ErrorKind::Internal => tonic::Status::internal(m),
         };
         status.metadata_mut().insert(
             CATEGORY_KEY,
@@ -220,19 +246,35 @@ impl From<Error> for tonic::Status {
 
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
-        Self::Internal(format!("arrow: {e}"))
+        Self::internal(format!("arrow: {e}")).with_source(e)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
+
     use super::*;
 
+    #[test]
+    fn causes_stay_in_the_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::config("cannot read config file x.toml").with_source(io);
+        assert_eq!(e.to_string(), "cannot read config file x.toml");
+        assert_eq!(e.source().unwrap().to_string(), "no such file");
+        let renamed = e.with_message("other words");
+        assert_eq!(renamed.kind(), ErrorKind::Config);
+        assert!(renamed.source().is_some());
+        assert!(Error::backend("x", true).is_transient());
+        assert!(!Error::backend("x", false).is_transient());
+    }
+
+    #[cfg(feature = "service")]
     #[test]
     fn categories_survive_a_status_round_trip() {
         let cases = [
             Error::input("x"),
-            Error::PermissionDenied("x".into()),
+            Error::permission_denied("x"),
             Error::config("x"),
             Error::backend("x", true),
             Error::backend("x", false),

@@ -12,7 +12,7 @@ pub fn descriptor<M: Message>(cmd: &M) -> FlightDescriptor {
 
 /// Decodes a Quarry message from a descriptor command, ticket or metadata.
 pub fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M> {
-    M::decode(bytes).map_err(|e| Error::input(format!("malformed {what}: {e}")))
+    M::decode(bytes).map_err(|e| Error::input(format!("malformed {what}: {e}")).with_source(e))
 }
 
 /// Turns a Flight error into the status it carries (or an internal one).

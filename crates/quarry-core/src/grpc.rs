@@ -91,9 +91,9 @@ async fn serve_inner(
     let addr = listener.local_addr().ok();
     let mut builder = Server::builder().tcp_nodelay(true);
     if let Some(tls) = security.server_tls()? {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::config(format!("tls.cert_path / tls.key_path: {e}")))?;
+        builder = builder.tls_config(tls).map_err(|e| {
+            Error::config(format!("tls.cert_path / tls.key_path: {e}")).with_source(e)
+        })?;
     }
     let server = builder
         .layer(security.require_token())
@@ -104,7 +104,7 @@ async fn serve_inner(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     tokio::select! {
         served = server => {
-            served.map_err(|e| Error::internal(format!("gRPC server on {addr:?} failed: {e}")))
+            served.map_err(|e| Error::internal(format!("gRPC server on {addr:?} failed: {e}")).with_source(e))
         }
         () = mark_draining => unreachable!("marking the drain never ends"),
     }
@@ -188,7 +188,7 @@ pub async fn serve_draining(
 pub async fn bind(addr: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::config(format!("cannot listen on {addr}: {e}")))
+        .map_err(|e| Error::config(format!("cannot listen on {addr}: {e}")).with_source(e))
 }
 
 /// Connects to another Quarry service; `what` names it in errors.
@@ -220,11 +220,11 @@ pub fn check_scheme(what: &str, url: &str, security: &Security) -> Result<()> {
 pub async fn connect_with(what: &str, url: &str, security: &Security) -> Result<Channel> {
     check_scheme(what, url, security)?;
     let mut endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::config(format!("{what} URL {url:?}: {e}")))?;
+        .map_err(|e| Error::config(format!("{what} URL {url:?}: {e}")).with_source(e))?;
     if let Some(tls) = security.client_tls() {
         endpoint = endpoint
             .tls_config(tls)
-            .map_err(|e| Error::config(format!("{what} URL {url:?}: TLS: {e}")))?;
+            .map_err(|e| Error::config(format!("{what} URL {url:?}: TLS: {e}")).with_source(e))?;
     }
     let deadline = security.connect_timeout();
     let endpoint = endpoint
@@ -286,6 +286,7 @@ pub fn call_error(what: &str, url: &str, status: &tonic::Status) -> Error {
             format!("the {what} at {url} failed: {}", status_text(status)),
             true,
         )
+        .with_source(status.clone())
     } else {
         Error::from_status(status)
     }

@@ -91,12 +91,12 @@ pub async fn serve(key: &str, addr: &str, registry: Registry) -> Result<Option<M
     if addr.is_empty() {
         return Ok(None);
     }
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::config(format!("{key} = {addr:?}: cannot listen: {e}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        Error::config(format!("{key} = {addr:?}: cannot listen: {e}")).with_source(e)
+    })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| Error::internal(format!("metrics address: {e}")))?;
+        .map_err(|e| Error::internal(format!("metrics address: {e}")).with_source(e))?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

@@ -99,8 +99,9 @@ impl fmt::Debug for Security {
 }
 
 fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::config(format!("{key} = {}: cannot read: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        Error::config(format!("{key} = {}: cannot read: {e}", path.display())).with_source(e)
+    })
 }
 
 impl Security {

@@ -108,15 +108,17 @@ pub fn open(root: &str, s3: &S3Config) -> Result<Location> {
 /// are transient.
 pub fn error(what: &str, e: object_store::Error) -> Error {
     use object_store::Error as E;
-    match e {
+    let message = format!("{what}: {e}");
+    let error = match e {
         E::NotFound { .. } | E::AlreadyExists { .. } | E::Precondition { .. } => {
-            Error::input(format!("{what}: {e}"))
+            Error::input(message)
         }
         E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::NotSupported { .. } => {
-            Error::config(format!("{what}: {e}"))
+            Error::config(message)
         }
-        other => Error::backend(format!("{what}: {other}"), true),
-    }
+        _ => Error::backend(message, true),
+    };
+    error.with_source(e)
 }
 
 #[cfg(test)]

@@ -203,22 +203,31 @@ pub struct CheckInput<'a> {
     pub history: &'a [ClientMeans],
 }
 
+/// Runs every check, in the order of the report.
 pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
-    let s = q.stats;
-    let share = |n: u64| s.share(n);
-    let mut out = Vec::new();
+    vec![
+        completeness(cfg, q.stats),
+        validity(cfg, q.stats),
+        uniqueness(cfg, q),
+        key_uniqueness(cfg, q),
+        consistency(cfg, q),
+        freshness(cfg, q),
+        reconciliation(cfg, q),
+    ]
+}
 
-    // Completeness: the worst critical column.
+/// Completeness: the worst critical column.
+fn completeness(cfg: &QualityConfig, s: &BatchStats) -> CheckResult {
     let worst = Field::ALL
         .iter()
         .filter(|f| cfg.critical_columns.iter().any(|c| c == f.name()))
         .map(|f| (f.name(), s.missing[*f as usize]))
         .max_by_key(|(_, n)| *n);
-    out.push(match worst {
+    match worst {
         Some((column, missing)) => CheckResult::judge(
             "completeness",
             "max_missing_share",
-            share(missing),
+            s.share(missing),
             Bound::Max,
             cfg.completeness,
             format!("{column}: {missing} of {} rows null or empty", s.rows_in),
@@ -230,15 +239,17 @@ pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
             cfg.completeness,
             "no critical columns configured".into(),
         ),
-    });
+    }
+}
 
-    // Validity: rows passing every rule (reasons in rejected_by_reason).
+/// Validity: rows passing every rule (reasons in rejected_by_reason).
+fn validity(cfg: &QualityConfig, s: &BatchStats) -> CheckResult {
     let valid_share = if s.rows_in == 0 {
         1.0
     } else {
-        share(s.rows_valid)
+        s.share(s.rows_valid)
     };
-    out.push(CheckResult::judge(
+    CheckResult::judge(
         "validity",
         "valid_share",
         valid_share,
@@ -250,13 +261,15 @@ pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
             s.rows_in,
             s.rows_rejected()
         ),
-    ));
+    )
+}
 
-    // Uniqueness: exact duplicates, and duplicates on the configured key.
-    out.push(CheckResult::judge(
+/// Uniqueness: exact duplicates (dropped when deduplicating).
+fn uniqueness(cfg: &QualityConfig, q: &CheckInput<'_>) -> CheckResult {
+    CheckResult::judge(
         "uniqueness",
         "duplicate_share",
-        share(q.duplicates),
+        q.stats.share(q.duplicates),
         Bound::Max,
         cfg.uniqueness,
         format!(
@@ -264,12 +277,16 @@ pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
             q.duplicates,
             if q.dedup { " (dropped)" } else { "" }
         ),
-    ));
-    out.push(match q.key_duplicates {
+    )
+}
+
+/// Key uniqueness: rows repeating an earlier row's configured key columns.
+fn key_uniqueness(cfg: &QualityConfig, q: &CheckInput<'_>) -> CheckResult {
+    match q.key_duplicates {
         Some(n) => CheckResult::judge(
             "key_uniqueness",
             "key_duplicate_share",
-            share(n),
+            q.stats.share(n),
             Bound::Max,
             cfg.key_uniqueness,
             format!("{n} rows repeat the key ({})", cfg.key_columns.join(", ")),
@@ -281,12 +298,12 @@ pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
             cfg.key_uniqueness,
             "no key_columns configured".into(),
         ),
-    });
+    }
+}
 
-    out.push(consistency(cfg, q));
-
-    // Freshness: the newest trade against the start of the run.
-    out.push(match q.profile.newest {
+/// Freshness: the newest trade against the start of the run.
+fn freshness(cfg: &QualityConfig, q: &CheckInput<'_>) -> CheckResult {
+    match q.profile.newest {
         Some(newest) => {
             let newest = DateTime::from_timestamp_nanos(newest);
             let hours = (q.run_started - newest).num_seconds() as f64 / 3600.0;
@@ -306,13 +323,16 @@ pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
             cfg.freshness,
             "no valid trades".into(),
         ),
-    });
+    }
+}
 
-    // Reconciliation: every row is accounted for.
+/// Reconciliation: every row is accounted for.
+fn reconciliation(cfg: &QualityConfig, q: &CheckInput<'_>) -> CheckResult {
+    let s = q.stats;
     let accounted = s.rows_valid + s.rows_rejected();
     let aggregated = s.rows_valid - if q.dedup { q.duplicates } else { 0 };
     let off = s.rows_in.abs_diff(accounted) + aggregated.abs_diff(q.agg_trade_count);
-    out.push(CheckResult::judge(
+    CheckResult::judge(
         "reconciliation",
         "rows_unaccounted",
         off as f64,
@@ -326,8 +346,7 @@ pub fn evaluate(cfg: &QualityConfig, q: &CheckInput<'_>) -> Vec<CheckResult> {
             aggregated,
             q.agg_trade_count
         ),
-    ));
-    out
+    )
 }
 
 /// Trades and volume per day, per client type, against the median of the

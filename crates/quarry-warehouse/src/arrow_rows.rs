@@ -44,6 +44,9 @@ pub(crate) struct Agg<'a> {
 }
 
 /// Column builders of one table's schema.
+// One builder per partition read or batch built: the size of its variants
+// does not matter, boxing them would only add indirection.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum PartitionBuilder {
     Trades {
         ts: TimestampNanosecondBuilder,

@@ -131,25 +131,19 @@ pub fn open(config: &WarehouseConfig) -> Result<Arc<dyn Warehouse>> {
             &config.sqlite.path,
         )?)),
         #[cfg(feature = "clickhouse")]
-        WarehouseKind::Clickhouse => Ok(Arc::new(clickhouse::ClickHouseWarehouse::open(
-            &config.clickhouse,
-        )?)),
+        WarehouseKind::Clickhouse => Ok(clickhouse::open(&config.clickhouse)),
         #[cfg(not(feature = "clickhouse"))]
         WarehouseKind::Clickhouse => Err(quarry_core::Error::config(
             "warehouse.type = \"clickhouse\", but this build has no ClickHouse backend (cargo feature `clickhouse`)",
         )),
         #[cfg(feature = "bigquery")]
-        WarehouseKind::Bigquery => Ok(Arc::new(bigquery::BigQueryWarehouse::open(
-            &config.bigquery,
-        )?)),
+        WarehouseKind::Bigquery => bigquery::open(&config.bigquery),
         #[cfg(not(feature = "bigquery"))]
         WarehouseKind::Bigquery => Err(quarry_core::Error::config(
             "warehouse.type = \"bigquery\", but this build has no BigQuery backend (cargo feature `bigquery`)",
         )),
         #[cfg(feature = "snowflake")]
-        WarehouseKind::Snowflake => Ok(Arc::new(snowflake::SnowflakeWarehouse::open(
-            &config.snowflake,
-        )?)),
+        WarehouseKind::Snowflake => snowflake::open(&config.snowflake),
         #[cfg(not(feature = "snowflake"))]
         WarehouseKind::Snowflake => Err(quarry_core::Error::config(
             "warehouse.type = \"snowflake\", but this build has no Snowflake backend (cargo feature `snowflake`)",

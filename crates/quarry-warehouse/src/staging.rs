@@ -32,7 +32,10 @@ use quarry_core::dates::date_text;
 use quarry_core::{Error, ErrorCategory, Result, Table};
 use tokio::sync::Mutex;
 
-use crate::{RunCommit, RunFailure, RunRecord, RunStart, RunStats, WriteMode, check_batch};
+use crate::{
+    PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser, TopUsersQuery,
+    Warehouse, WeeklyTotal, WriteMode, check_batch,
+};
 
 /// The suffix of a run's staging tables: the run id's letters and digits.
 pub(crate) fn stage_tag(run_id: &str) -> Result<String> {
@@ -190,54 +193,6 @@ impl<B: StagingBackend> StagedRuns<B> {
         }
     }
 
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
-    pub async fn begin(&self, start: RunStart) -> Result<()> {
-        let tag = stage_tag(&start.run_id)?;
-        let mut guard = self.run.lock().await;
-        if let Some(open) = guard.as_ref() {
-            return Err(Error::internal(format!(
-                "cannot begin run {}: run {} is still open",
-                start.run_id, open.record.run_id
-            )));
-        }
-        // Leftovers of a crashed run with the same id are discarded.
-        self.backend.drop_stages(&tag).await?;
-        self.backend.create_stages(&tag).await?;
-        let record = RunRecord::begun(start);
-        self.backend.record(&record).await?;
-        *guard = Some(StagedRun {
-            record,
-            pending: self.backend.pending(&tag),
-            tag,
-            staged: Staged::default(),
-        });
-        Ok(())
-    }
-
-    pub async fn write(
-        &self,
-        run_id: &str,
-        table: Table,
-        mode: WriteMode,
-        batch: RecordBatch,
-    ) -> Result<u64> {
-        check_batch(table, &batch)?;
-        let n = batch.num_rows() as u64;
-        let parts = partitions(table, &batch);
-        let encoded = self.backend.encode(table, &batch, run_id)?;
-        let mut guard = self.run.lock().await;
-        let run = guard
-            .as_mut()
-            .filter(|r| r.record.run_id == run_id)
-            .ok_or_else(|| not_open(run_id))?;
-        self.backend.stage(run, table, encoded).await?;
-        run.staged.add(table, mode, n, parts);
-        Ok(n)
-    }
-
     /// Takes the open run `run_id` out of `slot`.
     fn take(
         slot: &mut Option<StagedRun<B::Pending>>,
@@ -249,27 +204,6 @@ impl<B: StagingBackend> StagedRuns<B> {
                 "run {run_id} is not open (run {open} is)"
             ))),
             None => Err(not_open(run_id)),
-        }
-    }
-
-    pub async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
-        let mut guard = self.run.lock().await;
-        let mut run = Self::take(&mut guard, &commit.run_id)?;
-        match self.finish_commit(&mut run, &commit).await {
-            Ok(rows) => {
-                // Committed: the staging tables are only leftovers now.
-                if let Err(e) = self.backend.drop_stages(&run.tag).await {
-                    tracing::warn!(run_id = %commit.run_id, error = %e,
-                        "{}: committed, but a staging table was not dropped", self.backend.name());
-                }
-                Ok(rows)
-            }
-            Err(e) => {
-                let _ = self.backend.drop_stages(&run.tag).await;
-                run.record.commit_failed(&commit, &e);
-                let _ = self.backend.record(&run.record).await;
-                Err(e)
-            }
         }
     }
 
@@ -297,8 +231,108 @@ impl<B: StagingBackend> StagedRuns<B> {
         run.record = record;
         Ok(rows)
     }
+}
 
-    pub async fn abort(&self, failure: RunFailure) -> Result<()> {
+/// A staging backend's answers outside the run lifecycle; with them,
+/// [`StagedRuns`] is a whole [`Warehouse`].
+#[async_trait]
+pub(crate) trait StagedWarehouse: StagingBackend {
+    /// Reaches the backend once, then creates what is missing.
+    async fn check_and_create(&self) -> Result<()>;
+
+    async fn running_runs(&self) -> Result<Vec<RunRecord>>;
+
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>>;
+
+    async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>>;
+
+    async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>>;
+
+    async fn list_partitions(&self, table: Table) -> Result<Vec<PartitionInfo>>;
+
+    async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>>;
+
+    /// Deletes one partition at once and returns its rows (the driver makes
+    /// sure no run is open).
+    async fn delete_partition(&self, table: Table, partition: &str) -> Result<u64>;
+}
+
+#[async_trait]
+impl<B: StagedWarehouse> Warehouse for StagedRuns<B> {
+    fn kind(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    async fn check_connectivity(&self) -> Result<()> {
+        self.backend.check_and_create().await
+    }
+
+    async fn begin_run(&self, start: RunStart) -> Result<()> {
+        let tag = stage_tag(&start.run_id)?;
+        let mut guard = self.run.lock().await;
+        if let Some(open) = guard.as_ref() {
+            return Err(Error::internal(format!(
+                "cannot begin run {}: run {} is still open",
+                start.run_id, open.record.run_id
+            )));
+        }
+        // Leftovers of a crashed run with the same id are discarded.
+        self.backend.drop_stages(&tag).await?;
+        self.backend.create_stages(&tag).await?;
+        let record = RunRecord::begun(start);
+        self.backend.record(&record).await?;
+        *guard = Some(StagedRun {
+            record,
+            pending: self.backend.pending(&tag),
+            tag,
+            staged: Staged::default(),
+        });
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        run_id: &str,
+        table: Table,
+        mode: WriteMode,
+        batch: RecordBatch,
+    ) -> Result<u64> {
+        check_batch(table, &batch)?;
+        let n = batch.num_rows() as u64;
+        let parts = partitions(table, &batch);
+        let encoded = self.backend.encode(table, &batch, run_id)?;
+        let mut guard = self.run.lock().await;
+        let run = guard
+            .as_mut()
+            .filter(|r| r.record.run_id == run_id)
+            .ok_or_else(|| not_open(run_id))?;
+        self.backend.stage(run, table, encoded).await?;
+        run.staged.add(table, mode, n, parts);
+        Ok(n)
+    }
+
+    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
+        let mut guard = self.run.lock().await;
+        let mut run = Self::take(&mut guard, &commit.run_id)?;
+        match self.finish_commit(&mut run, &commit).await {
+            Ok(rows) => {
+                // Committed: the staging tables are only leftovers now.
+                if let Err(e) = self.backend.drop_stages(&run.tag).await {
+                    tracing::warn!(run_id = %commit.run_id, error = %e,
+                        "{}: committed, but a staging table was not dropped", self.backend.name());
+                }
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = self.backend.drop_stages(&run.tag).await;
+                run.record.commit_failed(&commit, &e);
+                let _ = self.backend.record(&run.record).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, failure: RunFailure) -> Result<()> {
         let mut guard = self.run.lock().await;
         let open = guard
             .as_ref()
@@ -322,7 +356,7 @@ impl<B: StagingBackend> StagedRuns<B> {
         self.backend.record(&record).await
     }
 
-    pub async fn heartbeat(&self, run_id: &str) -> Result<()> {
+    async fn heartbeat(&self, run_id: &str) -> Result<()> {
         let mut guard = self.run.lock().await;
         let Some(run) = guard.as_mut().filter(|r| r.record.run_id == run_id) else {
             return Ok(());
@@ -332,7 +366,7 @@ impl<B: StagingBackend> StagedRuns<B> {
     }
 
     /// At shutdown: a run still open is discarded and recorded as failed.
-    pub async fn close(&self) -> Result<()> {
+    async fn close(&self) -> Result<()> {
         let run = self.run.lock().await.take();
         if let Some(run) = run {
             tracing::warn!(run_id = %run.record.run_id, "shutting down during a run: discarding it");
@@ -350,14 +384,36 @@ impl<B: StagingBackend> StagedRuns<B> {
         Ok(())
     }
 
-    /// Drops a partition with `drop`, refused while a run is open; no run
-    /// can begin until it is done.
-    pub async fn drop_partition<T>(
-        &self,
-        table: Table,
-        partition: &str,
-        drop: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
+    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        self.backend.running_runs().await
+    }
+
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
+        self.backend.list_runs(limit).await
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        self.backend.get_run(run_id).await
+    }
+
+    async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
+        self.backend.top_users(query).await
+    }
+
+    async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
+        self.backend.weekly_totals().await
+    }
+
+    async fn list_partitions(&self, table: Table) -> Result<Vec<PartitionInfo>> {
+        self.backend.list_partitions(table).await
+    }
+
+    async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
+        self.backend.read_partition(table, partition).await
+    }
+
+    /// Refused while a run is open; no run can begin until it is done.
+    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
         let guard = self.run.lock().await;
         if let Some(run) = guard.as_ref() {
             return Err(Error::backend(
@@ -368,7 +424,7 @@ impl<B: StagingBackend> StagedRuns<B> {
                 true,
             ));
         }
-        drop.await
+        self.backend.delete_partition(table, partition).await
     }
 }
 

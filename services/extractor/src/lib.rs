@@ -100,7 +100,7 @@ impl Extractor {
             Ok((plan, tickets))
         })
         .await
-        .map_err(|e| Error::internal(format!("planning task failed: {e}")))?
+        .map_err(|e| Error::internal(format!("planning task failed: {e}")).with_source(e))?
     }
 
     pub fn routes(&self) -> Routes {

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fs::Metadata;
 use std::path::{Component, Path, PathBuf};
 
-use quarry_core::{Error, Result};
+use quarry_core::{Error, ErrorKind, Result};
 use quarry_proto::{SkippedFile, SourceFormat};
 
 /// The directories the extractor may read, canonicalised.
@@ -46,21 +46,21 @@ impl DataRoots {
     /// and after resolving symlinks. Returns the canonical path.
     pub fn check(&self, path: &Path) -> Result<PathBuf> {
         let refused = || {
-            Error::PermissionDenied(format!(
+            Error::permission_denied(format!(
                 "{} is outside the extractor's data roots ({})",
                 path.display(),
                 self.describe()
             ))
         };
         let absolute = std::path::absolute(path)
-            .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::input(format!("{}: {e}", path.display())).with_source(e))?;
         let lexical = normalize(&absolute);
         if !self.contains(&lexical) {
             return Err(refused());
         }
-        let real = lexical
-            .canonicalize()
-            .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))?;
+        let real = lexical.canonicalize().map_err(|e| {
+            Error::input(format!("cannot open {}: {e}", path.display())).with_source(e)
+        })?;
         if !self.contains(&real) {
             return Err(refused());
         }
@@ -144,7 +144,7 @@ fn kind_of(meta: &Metadata) -> &'static str {
 /// first read and be empty for the second, a device may never end.
 pub fn check_regular(path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path)
-        .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())).with_source(e))?;
     if meta.is_file() {
         Ok(())
     } else {
@@ -225,10 +225,11 @@ pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<
             require_literal_leading_dot: true,
             ..Default::default()
         };
-        let entries = glob::glob_with(source, options)
-            .map_err(|e| Error::input(format!("bad glob pattern {source:?}: {e}")))?;
+        let entries = glob::glob_with(source, options).map_err(|e| {
+            Error::input(format!("bad glob pattern {source:?}: {e}")).with_source(e)
+        })?;
         for entry in entries {
-            let p = entry.map_err(|e| Error::input(format!("{source}: {e}")))?;
+            let p = entry.map_err(|e| Error::input(format!("{source}: {e}")).with_source(e))?;
             let real = roots.check(&p)?;
             let meta = metadata(&real)?;
             if meta.is_file() {
@@ -278,7 +279,7 @@ pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<
 
 fn metadata(path: &Path) -> Result<Metadata> {
     std::fs::metadata(path)
-        .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())))
+        .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display())).with_source(e))
 }
 
 fn skipped_note(skipped: &[SkippedFile]) -> String {
@@ -319,7 +320,7 @@ fn walk(
         let real = if is_link {
             match roots.check(&p) {
                 Ok(real) => real,
-                Err(e @ Error::PermissionDenied(_)) => return Err(e),
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => return Err(e),
                 // A dangling link: nothing to read, say so.
                 Err(_) => {
                     out.skip(&p, "a broken symbolic link");
@@ -363,20 +364,22 @@ mod tests {
             PathBuf::from("/etc/passwd"),
         ] {
             let e = roots.check(&bad).unwrap_err();
-            assert!(matches!(e, Error::PermissionDenied(_)), "{bad:?}: {e}");
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{bad:?}: {e}");
         }
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(dir.path().join("secret.csv"), data.join("link.csv"))
                 .unwrap();
             let e = roots.check(&data.join("link.csv")).unwrap_err();
-            assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
         }
         let glob = format!("{}/../*.csv", data.display());
-        assert!(matches!(
-            resolve(&glob, SourceFormat::Unspecified, &roots).unwrap_err(),
-            Error::PermissionDenied(_)
-        ));
+        assert_eq!(
+            resolve(&glob, SourceFormat::Unspecified, &roots)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::PermissionDenied
+        );
     }
 
     #[cfg(unix)]
@@ -397,12 +400,12 @@ mod tests {
         let link = d.join("passwd.csv");
         std::os::unix::fs::symlink(outside.join("secret.csv"), &link).unwrap();
         let e = resolve(&source, SourceFormat::Unspecified, &roots).unwrap_err();
-        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
         assert!(e.to_string().contains("passwd.csv"), "{e}");
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(&outside, d.join("sub")).unwrap();
         let e = resolve(&source, SourceFormat::Unspecified, &roots).unwrap_err();
-        assert!(matches!(e, Error::PermissionDenied(_)), "{e}");
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
         std::fs::remove_file(d.join("sub")).unwrap();
 
         // Links inside the roots are followed once, even in a loop.

@@ -198,5 +198,6 @@ pub fn expected_agg<T>(amount: impl Fn(&str, u32) -> T) -> Vec<AggRow<T>> {
     rows
 }
 
+pub mod cli;
 pub mod counting_proxy;
 pub mod procs;

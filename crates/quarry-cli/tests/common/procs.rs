@@ -1,5 +1,6 @@
 //! Services as separate `quarry serve …` processes on free loopback ports,
-//! each logging to its own file.
+//! each logging to its own file; and what every test process needs: the
+//! `quarry` command, signals, and waiting for an exit within a deadline.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,32 @@ pub fn quarry() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_quarry"));
     c.env_remove("QUARRY_CONFIG");
     c
+}
+
+/// Sends `sig` (`TERM`, `INT`, `STOP`, …) to `child` with kill(1); `name`
+/// says which process in the failure.
+pub fn signal(child: &Child, sig: &str, name: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {name}");
+}
+
+/// Waits for `child` to exit, polling; after `within` it kills it and
+/// returns `None`.
+pub fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -82,30 +109,18 @@ impl Service {
     }
 
     fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill -{sig} {}", self.name);
+        signal(&self.child, sig, self.name);
     }
 
     /// Waits for the process to exit; fails the test after `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "{} still running {within:?} after SIGTERM: {}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exit_within(&mut self.child, within).unwrap_or_else(|| {
+            panic!(
+                "{} still running {within:?} after SIGTERM: {}",
+                self.name,
+                self.log_text()
+            )
+        })
     }
 }
 

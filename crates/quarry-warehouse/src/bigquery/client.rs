@@ -462,13 +462,10 @@ impl BigQuery {
         }
     }
 
-    /// `DELETE` + `INSERT` of a run record, as one transaction (runs are
-    /// never streamed: DML may replace them at once).
-
     /// Reaches BigQuery once (a wrong endpoint, credentials or project
     /// says so at once), then creates the dataset and the tables if missing
     /// and adds the columns later versions brought to `pipeline_runs`.
-    pub async fn check_and_create(&self) -> Result<()> {
+    pub async fn connect_and_create(&self) -> Result<()> {
         self.query_once("SELECT 1")
             .await
             .map_err(|f| self.err("cannot connect", f))?;

@@ -36,7 +36,6 @@ mod json;
 mod sql;
 mod staging;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -48,40 +47,28 @@ use quarry_core::{Error, Result, Table};
 
 use self::client::BigQuery;
 use self::sql::{literal, partition_literal};
-use crate::staging::{StagedRuns, StagingBackend};
+use crate::staging::{StagedRuns, StagedWarehouse};
 use crate::text_rows;
-use crate::{
-    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
-    Warehouse, WeeklyTotal, WriteMode,
-};
+use crate::{Metric, PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
 
-pub struct BigQueryWarehouse {
-    runs: StagedRuns<BigQuery>,
+/// Opens the backend with the credentials the configuration names (see
+/// `auth.rs`).
+pub fn open(config: &BigQueryConfig) -> Result<Arc<dyn Warehouse>> {
+    if !quarry_core::config::is_project_id(&config.project) {
+        return Err(Error::config(format!(
+            "warehouse.bigquery.project = {:?} is not a Google Cloud project id",
+            config.project
+        )));
+    }
+    Ok(with_authenticator(config, auth::from_config(config)?))
 }
 
-impl BigQueryWarehouse {
-    /// Opens the backend with the credentials the configuration names (see
-    /// `auth.rs`).
-    pub fn open(config: &BigQueryConfig) -> Result<Self> {
-        if !quarry_core::config::is_project_id(&config.project) {
-            return Err(Error::config(format!(
-                "warehouse.bigquery.project = {:?} is not a Google Cloud project id",
-                config.project
-            )));
-        }
-        Ok(Self::with_authenticator(config, auth::from_config(config)?))
-    }
-
-    /// Opens the backend with the given credentials.
-    pub fn with_authenticator(config: &BigQueryConfig, auth: Arc<dyn Authenticator>) -> Self {
-        Self {
-            runs: StagedRuns::new(BigQuery::new(config, auth)),
-        }
-    }
-
-    fn bq(&self) -> &BigQuery {
-        self.runs.backend()
-    }
+/// Opens the backend with the given credentials.
+pub fn with_authenticator(
+    config: &BigQueryConfig,
+    auth: Arc<dyn Authenticator>,
+) -> Arc<dyn Warehouse> {
+    Arc::new(StagedRuns::new(BigQuery::new(config, auth)))
 }
 
 fn parse_amount(text: Option<&String>, scale: u32) -> Result<i128> {
@@ -97,54 +84,18 @@ fn cell_i64(text: Option<&String>) -> Result<i64> {
 }
 
 #[async_trait]
-#[async_trait]
-impl Warehouse for BigQueryWarehouse {
-    fn kind(&self) -> &'static str {
-        "bigquery"
-    }
-
-    async fn check_connectivity(&self) -> Result<()> {
-        self.bq().check_and_create().await
-    }
-
-    async fn begin_run(&self, run: RunStart) -> Result<()> {
-        self.runs.begin(run).await
-    }
-
-    async fn write(
-        &self,
-        run_id: &str,
-        table: Table,
-        mode: WriteMode,
-        batch: RecordBatch,
-    ) -> Result<u64> {
-        self.runs.write(run_id, table, mode, batch).await
-    }
-
-    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
-        self.runs.commit(commit).await
-    }
-
-    async fn abort(&self, f: RunFailure) -> Result<()> {
-        self.runs.abort(f).await
-    }
-
-    async fn heartbeat(&self, run_id: &str) -> Result<()> {
-        self.runs.heartbeat(run_id).await
+impl StagedWarehouse for BigQuery {
+    async fn check_and_create(&self) -> Result<()> {
+        self.connect_and_create().await
     }
 
     async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.bq()
-            .runs_where("list running runs", "WHERE status = 'running'", None)
+        self.runs_where("list running runs", "WHERE status = 'running'", None)
             .await
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.bq().runs_where("list runs", "", Some(limit)).await
-    }
-
-    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        StagingBackend::get_run(self.bq(), run_id).await
+        self.runs_where("list runs", "", Some(limit)).await
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
@@ -156,11 +107,11 @@ impl Warehouse for BigQueryWarehouse {
             "SELECT user_id, CAST(SUM({column}) AS STRING) FROM {}
              WHERE client_type = {} GROUP BY user_id
              ORDER BY SUM({column}) DESC, user_id ASC LIMIT {}",
-            self.bq().table("agg_trades_weekly"),
+            self.table("agg_trades_weekly"),
             literal(&query.client_type),
             query.limit
         );
-        let rows = self.bq().rows("top users", &sql).await?;
+        let rows = self.rows("top users", &sql).await?;
         let totals = rows
             .iter()
             .map(|r| {
@@ -180,9 +131,9 @@ impl Warehouse for BigQueryWarehouse {
                     CAST(SUM(total_volume) AS STRING), CAST(SUM(total_pnl) AS STRING),
                     SUM(trade_count)
              FROM {} GROUP BY week_start_date, client_type ORDER BY 1, 2",
-            self.bq().table("agg_trades_weekly")
+            self.table("agg_trades_weekly")
         );
-        let rows = self.bq().rows("weekly totals", &sql).await?;
+        let rows = self.rows("weekly totals", &sql).await?;
         rows.iter()
             .map(|r| {
                 let amount = |i: usize| {
@@ -204,9 +155,9 @@ impl Warehouse for BigQueryWarehouse {
         let col = table.partition_column();
         let sql = format!(
             "SELECT CAST({col} AS STRING), COUNT(*) FROM {} GROUP BY {col} ORDER BY {col}",
-            self.bq().table(table.name())
+            self.table(table.name())
         );
-        let rows = self.bq().rows("list partitions", &sql).await?;
+        let rows = self.rows("list partitions", &sql).await?;
         rows.iter()
             .map(|r| {
                 Ok(PartitionInfo {
@@ -220,7 +171,7 @@ impl Warehouse for BigQueryWarehouse {
     async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
         let filter = format!(
             "FROM {} WHERE {} = {}",
-            self.bq().table(table.name()),
+            self.table(table.name()),
             table.partition_column(),
             partition_literal(table, partition)?
         );
@@ -242,7 +193,7 @@ impl Warehouse for BigQueryWarehouse {
                  {filter} ORDER BY client_type, user_id, symbol"
             ),
         };
-        let rows = self.bq().rows("read partition", &sql).await?;
+        let rows = self.rows("read partition", &sql).await?;
         // Microseconds and the nanoseconds beyond them, in two cells.
         let nanos = |c: &[Option<String>]| {
             let n = |i: usize| c.get(i)?.as_deref()?.parse::<i64>().ok();
@@ -259,30 +210,22 @@ impl Warehouse for BigQueryWarehouse {
         )
     }
 
-    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
-        let bq = self.bq();
-        let drop = async {
-            let condition = format!(
-                "{} = {}",
-                table.partition_column(),
-                partition_literal(table, partition)?
-            );
-            let out = bq
-                .query(
-                    &format!("drop partition {partition} of {table}"),
-                    &format!("DELETE FROM {} WHERE {condition}", bq.table(table.name())),
-                )
-                .await?;
-            out.affected.ok_or_else(|| {
-                Error::internal(format!(
-                    "bigquery: the delete of partition {partition} of {table} reported no row count"
-                ))
-            })
-        };
-        self.runs.drop_partition(table, partition, drop).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.runs.close().await
+    async fn delete_partition(&self, table: Table, partition: &str) -> Result<u64> {
+        let condition = format!(
+            "{} = {}",
+            table.partition_column(),
+            partition_literal(table, partition)?
+        );
+        let out = self
+            .query(
+                &format!("drop partition {partition} of {table}"),
+                &format!("DELETE FROM {} WHERE {condition}", self.table(table.name())),
+            )
+            .await?;
+        out.affected.ok_or_else(|| {
+            Error::internal(format!(
+                "bigquery: the delete of partition {partition} of {table} reported no row count"
+            ))
+        })
     }
 }

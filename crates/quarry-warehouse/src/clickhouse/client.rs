@@ -131,6 +131,7 @@ impl ClickHouse {
             format!("clickhouse at {}: {what}: {e}", self.url),
             Transient.is_retriable(&e),
         )
+        .with_source(e)
     }
 
     /// Runs `op` again on transient errors (the retry policy); permanent

@@ -19,7 +19,7 @@ mod client;
 mod rows;
 mod staging;
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -30,95 +30,43 @@ use quarry_core::{Error, Result, Table};
 use self::client::{ClickHouse, literal};
 use self::rows::{AggRow, RejectedRow, TradeOut, push_agg, push_rejected, push_trade};
 use crate::arrow_rows::PartitionBuilder;
-use crate::staging::StagedRuns;
-use crate::{
-    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
-    Warehouse, WeeklyTotal, WriteMode,
-};
+use crate::staging::{StagedRuns, StagedWarehouse};
+use crate::{Metric, PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
 
-pub struct ClickHouseWarehouse {
-    runs: StagedRuns<ClickHouse>,
+/// Opens the ClickHouse backend (it connects on first use).
+pub fn open(config: &ClickHouseConfig) -> Arc<dyn Warehouse> {
+    Arc::new(StagedRuns::new(ClickHouse::open(config)))
 }
 
-impl ClickHouseWarehouse {
-    pub fn open(config: &ClickHouseConfig) -> Result<Self> {
-        Ok(Self {
-            runs: StagedRuns::new(ClickHouse::open(config)),
-        })
-    }
-
-    fn ch(&self) -> &ClickHouse {
-        self.runs.backend()
-    }
-
-    /// Exact decimal text from a sum ClickHouse returned as text.
-    fn exact(text: &str) -> Result<String> {
-        decimal::parse_scaled(text.as_bytes(), PNL_SCALE)
-            .map(|v| decimal::format_scaled(v, PNL_SCALE))
-            .map_err(|e| Error::internal(format!("clickhouse returned {text:?}: {e:?}")))
-    }
+/// Exact decimal text from a sum ClickHouse returned as text.
+fn exact(text: &str) -> Result<String> {
+    decimal::parse_scaled(text.as_bytes(), PNL_SCALE)
+        .map(|v| decimal::format_scaled(v, PNL_SCALE))
+        .map_err(|e| Error::internal(format!("clickhouse returned {text:?}: {e:?}")))
 }
 
 #[async_trait]
-impl Warehouse for ClickHouseWarehouse {
-    fn kind(&self) -> &'static str {
-        "clickhouse"
-    }
-
-    async fn check_connectivity(&self) -> Result<()> {
-        let ch = self.ch();
+impl StagedWarehouse for ClickHouse {
+    async fn check_and_create(&self) -> Result<()> {
         // One attempt: a wrong URL or credentials should say so at once.
-        ch.admin
+        self.admin
             .query("SELECT 1")
             .fetch_one::<u8>()
             .await
-            .map_err(|e| ch.err("cannot connect", e))?;
-        ch.create_tables().await
-    }
-
-    async fn begin_run(&self, run: RunStart) -> Result<()> {
-        self.runs.begin(run).await
-    }
-
-    async fn write(
-        &self,
-        run_id: &str,
-        table: Table,
-        mode: WriteMode,
-        batch: RecordBatch,
-    ) -> Result<u64> {
-        self.runs.write(run_id, table, mode, batch).await
-    }
-
-    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
-        self.runs.commit(commit).await
-    }
-
-    async fn abort(&self, f: RunFailure) -> Result<()> {
-        self.runs.abort(f).await
-    }
-
-    async fn heartbeat(&self, run_id: &str) -> Result<()> {
-        self.runs.heartbeat(run_id).await
+            .map_err(|e| self.err("cannot connect", e))?;
+        self.create_tables().await
     }
 
     async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.ch()
-            .runs_where("list running runs", "status = 'running'", None)
+        self.runs_where("list running runs", "status = 'running'", None)
             .await
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.ch().runs_where("list runs", "1", Some(limit)).await
-    }
-
-    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        use crate::staging::StagingBackend;
-        self.ch().get_run(run_id).await
+        self.runs_where("list runs", "1", Some(limit)).await
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
-        let ch = self.ch();
         let column = match query.metric {
             Metric::Volume => "total_volume",
             Metric::Pnl => "total_pnl",
@@ -126,36 +74,35 @@ impl Warehouse for ClickHouseWarehouse {
         let sql = format!(
             "SELECT user_id, toString(sum({column})) FROM {}
              WHERE client_type = {} GROUP BY user_id ORDER BY sum({column}) DESC, user_id ASC LIMIT {}",
-            ch.table(Table::AggTradesWeekly),
+            self.table(Table::AggTradesWeekly),
             literal(&query.client_type),
             query.limit
         );
-        let rows = ch
+        let rows = self
             .retry("top users", || {
-                ch.client.query(&sql).fetch_all::<(String, String)>()
+                self.client.query(&sql).fetch_all::<(String, String)>()
             })
             .await?;
         rows.into_iter()
             .map(|(user_id, total)| {
                 Ok(TopUser {
                     user_id,
-                    value: Self::exact(&total)?,
+                    value: exact(&total)?,
                 })
             })
             .collect()
     }
 
     async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
-        let ch = self.ch();
         let sql = format!(
             "SELECT toString(week_start_date), client_type, toString(sum(total_volume)),
                     toString(sum(total_pnl)), toUInt64(sum(trade_count))
              FROM {} GROUP BY week_start_date, client_type ORDER BY 1, 2",
-            ch.table(Table::AggTradesWeekly)
+            self.table(Table::AggTradesWeekly)
         );
-        let rows = ch
+        let rows = self
             .retry("weekly totals", || {
-                ch.client
+                self.client
                     .query(&sql)
                     .fetch_all::<(String, String, String, String, u64)>()
             })
@@ -165,8 +112,8 @@ impl Warehouse for ClickHouseWarehouse {
                 Ok(WeeklyTotal {
                     week_start_date: week,
                     client_type: ct,
-                    total_volume: Self::exact(&vol)?,
-                    total_pnl: Self::exact(&pnl)?,
+                    total_volume: exact(&vol)?,
+                    total_pnl: exact(&pnl)?,
                     trade_count: n,
                 })
             })
@@ -174,15 +121,14 @@ impl Warehouse for ClickHouseWarehouse {
     }
 
     async fn list_partitions(&self, table: Table) -> Result<Vec<PartitionInfo>> {
-        let ch = self.ch();
         let col = table.partition_column();
         let sql = format!(
             "SELECT toString({col}), count() FROM {} GROUP BY {col} ORDER BY {col}",
-            ch.table(table)
+            self.table(table)
         );
-        let rows = ch
+        let rows = self
             .retry("list partitions", || {
-                ch.client.query(&sql).fetch_all::<(String, u64)>()
+                self.client.query(&sql).fetch_all::<(String, u64)>()
             })
             .await?;
         Ok(rows
@@ -192,10 +138,9 @@ impl Warehouse for ClickHouseWarehouse {
     }
 
     async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
-        let ch = self.ch();
         let filter = format!(
             "FROM {} WHERE {} = {}",
-            ch.table(table),
+            self.table(table),
             table.partition_column(),
             literal(partition)
         );
@@ -204,27 +149,27 @@ impl Warehouse for ClickHouseWarehouse {
             Table::Trades => {
                 let sql =
                     format!("SELECT ?fields {filter} ORDER BY timestamp, timestamp_nanos, user_id");
-                let rows = ch
+                let rows = self
                     .retry("read partition", || {
-                        ch.client.query(&sql).fetch_all::<TradeOut>()
+                        self.client.query(&sql).fetch_all::<TradeOut>()
                     })
                     .await?;
                 rows.iter().for_each(|r| push_trade(&mut out, r));
             }
             Table::TradesRejected => {
                 let sql = format!("SELECT ?fields {filter} ORDER BY source_row");
-                let rows = ch
+                let rows = self
                     .retry("read partition", || {
-                        ch.client.query(&sql).fetch_all::<RejectedRow>()
+                        self.client.query(&sql).fetch_all::<RejectedRow>()
                     })
                     .await?;
                 rows.iter().for_each(|r| push_rejected(&mut out, r));
             }
             Table::AggTradesWeekly => {
                 let sql = format!("SELECT ?fields {filter} ORDER BY client_type, user_id, symbol");
-                let rows = ch
+                let rows = self
                     .retry("read partition", || {
-                        ch.client.query(&sql).fetch_all::<AggRow>()
+                        self.client.query(&sql).fetch_all::<AggRow>()
                     })
                     .await?;
                 rows.iter().for_each(|r| push_agg(&mut out, r));
@@ -233,35 +178,27 @@ impl Warehouse for ClickHouseWarehouse {
         Ok(out.finish()?.into_iter().collect())
     }
 
-    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
-        let ch = self.ch();
-        let drop = async {
-            let rows = ch
-                .count(
-                    "count partition rows",
-                    &format!(
-                        "SELECT count() FROM {} WHERE {} = {}",
-                        ch.table(table),
-                        table.partition_column(),
-                        literal(partition)
-                    ),
-                )
-                .await?;
-            ch.execute(
-                &format!("drop partition {partition} of {table}"),
+    async fn delete_partition(&self, table: Table, partition: &str) -> Result<u64> {
+        let rows = self
+            .count(
+                "count partition rows",
                 &format!(
-                    "ALTER TABLE {} DROP PARTITION {}",
-                    ch.table(table),
+                    "SELECT count() FROM {} WHERE {} = {}",
+                    self.table(table),
+                    table.partition_column(),
                     literal(partition)
                 ),
             )
             .await?;
-            Ok(rows)
-        };
-        self.runs.drop_partition(table, partition, drop).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.runs.close().await
+        self.execute(
+            &format!("drop partition {partition} of {table}"),
+            &format!(
+                "ALTER TABLE {} DROP PARTITION {}",
+                self.table(table),
+                literal(partition)
+            ),
+        )
+        .await?;
+        Ok(rows)
     }
 }

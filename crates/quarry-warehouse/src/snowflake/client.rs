@@ -114,7 +114,7 @@ fn http_client(config: &SnowflakeConfig) -> Result<ClientWithMiddleware> {
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(600))
         .build()
-        .map_err(|e| Error::internal(format!("snowflake: HTTP client: {e}")))?;
+        .map_err(|e| Error::internal(format!("snowflake: HTTP client: {e}")).with_source(e))?;
     let mut builder = reqwest_middleware::ClientBuilder::new(client);
     if !config.endpoint.is_empty() {
         let base = reqwest::Url::parse(&config.endpoint).map_err(|e| {
@@ -373,7 +373,7 @@ impl Snowflake {
         let api = SnowflakeApiBuilder::new(auth)
             .with_client(http.clone())
             .build()
-            .map_err(|e| Error::config(format!("snowflake: {e}")))?;
+            .map_err(|e| Error::config(format!("snowflake: {e}")).with_source(e))?;
         let place = if config.endpoint.is_empty() {
             format!("account {}", config.account)
         } else {
@@ -535,7 +535,7 @@ impl Snowflake {
     /// Reaches Snowflake once (a wrong host or credentials says so at
     /// once), then creates the database, schema and tables if missing and
     /// adds the columns later versions brought to `pipeline_runs`.
-    pub async fn check_and_create(&self) -> Result<()> {
+    pub async fn connect_and_create(&self) -> Result<()> {
         self.exec_once("cannot connect", "SELECT 1").await?;
         self.exec(
             "create database",

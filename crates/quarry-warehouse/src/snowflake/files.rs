@@ -54,6 +54,7 @@ pub(super) fn file_writer(table: Table) -> Result<ArrowWriter<Vec<u8>>> {
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
-    ArrowWriter::try_new(Vec::new(), file_schema(table), Some(props))
-        .map_err(|e| Error::internal(format!("snowflake: staged file of {table}: {e}")))
+    ArrowWriter::try_new(Vec::new(), file_schema(table), Some(props)).map_err(|e| {
+        Error::internal(format!("snowflake: staged file of {table}: {e}")).with_source(e)
+    })
 }

@@ -34,7 +34,7 @@ mod sql;
 mod stage;
 mod staging;
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -44,29 +44,15 @@ use quarry_core::{Error, Result, Table};
 
 use self::client::Snowflake;
 use self::sql::{exact_sum, literal, parse_timestamp, partition_text};
-use crate::staging::{StagedRuns, StagingBackend};
+use crate::staging::{StagedRuns, StagedWarehouse};
 use crate::text_rows;
-use crate::{
-    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
-    Warehouse, WeeklyTotal, WriteMode,
-};
+use crate::{Metric, PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
 
-pub struct SnowflakeWarehouse {
-    runs: StagedRuns<Snowflake>,
-}
-
-impl SnowflakeWarehouse {
-    /// Logs in on first use with the configured credentials (password from
-    /// the environment variable named in config, or the private key file).
-    pub fn open(config: &SnowflakeConfig) -> Result<Self> {
-        Ok(Self {
-            runs: StagedRuns::new(Snowflake::open(config)?),
-        })
-    }
-
-    fn sf(&self) -> &Snowflake {
-        self.runs.backend()
-    }
+/// Opens the backend; it logs in on first use with the configured
+/// credentials (password from the environment variable named in config, or
+/// the private key file).
+pub fn open(config: &SnowflakeConfig) -> Result<Arc<dyn Warehouse>> {
+    Ok(Arc::new(StagedRuns::new(Snowflake::open(config)?)))
 }
 
 fn bad_value(what: &str, v: &Option<String>) -> Error {
@@ -74,53 +60,18 @@ fn bad_value(what: &str, v: &Option<String>) -> Error {
 }
 
 #[async_trait]
-impl Warehouse for SnowflakeWarehouse {
-    fn kind(&self) -> &'static str {
-        "snowflake"
-    }
-
-    async fn check_connectivity(&self) -> Result<()> {
-        self.sf().check_and_create().await
-    }
-
-    async fn begin_run(&self, run: RunStart) -> Result<()> {
-        self.runs.begin(run).await
-    }
-
-    async fn write(
-        &self,
-        run_id: &str,
-        table: Table,
-        mode: WriteMode,
-        batch: RecordBatch,
-    ) -> Result<u64> {
-        self.runs.write(run_id, table, mode, batch).await
-    }
-
-    async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
-        self.runs.commit(commit).await
-    }
-
-    async fn abort(&self, f: RunFailure) -> Result<()> {
-        self.runs.abort(f).await
-    }
-
-    async fn heartbeat(&self, run_id: &str) -> Result<()> {
-        self.runs.heartbeat(run_id).await
+impl StagedWarehouse for Snowflake {
+    async fn check_and_create(&self) -> Result<()> {
+        self.connect_and_create().await
     }
 
     async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.sf()
-            .runs_where("list running runs", "WHERE status = 'running'", None)
+        self.runs_where("list running runs", "WHERE status = 'running'", None)
             .await
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.sf().runs_where("list runs", "", Some(limit)).await
-    }
-
-    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        StagingBackend::get_run(self.sf(), run_id).await
+        self.runs_where("list runs", "", Some(limit)).await
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
@@ -132,11 +83,11 @@ impl Warehouse for SnowflakeWarehouse {
         let sql = format!(
             "SELECT user_id, TO_VARCHAR({sum}) FROM {} WHERE client_type = {}
              GROUP BY user_id ORDER BY {sum} DESC, user_id ASC LIMIT {}",
-            self.sf().table(Table::AggTradesWeekly),
+            self.table(Table::AggTradesWeekly),
             literal(&query.client_type),
             query.limit
         );
-        let rows = self.sf().read("top users", &sql).await?;
+        let rows = self.read("top users", &sql).await?;
         rows.into_iter()
             .map(|r| {
                 let total = r.get(1).cloned().flatten().unwrap_or_default();
@@ -159,9 +110,9 @@ impl Warehouse for SnowflakeWarehouse {
              ORDER BY week_start_date, client_type",
             exact_sum("total_volume", SCALE),
             exact_sum("total_pnl", PNL_SCALE),
-            self.sf().table(Table::AggTradesWeekly)
+            self.table(Table::AggTradesWeekly)
         );
-        let rows = self.sf().read("weekly totals", &sql).await?;
+        let rows = self.read("weekly totals", &sql).await?;
         let norm = |t: &Option<String>| {
             let text = t.as_deref().unwrap_or_default();
             decimal::parse_scaled(text.as_bytes(), PNL_SCALE)
@@ -189,9 +140,9 @@ impl Warehouse for SnowflakeWarehouse {
         let sql = format!(
             "SELECT {}, TO_VARCHAR(COUNT(*)) FROM {} GROUP BY {col} ORDER BY {col}",
             partition_text(table),
-            self.sf().table(table)
+            self.table(table)
         );
-        let rows = self.sf().read("list partitions", &sql).await?;
+        let rows = self.read("list partitions", &sql).await?;
         rows.into_iter()
             .map(|r| {
                 let rows = r[1]
@@ -209,7 +160,7 @@ impl Warehouse for SnowflakeWarehouse {
     async fn read_partition(&self, table: Table, partition: &str) -> Result<Vec<RecordBatch>> {
         let filter = format!(
             "FROM {} WHERE {} = {}",
-            self.sf().table(table),
+            self.table(table),
             table.partition_column(),
             literal(partition)
         );
@@ -235,7 +186,7 @@ impl Warehouse for SnowflakeWarehouse {
                 dec("total_pnl", 38, PNL_SCALE)
             ),
         };
-        let rows = self.sf().read("read partition", &sql).await?;
+        let rows = self.read("read partition", &sql).await?;
         let timestamp = |c: &[Option<String>]| parse_timestamp(c.first()?.as_deref()?);
         text_rows::partition_batch(
             "snowflake",
@@ -248,32 +199,24 @@ impl Warehouse for SnowflakeWarehouse {
         )
     }
 
-    async fn drop_partition(&self, table: Table, partition: &str) -> Result<u64> {
-        let sf = self.sf();
-        let drop = async {
-            let _t = sf.tx.write().await;
-            // One DELETE: atomic; Snowflake answers with the rows it deleted.
-            let rows = sf
-                .exec_once(
-                    &format!("drop partition {partition} of {table}"),
-                    &format!(
-                        "DELETE FROM {} WHERE {} = {}",
-                        sf.table(table),
-                        table.partition_column(),
-                        literal(partition)
-                    ),
-                )
-                .await?;
-            let deleted = rows.first().and_then(|r| r.first().cloned().flatten());
-            deleted
-                .as_deref()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| bad_value("the rows deleted", &deleted))
-        };
-        self.runs.drop_partition(table, partition, drop).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.runs.close().await
+    async fn delete_partition(&self, table: Table, partition: &str) -> Result<u64> {
+        let _t = self.tx.write().await;
+        // One DELETE: atomic; Snowflake answers with the rows it deleted.
+        let rows = self
+            .exec_once(
+                &format!("drop partition {partition} of {table}"),
+                &format!(
+                    "DELETE FROM {} WHERE {} = {}",
+                    self.table(table),
+                    table.partition_column(),
+                    literal(partition)
+                ),
+            )
+            .await?;
+        let deleted = rows.first().and_then(|r| r.first().cloned().flatten());
+        deleted
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad_value("the rows deleted", &deleted))
     }
 }

@@ -380,7 +380,7 @@ impl Uploader {
 fn http_target(info: &StageInfo, file: &str) -> Result<(reqwest::Url, Option<String>)> {
     let parse = |u: &str| {
         reqwest::Url::parse(u)
-            .map_err(|e| Error::internal(format!("snowflake stage URL {u:?}: {e}")))
+            .map_err(|e| Error::internal(format!("snowflake stage URL {u:?}: {e}")).with_source(e))
     };
     if let Some(url) = info.presigned_url.as_deref().filter(|u| !u.is_empty()) {
         return Ok((parse(url)?, None));

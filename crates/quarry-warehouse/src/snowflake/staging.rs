@@ -52,9 +52,9 @@ impl Snowflake {
         };
         run.pending.put += 1;
         let name = format!("{table}-{:06}.parquet", run.pending.put);
-        let data = writer
-            .into_inner()
-            .map_err(|e| Error::internal(format!("snowflake: staged file {name}: {e}")))?;
+        let data = writer.into_inner().map_err(|e| {
+            Error::internal(format!("snowflake: staged file {name}: {e}")).with_source(e)
+        })?;
         self.put_file(table, &run.tag, &name, data).await
     }
 
@@ -126,9 +126,9 @@ impl StagingBackend for Snowflake {
             std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => v.insert(file_writer(table)?),
         };
-        writer
-            .write(&rows)
-            .map_err(|e| Error::internal(format!("snowflake: staged file of {table}: {e}")))?;
+        writer.write(&rows).map_err(|e| {
+            Error::internal(format!("snowflake: staged file of {table}: {e}")).with_source(e)
+        })?;
         self.put_open_file(run, table, false).await
     }
 

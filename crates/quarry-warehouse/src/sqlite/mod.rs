@@ -82,7 +82,10 @@ impl SqliteWarehouse {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || Writer::new(conn).serve(rx))
-            .map_err(|e| Error::internal(format!("cannot start the SQLite writer thread: {e}")))?;
+            .map_err(|e| {
+                Error::internal(format!("cannot start the SQLite writer thread: {e}"))
+                    .with_source(e)
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             commands: tx,
@@ -116,7 +119,7 @@ impl SqliteWarehouse {
             f(&conn).map_err(|e| db_err("query", e))
         })
         .await
-        .map_err(|e| Error::internal(format!("SQLite reader panicked: {e}")))?
+        .map_err(|e| Error::internal(format!("SQLite reader panicked: {e}")).with_source(e))?
     }
 }
 

@@ -87,7 +87,7 @@ pub(super) fn db_err(what: &str, e: rusqlite::Error) -> Error {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     );
-    Error::backend(format!("sqlite: {what}: {e}"), transient)
+    Error::backend(format!("sqlite: {what}: {e}"), transient).with_source(e)
 }
 
 /// How long a statement waits for another connection's lock.
@@ -135,7 +135,9 @@ pub(super) fn check_foreign(
     let reference = Connection::open_in_memory()
         .and_then(|c| c.execute_batch(SCHEMA_SQL).map(|_| c))
         .and_then(|c| table_columns(&c))
-        .map_err(|e| Error::internal(format!("the SQLite schema does not load: {e}")))?;
+        .map_err(|e| {
+            Error::internal(format!("the SQLite schema does not load: {e}")).with_source(e)
+        })?;
     let mut missing_run_columns = Vec::new();
     for (table, needed) in &reference {
         let Some(has) = existing.get(table) else {

@@ -62,13 +62,14 @@ pub fn checksum(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(u64, Str
         .iter()
         .map(|f| SortField::new(f.data_type().clone()))
         .collect();
-    let conv = RowConverter::new(fields)
-        .map_err(|e| Error::internal(format!("row converter for {schema:?}: {e}")))?;
+    let conv = RowConverter::new(fields).map_err(|e| {
+        Error::internal(format!("row converter for {schema:?}: {e}")).with_source(e)
+    })?;
     let (mut rows, mut sum) = (0u64, 0u128);
     for b in batches {
         let converted = conv
             .convert_columns(b.columns())
-            .map_err(|e| Error::internal(format!("checksum: {e}")))?;
+            .map_err(|e| Error::internal(format!("checksum: {e}")).with_source(e))?;
         for r in converted.iter() {
             sum = sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(r.as_ref()));
         }
@@ -176,7 +177,7 @@ impl Tier {
             .iter()
             .map(|b| b.project(&keep))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::internal(format!("projecting {table}: {e}")))?;
+            .map_err(|e| Error::internal(format!("projecting {table}: {e}")).with_source(e))?;
         let mut slices = projected.iter().flat_map(|b| {
             (0..b.num_rows())
                 .step_by(limit)
@@ -189,14 +190,17 @@ impl Tier {
                 .is_none_or(|b| pending_rows + b.num_rows() > limit);
             if full && pending_rows > 0 {
                 let mut w = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))
-                    .map_err(|e| Error::internal(format!("parquet writer: {e}")))?;
+                    .map_err(|e| {
+                    Error::internal(format!("parquet writer: {e}")).with_source(e)
+                })?;
                 for b in pending.drain(..) {
-                    w.write(&b)
-                        .map_err(|e| Error::internal(format!("parquet write: {e}")))?;
+                    w.write(&b).map_err(|e| {
+                        Error::internal(format!("parquet write: {e}")).with_source(e)
+                    })?;
                 }
                 let bytes = w
                     .into_inner()
-                    .map_err(|e| Error::internal(format!("parquet close: {e}")))?;
+                    .map_err(|e| Error::internal(format!("parquet close: {e}")).with_source(e))?;
                 let name = format!("part-{}.parquet", uuid::Uuid::now_v7());
                 let size = bytes.len() as u64;
                 self.put(&dir.clone().join(name.as_str()), bytes, PutMode::Create)

@@ -1,0 +1,490 @@
+//! deploy/k8s: the base and both overlays render and validate, and what
+//! both overlays must satisfy (hardened pods, ports, probes, selectors,
+//! volumes, autoscaling, the CronJob), then what is particular to each: dev
+//! on SQLite volumes, prod on ClickHouse and S3 with credentials from
+//! Secrets.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use quarry_core::Config;
+use quarry_core::config::WarehouseKind;
+use serde_norway::Value;
+
+use super::manifests::{
+    Rendered, container, container_config, pod_spec, quantity_mib, render, volume_at,
+};
+use super::{UID, default_ports, host_port, listen_of, port_of, s, strings};
+
+#[test]
+#[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
+fn k8s_base_renders_and_validates() {
+    render("deploy/k8s/base");
+}
+
+#[test]
+#[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
+fn k8s_dev_overlay_sqlite_on_volumes() {
+    let r = render("deploy/k8s/overlays/dev");
+    let configs = check_cluster(&r, "quarry-dev");
+    let loader_cfg = &configs["loader"];
+    assert_eq!(loader_cfg.warehouse.kind, WarehouseKind::Sqlite);
+
+    // One SQLite writer: one loader pod, the old one gone before the new one starts.
+    let loader = r.get("Deployment", "quarry-loader");
+    assert_eq!(loader["spec"]["replicas"].as_u64(), Some(1));
+    assert_eq!(s(&loader["spec"]["strategy"]["type"]), "Recreate");
+
+    // The database's directory is the same claim in the loader and the archiver.
+    let db_dir = loader_cfg
+        .warehouse
+        .sqlite
+        .path
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let archiver = r.get("Deployment", "quarry-archiver");
+    let mut claims = Vec::new();
+    for (deploy, name) in [(loader, "loader"), (archiver, "archiver")] {
+        let (v, ro) = volume_at(deploy, container(deploy, name), &db_dir)
+            .unwrap_or_else(|| panic!("{name}: {db_dir} not mounted"));
+        assert!(!ro, "{name}: the warehouse volume is writable");
+        claims.push(s(&v["persistentVolumeClaim"]["claimName"]).to_string());
+    }
+    assert_eq!(claims[0], claims[1]);
+    let pvc = r.get("PersistentVolumeClaim", &claims[0]);
+    assert_eq!(strings(&pvc["spec"]["accessModes"]), ["ReadWriteOnce"]);
+    // ReadWriteOnce: both pods on one node.
+    let term = &pod_spec(archiver)["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        [0];
+    assert_eq!(s(&term["topologyKey"]), "kubernetes.io/hostname");
+    let loader_labels = &loader["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in term["labelSelector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(
+            loader_labels[s(k)].as_str(),
+            Some(s(v)),
+            "archiver affinity selects the loader"
+        );
+    }
+
+    // Cold partitions on their own claim.
+    let cold = &configs["archiver"].archiver.cold_root;
+    assert!(
+        !cold.contains("://"),
+        "dev cold tier is a directory: {cold}"
+    );
+    let (v, ro) =
+        volume_at(archiver, container(archiver, "archiver"), cold).expect("cold root mounted");
+    assert!(!ro);
+    let claim = s(&v["persistentVolumeClaim"]["claimName"]);
+    assert_ne!(claim, claims[0]);
+    r.get("PersistentVolumeClaim", claim);
+}
+
+#[test]
+#[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
+fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
+    let r = render("deploy/k8s/overlays/prod");
+    let configs = check_cluster(&r, "quarry");
+    assert_eq!(configs["loader"].warehouse.kind, WarehouseKind::Clickhouse);
+    assert_eq!(
+        configs["archiver"].warehouse.kind,
+        WarehouseKind::Clickhouse
+    );
+
+    let secret_ref = |c: &Value, var: &str| -> (String, String, bool) {
+        let e = c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(var))
+            .unwrap_or_else(|| panic!("no {var}"));
+        let r = &e["valueFrom"]["secretKeyRef"];
+        (
+            s(&r["name"]).into(),
+            s(&r["key"]).into(),
+            r["optional"].as_bool().unwrap_or(false),
+        )
+    };
+    for service in ["loader", "archiver"] {
+        let deploy = r.get("Deployment", &format!("quarry-{service}"));
+        let c = container(deploy, service);
+        let password_var = &configs[service].warehouse.clickhouse.password_env;
+        for (var, key) in [
+            ("QUARRY_WAREHOUSE__CLICKHOUSE__URL", "url"),
+            ("QUARRY_WAREHOUSE__CLICKHOUSE__USER", "user"),
+            (password_var.as_str(), "password"),
+        ] {
+            assert_eq!(
+                secret_ref(c, var),
+                ("quarry-clickhouse".into(), key.into(), false),
+                "{service}: {var} from the Secret, required"
+            );
+        }
+    }
+    // The cold tier (s3:// root and AWS credentials) from a required Secret.
+    let archiver = r.get("Deployment", "quarry-archiver");
+    let from = &container(archiver, "archiver")["envFrom"];
+    let secret = from
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|f| f["secretRef"].as_mapping())
+        .expect("archiver envFrom secretRef");
+    assert_eq!(secret.get("name").map(s), Some("quarry-object-store"));
+    assert_eq!(secret.get("optional").and_then(Value::as_bool), Some(false));
+
+    // More than one of each stateless service.
+    assert!(
+        r.get("Deployment", "quarry-loader")["spec"]["replicas"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    for service in ["extractor", "transformer"] {
+        let hpa = r.get("HorizontalPodAutoscaler", &format!("quarry-{service}"));
+        assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+    }
+    // Several extractor pods on several nodes read the inputs.
+    let data = r.get("PersistentVolumeClaim", "quarry-data");
+    assert_eq!(strings(&data["spec"]["accessModes"]), ["ReadWriteMany"]);
+}
+
+/// A workload's pod and its container `c` run hardened: not as root but as
+/// the image's user, without privilege escalation or capabilities, on a
+/// read-only root with /tmp on an emptyDir, with resources set and every
+/// mount backed by a volume of the pod.
+fn check_hardened(ctx: &str, workload: &Value, c: &Value) {
+    let pod = pod_spec(workload);
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["runAsNonRoot"].as_bool(), Some(true), "{ctx}");
+    assert_eq!(psc["runAsUser"].as_i64(), Some(UID), "{ctx}");
+    assert_eq!(s(&psc["seccompProfile"]["type"]), "RuntimeDefault", "{ctx}");
+    assert_eq!(
+        pod["automountServiceAccountToken"].as_bool(),
+        Some(false),
+        "{ctx}"
+    );
+    assert_eq!(pod["enableServiceLinks"].as_bool(), Some(false), "{ctx}");
+    let sc = &c["securityContext"];
+    assert_eq!(
+        sc["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "{ctx}"
+    );
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{ctx}");
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{ctx}");
+    assert_eq!(sc["runAsUser"].as_i64(), Some(UID), "{ctx}");
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{ctx}");
+    assert_eq!(s(&sc["seccompProfile"]["type"]), "RuntimeDefault", "{ctx}");
+    // Read-only root: scratch space on an emptyDir.
+    let (tmp, ro) = volume_at(workload, c, "/tmp").unwrap_or_else(|| panic!("{ctx}: /tmp"));
+    assert!(
+        tmp["emptyDir"].is_mapping() && !ro,
+        "{ctx}: /tmp is a writable emptyDir"
+    );
+    for kind in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            assert!(
+                c["resources"][kind][res].is_string(),
+                "{ctx}: resources.{kind}.{res}"
+            );
+        }
+    }
+    // Every mount names a volume of the pod.
+    for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
+        let p = s(&m["mountPath"]);
+        assert!(
+            volume_at(workload, c, p).is_some(),
+            "{ctx}: mount {p} has no volume"
+        );
+    }
+}
+
+/// Everything both overlays must satisfy; returns the configuration of each service.
+fn check_cluster(r: &Rendered, namespace: &str) -> BTreeMap<&'static str, Config> {
+    check_namespace(r, namespace);
+    let claims: Vec<&str> = r
+        .all("PersistentVolumeClaim")
+        .iter()
+        .map(|p| s(&p["metadata"]["name"]))
+        .collect();
+    let ports = default_ports();
+    let mut configs = BTreeMap::new();
+    for (service, port) in &ports {
+        configs.insert(*service, check_deployment(r, service, *port, &claims));
+    }
+    check_autoscalers(r);
+    check_transformer_targets(r, &configs["transformer"]);
+    let root = check_extractor_data(r, &configs["extractor"]);
+    check_cron_job(r, &ports, root);
+
+    // Loader and archiver open the same warehouse.
+    let (l, a) = (&configs["loader"].warehouse, &configs["archiver"].warehouse);
+    assert_eq!((l.kind, &l.sqlite.path), (a.kind, &a.sqlite.path));
+    configs
+}
+
+/// Every document is in `namespace` (but the Namespace itself) and labelled
+/// part of Quarry; the namespace enforces the restricted pod security.
+fn check_namespace(r: &Rendered, namespace: &str) {
+    for d in &r.docs {
+        let kind = s(&d["kind"]);
+        if kind != "Namespace" {
+            assert_eq!(
+                d["metadata"]["namespace"].as_str(),
+                Some(namespace),
+                "{kind} namespace"
+            );
+        }
+        assert_eq!(
+            d["metadata"]["labels"]["app.kubernetes.io/part-of"].as_str(),
+            Some("quarry"),
+            "{kind} {:?} label",
+            d["metadata"]["name"]
+        );
+    }
+    let ns = r.get("Namespace", namespace);
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str(),
+        Some("restricted")
+    );
+}
+
+/// The Deployment of `service`: hardened, running its binary, listening on
+/// `port` with metrics, graceful shutdown and gRPC probes that fit, found
+/// by its Service and PodDisruptionBudget, its volumes on the defined
+/// `claims`. Returns the configuration its container loads.
+fn check_deployment(r: &Rendered, service: &str, port: u16, claims: &[&str]) -> Config {
+    let name = format!("quarry-{service}");
+    let ctx = format!("Deployment {name}");
+    let deploy = r.get("Deployment", &name);
+    let c = container(deploy, service);
+    assert_eq!(strings(&c["command"]), [name.as_str()], "{ctx}: command");
+    check_hardened(&ctx, deploy, c);
+    let config = container_config(r, deploy, c);
+    assert_eq!(
+        listen_of(&config, service),
+        format!("0.0.0.0:{port}"),
+        "{ctx}: listen"
+    );
+    let cport = &c["ports"][0];
+    assert_eq!(
+        cport["containerPort"].as_u64(),
+        Some(u64::from(port)),
+        "{ctx}"
+    );
+    check_metrics_and_shutdown(&ctx, deploy, c, &config, service);
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            c[probe]["grpc"]["port"].as_u64(),
+            Some(u64::from(port)),
+            "{ctx}: {probe} is a gRPC health probe on the service port"
+        );
+    }
+    check_selectors(r, &name, &ctx, deploy, cport, port);
+    check_strategy_and_claims(&ctx, deploy, claims);
+    config
+}
+
+/// The metrics address and shutdown grace period `config` gives `service`.
+fn metrics_and_grace<'a>(config: &'a Config, service: &str) -> (&'a String, u64) {
+    match service {
+        "extractor" => (
+            &config.extractor.metrics_listen,
+            config.extractor.shutdown_grace_secs,
+        ),
+        "transformer" => (
+            &config.transformer.metrics_listen,
+            config.transformer.shutdown_grace_secs,
+        ),
+        "loader" => (
+            &config.loader.metrics_listen,
+            config.loader.shutdown_grace_secs,
+        ),
+        _ => (
+            &config.archiver.metrics_listen,
+            config.archiver.shutdown_grace_secs,
+        ),
+    }
+}
+
+/// Metrics: the configured port is the container's `metrics` port and the
+/// one the scrape annotation names. Shutdown: the grace period fits in the
+/// pod's termination grace period.
+fn check_metrics_and_shutdown(
+    ctx: &str,
+    deploy: &Value,
+    c: &Value,
+    config: &Config,
+    service: &str,
+) {
+    let (metrics_listen, grace) = metrics_and_grace(config, service);
+    let metrics_port = c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("metrics"))
+        .and_then(|p| p["containerPort"].as_u64());
+    assert!(!metrics_listen.is_empty(), "{ctx}: metrics are off");
+    assert_eq!(
+        metrics_port,
+        Some(u64::from(port_of(metrics_listen))),
+        "{ctx}: metrics port"
+    );
+    let annotations = &deploy["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        metrics_port.map(|p| p.to_string()).as_deref(),
+        "{ctx}: scrape annotation"
+    );
+    // On SIGTERM the service waits shutdown_grace_secs, aborts what is
+    // in flight and waits a little more: all before the kubelet kills it.
+    let kill_after = pod_spec(deploy)["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap_or(30);
+    assert!(
+        grace + quarry_core::grpc::SHUTDOWN_FINAL_WAIT.as_secs() + 10 <= kill_after,
+        "{ctx}: shutdown_grace_secs {grace} does not fit in terminationGracePeriodSeconds {kill_after}"
+    );
+}
+
+/// Selectors: the Deployment, the Service `name` (on `port`, targeting the
+/// container port `cport`) and the PodDisruptionBudget `name` find the pods.
+fn check_selectors(r: &Rendered, name: &str, ctx: &str, deploy: &Value, cport: &Value, port: u16) {
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    let selects = |sel: &Value| {
+        sel.as_mapping()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| pod_labels[s(k)].as_str() == Some(s(v)))
+    };
+    assert!(
+        selects(&deploy["spec"]["selector"]["matchLabels"]),
+        "{ctx}: selector"
+    );
+    let svc = r.get("Service", name);
+    assert!(
+        selects(&svc["spec"]["selector"]),
+        "Service {name} selects the pods"
+    );
+    assert_eq!(
+        svc["spec"]["ports"][0]["port"].as_u64(),
+        Some(u64::from(port))
+    );
+    assert_eq!(s(&svc["spec"]["ports"][0]["targetPort"]), s(&cport["name"]));
+    let pdb = r.get("PodDisruptionBudget", name);
+    assert!(
+        selects(&pdb["spec"]["selector"]["matchLabels"]),
+        "PDB {name} selects the pods"
+    );
+}
+
+/// A Recreate strategy carries no rolling-update parameters, and every
+/// claim the pod mounts is one of `claims`.
+fn check_strategy_and_claims(ctx: &str, deploy: &Value, claims: &[&str]) {
+    // Recreate must not carry rolling-update parameters (the API refuses them).
+    let strategy = &deploy["spec"]["strategy"];
+    if strategy["type"].as_str() == Some("Recreate") {
+        assert!(
+            strategy["rollingUpdate"].is_null(),
+            "{ctx}: Recreate with rollingUpdate"
+        );
+    }
+    for v in pod_spec(deploy)["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+            assert!(
+                claims.contains(&claim),
+                "{ctx}: claim {claim} is not defined"
+            );
+        }
+    }
+}
+
+/// Extractor and transformer scale on CPU, within 1 GiB each.
+fn check_autoscalers(r: &Rendered) {
+    for service in ["extractor", "transformer"] {
+        let name = format!("quarry-{service}");
+        let hpa = r.get("HorizontalPodAutoscaler", &name);
+        assert_eq!(s(&hpa["apiVersion"]), "autoscaling/v2");
+        assert_eq!(s(&hpa["spec"]["scaleTargetRef"]["name"]), name);
+        assert_eq!(s(&hpa["spec"]["metrics"][0]["resource"]["name"]), "cpu");
+        let min = hpa["spec"]["minReplicas"].as_u64().unwrap();
+        assert!(min >= 1 && min <= hpa["spec"]["maxReplicas"].as_u64().unwrap());
+        let deploy = r.get("Deployment", &name);
+        assert!(
+            deploy["spec"]["replicas"].is_null(),
+            "{name}: the HPA owns replicas"
+        );
+        let limit = s(&container(deploy, service)["resources"]["limits"]["memory"]);
+        assert!(quantity_mib(limit) <= 1024, "{name}: memory limit {limit}");
+    }
+}
+
+/// The transformer (configured by `transformer`) reaches the others through
+/// their Services.
+fn check_transformer_targets(r: &Rendered, transformer: &Config) {
+    let t = &transformer.transformer;
+    for (url, target) in [(&t.extractor_url, "extractor"), (&t.loader_url, "loader")] {
+        let (host, port) = host_port(url);
+        let svc = r.get("Service", &host);
+        assert_eq!(
+            svc["spec"]["ports"][0]["port"].as_u64(),
+            Some(u64::from(port))
+        );
+        assert_eq!(host, format!("quarry-{target}"));
+    }
+}
+
+/// The extractor (configured by `extractor`) reads its data root from the
+/// input claim; returns that root.
+fn check_extractor_data<'a>(r: &Rendered, extractor: &'a Config) -> &'a str {
+    let deploy = r.get("Deployment", "quarry-extractor");
+    let roots = &extractor.extractor.data_roots;
+    assert_eq!(roots.len(), 1);
+    let root = roots[0].to_str().unwrap();
+    let (data, _) = volume_at(deploy, container(deploy, "extractor"), root).unwrap();
+    assert_eq!(
+        s(&data["persistentVolumeClaim"]["claimName"]),
+        "quarry-data"
+    );
+    root
+}
+
+/// The CronJob runs the pipeline against the Services, on data under the
+/// extractor's data `root`, its reports into an emptyDir.
+fn check_cron_job(r: &Rendered, ports: &BTreeMap<&str, u16>, root: &str) {
+    let cron = r.get("CronJob", "quarry-run");
+    assert_eq!(s(&cron["spec"]["concurrencyPolicy"]), "Forbid");
+    assert!(cron["spec"]["schedule"].is_string());
+    let c = container(cron, "run");
+    check_hardened("CronJob quarry-run", cron, c);
+    container_config(r, cron, c);
+    let cmd = strings(&c["command"]);
+    assert_eq!(cmd[..2], ["quarry", "run"]);
+    let arg = |flag: &str| {
+        let i = cmd
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("CronJob: no {flag}"));
+        cmd[i + 1].clone()
+    };
+    for (flag, target) in [("--transformer", "transformer"), ("--loader", "loader")] {
+        assert_eq!(
+            host_port(&arg(flag)),
+            (format!("quarry-{target}"), ports[target])
+        );
+    }
+    assert!(
+        Path::new(&arg("--source")).starts_with(root),
+        "CronJob --source outside {root}"
+    );
+    let (out, ro) = volume_at(cron, c, &arg("--output")).expect("CronJob --output volume");
+    assert!(out["emptyDir"].is_mapping() && !ro);
+}
