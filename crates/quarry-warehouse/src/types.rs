@@ -125,6 +125,16 @@ pub enum Metric {
     Pnl,
 }
 
+impl Metric {
+    /// The column of `agg_trades_weekly` the metric sums.
+    pub fn column(self) -> &'static str {
+        match self {
+            Self::Volume => "total_volume",
+            Self::Pnl => "total_pnl",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TopUsersQuery {
     pub client_type: String,

@@ -161,7 +161,7 @@ fn own_bigquery_emulator(bin: String) -> OwnServer {
 #[ignore = "needs the BigQuery emulator binary: scripts/test.sh runs it"]
 async fn retries_across_an_emulator_restart() {
     let bin = quarry_testkit::standin("QUARRY_TEST_BIGQUERY_EMULATOR");
-    let mut emulator = own_bigquery_emulator(bin);
+    let emulator = own_bigquery_emulator(bin);
     let proxy = common::counting_proxy::CountingProxy::start(&emulator.url());
     let config = quarry_core::config::BigQueryConfig {
         api_url: proxy.url.clone(),
@@ -191,12 +191,7 @@ async fn retries_across_an_emulator_restart() {
     .await
     .unwrap();
 
-    emulator.down();
-    let restart = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(800));
-        emulator.up();
-        emulator
-    });
+    let restart = emulator.bounce(std::time::Duration::from_millis(800));
     // The commit loads the gathered rows and runs the transaction: refused
     // while the emulator is down, then retried until it is back.
     let rows = wh.commit(commit("restart")).await.unwrap();

@@ -81,7 +81,7 @@ fn own_clickhouse(bin: String) -> OwnServer {
 #[ignore = "needs the ClickHouse server binary: scripts/test.sh runs it"]
 async fn retries_across_a_server_restart() {
     let bin = quarry_testkit::standin("QUARRY_TEST_CLICKHOUSE_SERVER");
-    let mut server = own_clickhouse(bin);
+    let server = own_clickhouse(bin);
     // The backend talks to the server through a proxy that counts attempts.
     let proxy = common::counting_proxy::CountingProxy::start(&server.url());
     let mut config = quarry_core::config::WarehouseConfig {
@@ -103,12 +103,7 @@ async fn retries_across_a_server_restart() {
     .await
     .unwrap();
 
-    server.down();
-    let restart = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(800));
-        server.up();
-        server
-    });
+    let restart = server.bounce(std::time::Duration::from_millis(800));
     // Refused while the server is down, then retried until it is back.
     wh.write(
         "restart",

@@ -84,6 +84,19 @@ impl OwnServer {
     }
 }
 
+impl OwnServer {
+    /// Stops the server now and starts it again on the same data after
+    /// `pause`, on a thread of its own; joining the thread gives it back.
+    pub fn bounce(mut self, pause: std::time::Duration) -> std::thread::JoinHandle<Self> {
+        self.down();
+        std::thread::spawn(move || {
+            std::thread::sleep(pause);
+            self.up();
+            self
+        })
+    }
+}
+
 impl Drop for OwnServer {
     fn drop(&mut self) {
         self.down();

@@ -49,7 +49,7 @@ use self::client::BigQuery;
 use self::sql::{literal, partition_literal};
 use crate::staging::{StagedRuns, StagedWarehouse};
 use crate::text_rows;
-use crate::{Metric, PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
+use crate::{PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
 
 /// Opens the backend with the credentials the configuration names (see
 /// `auth.rs`).
@@ -99,10 +99,7 @@ impl StagedWarehouse for BigQuery {
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
-        let column = match query.metric {
-            Metric::Volume => "total_volume",
-            Metric::Pnl => "total_pnl",
-        };
+        let column = query.metric.column();
         let sql = format!(
             "SELECT user_id, CAST(SUM({column}) AS STRING) FROM {}
              WHERE client_type = {} GROUP BY user_id

@@ -31,7 +31,7 @@ use self::client::{ClickHouse, literal};
 use self::rows::{AggRow, RejectedRow, TradeOut, push_agg, push_rejected, push_trade};
 use crate::arrow_rows::PartitionBuilder;
 use crate::staging::{StagedRuns, StagedWarehouse};
-use crate::{Metric, PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
+use crate::{PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
 
 /// Opens the ClickHouse backend (it connects on first use).
 pub fn open(config: &ClickHouseConfig) -> Arc<dyn Warehouse> {
@@ -67,10 +67,7 @@ impl StagedWarehouse for ClickHouse {
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
-        let column = match query.metric {
-            Metric::Volume => "total_volume",
-            Metric::Pnl => "total_pnl",
-        };
+        let column = query.metric.column();
         let sql = format!(
             "SELECT user_id, toString(sum({column})) FROM {}
              WHERE client_type = {} GROUP BY user_id ORDER BY sum({column}) DESC, user_id ASC LIMIT {}",

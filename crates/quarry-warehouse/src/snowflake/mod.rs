@@ -46,7 +46,7 @@ use self::client::Snowflake;
 use self::sql::{exact_sum, literal, parse_timestamp, partition_text};
 use crate::staging::{StagedRuns, StagedWarehouse};
 use crate::text_rows;
-use crate::{Metric, PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
+use crate::{PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
 
 /// Opens the backend; it logs in on first use with the configured
 /// credentials (password from the environment variable named in config, or
@@ -75,10 +75,7 @@ impl StagedWarehouse for Snowflake {
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {
-        let column = match query.metric {
-            Metric::Volume => "total_volume",
-            Metric::Pnl => "total_pnl",
-        };
+        let column = query.metric.column();
         let sum = exact_sum(column, PNL_SCALE);
         let sql = format!(
             "SELECT user_id, TO_VARCHAR({sum}) FROM {} WHERE client_type = {}

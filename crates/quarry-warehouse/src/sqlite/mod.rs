@@ -31,8 +31,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery,
-    Warehouse, WeeklyTotal, WriteMode, rank_top_users,
+    PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery, Warehouse,
+    WeeklyTotal, WriteMode, rank_top_users,
 };
 use read::{exact, read_partition};
 use schema::{
@@ -278,10 +278,7 @@ impl Warehouse for SqliteWarehouse {
         let q = query.clone();
         let totals = self
             .read(move |c| {
-                let column = match q.metric {
-                    Metric::Volume => "total_volume",
-                    Metric::Pnl => "total_pnl",
-                };
+                let column = q.metric.column();
                 let mut st = c.prepare(&format!(
                     "SELECT user_id, {column} FROM agg_trades_weekly WHERE client_type = ?1"
                 ))?;
