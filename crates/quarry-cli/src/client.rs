@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use quarry_core::grpc::{AuthChannel, Security};
-use quarry_core::{Error, Result, grpc};
+use quarry_core::{Error, Result, RunStatus, grpc};
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::transformer_service_client::TransformerServiceClient;
 use quarry_proto::{
@@ -296,8 +296,8 @@ pub fn quality_report(record: &RunRecord) -> serde_json::Value {
     // warehouse inside the commit), and the data's age at commit.
     let committed: std::collections::BTreeMap<_, _> = record.rows_committed.iter().collect();
     let staged = json["rows_staged"].clone();
-    let matches =
-        record.status == "succeeded" && serde_json::to_value(&committed).is_ok_and(|c| c == staged);
+    let matches = RunStatus::Succeeded.is(&record.status)
+        && serde_json::to_value(&committed).is_ok_and(|c| c == staged);
     json["reconciliation"] = serde_json::json!({
         "rows_staged": staged,
         "rows_committed": committed,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use quarry_core::ErrorCategory;
+use quarry_core::{ErrorCategory, RunStatus};
 use quarry_proto::RunRecord;
 use serde::Serialize;
 
@@ -60,12 +60,12 @@ pub fn health(runs: &[RunRecord], since: Option<&str>) -> Health {
         .iter()
         .filter(|r| since.is_none_or(|s| r.started_at.as_str() >= s))
         .collect();
-    let count = |status: &str| runs.iter().filter(|r| r.status == status).count();
-    let (succeeded, failed) = (count("succeeded"), count("failed"));
+    let count = |status: RunStatus| runs.iter().filter(|r| status.is(&r.status)).count();
+    let (succeeded, failed) = (count(RunStatus::Succeeded), count(RunStatus::Failed));
     let finished = succeeded + failed;
     let ok: Vec<_> = runs
         .iter()
-        .filter(|r| r.status == "succeeded")
+        .filter(|r| RunStatus::Succeeded.is(&r.status))
         .map(|r| r.stats.unwrap_or_default())
         .collect();
     let stage = |pick: fn(&quarry_proto::RunStats) -> u64| {
@@ -86,14 +86,14 @@ pub fn health(runs: &[RunRecord], since: Option<&str>) -> Health {
         runs: runs.len(),
         succeeded,
         failed,
-        running: count("running"),
+        running: count(RunStatus::Running),
         success_rate: (finished > 0).then(|| succeeded as f64 / finished as f64),
         error_rate: ErrorCategory::ALL
             .iter()
             .map(|c| {
                 let n = runs
                     .iter()
-                    .filter(|r| r.status == "failed" && r.error_category == c.as_str())
+                    .filter(|r| RunStatus::Failed.is(&r.status) && r.error_category == c.as_str())
                     .count();
                 (
                     c.as_str(),

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
-use quarry_core::{Error, Result};
+use quarry_core::{Error, Result, RunStatus};
 use quarry_proto::{RunRecord, TopUser, WeeklyTotal};
 
 /// What the report shows, as read from the warehouse.
@@ -255,7 +255,7 @@ pub fn charts(data: &ReportData) -> Result<Vec<Chart>> {
     let latest_done = data
         .runs
         .iter()
-        .find(|r| r.status != "running")
+        .find(|r| !RunStatus::Running.is(&r.status))
         .map(quality_of)
         .unwrap_or_default();
     let reasons: Vec<(String, f64, RGBColor)> = latest_done["rejected_by_reason"]
@@ -273,7 +273,11 @@ pub fn charts(data: &ReportData) -> Result<Vec<Chart>> {
     let durations: Vec<(String, f64, RGBColor)> = oldest_first
         .iter()
         .map(|r| {
-            let color = if r.status == "failed" { FAILED } else { BAR };
+            let color = if RunStatus::Failed.is(&r.status) {
+                FAILED
+            } else {
+                BAR
+            };
             let ms = r.stats.unwrap_or_default().total_ms as f64;
             (run_label(r), ms / 1000.0, color)
         })
@@ -361,7 +365,7 @@ pub fn html(data: &ReportData, charts: &[Chart], generated_at: &str) -> String {
         );
     }
     h.push_str("</table>\n");
-    if let Some(latest) = data.runs.iter().find(|r| r.status != "running") {
+    if let Some(latest) = data.runs.iter().find(|r| !RunStatus::Running.is(&r.status)) {
         let _ = writeln!(
             h,
             "<h2>Quality checks of run {}</h2>\n<table><tr><th>check</th><th>metric</th><th>value</th><th>bound</th><th>severity</th><th>result</th><th>detail</th></tr>",

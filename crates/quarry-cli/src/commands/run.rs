@@ -11,7 +11,7 @@ use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressStyle};
 use quarry_cli::client::{self, LoaderClient};
 use quarry_cli::embedded::Cluster;
-use quarry_core::{Config, grpc};
+use quarry_core::{Config, RunStatus, grpc};
 use quarry_proto::{
     CsvOptions, RunEvent, RunOptions, RunRecord, RunRequest, SourceFormat, run_event,
 };
@@ -186,12 +186,12 @@ async fn interrupted_run(
         return format!("run {run_id} interrupted by {sig}: {e}");
     }
     // A remote transformer aborts on its own time: look for a few seconds.
-    let mut status = String::from("running");
+    let mut status = Some(RunStatus::Running);
     if let Ok(mut loader) = LoaderClient::connect_with(loader_url, sec).await {
         for _ in 0..50 {
             match loader.get_run(&run_id).await {
-                Ok(r) if r.status != "running" => {
-                    status = r.status;
+                Ok(r) if !RunStatus::Running.is(&r.status) => {
+                    status = RunStatus::parse(&r.status);
                     break;
                 }
                 Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -199,11 +199,13 @@ async fn interrupted_run(
             }
         }
     }
-    match status.as_str() {
-        "succeeded" => format!(
+    match status {
+        Some(RunStatus::Succeeded) => format!(
             "run {run_id} interrupted by {sig} after its commit: the run succeeded, the report files were not written (quarry report)"
         ),
-        "failed" => format!("run {run_id} interrupted by {sig}: aborted, nothing was committed"),
+        Some(RunStatus::Failed) => {
+            format!("run {run_id} interrupted by {sig}: aborted, nothing was committed")
+        }
         _ => format!(
             "run {run_id} interrupted by {sig}: its transformer is aborting it; nothing is committed"
         ),

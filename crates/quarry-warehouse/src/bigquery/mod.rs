@@ -43,7 +43,7 @@ use async_trait::async_trait;
 use gcp_bigquery_client::auth::Authenticator;
 use quarry_core::config::BigQueryConfig;
 use quarry_core::decimal::{self, PNL_SCALE};
-use quarry_core::{Error, Result, Table};
+use quarry_core::{Error, Result, RunStatus, Table};
 
 use self::client::BigQuery;
 use self::sql::{literal, partition_literal};
@@ -90,8 +90,12 @@ impl StagedWarehouse for BigQuery {
     }
 
     async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where("list running runs", "WHERE status = 'running'", None)
-            .await
+        self.runs_where(
+            "list running runs",
+            &format!("WHERE status = {}", literal(RunStatus::Running.as_str())),
+            None,
+        )
+        .await
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {

@@ -25,7 +25,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use quarry_core::config::ClickHouseConfig;
 use quarry_core::decimal::{self, PNL_SCALE};
-use quarry_core::{Error, Result, Table};
+use quarry_core::{Error, Result, RunStatus, Table};
 
 use self::client::{ClickHouse, literal};
 use self::rows::{AggRow, RejectedRow, TradeOut, push_agg, push_rejected, push_trade};
@@ -58,8 +58,12 @@ impl StagedWarehouse for ClickHouse {
     }
 
     async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where("list running runs", "status = 'running'", None)
-            .await
+        self.runs_where(
+            "list running runs",
+            &format!("status = {}", literal(RunStatus::Running.as_str())),
+            None,
+        )
+        .await
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {

@@ -40,7 +40,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use quarry_core::config::SnowflakeConfig;
 use quarry_core::decimal::{self, PNL_SCALE, SCALE};
-use quarry_core::{Error, Result, Table};
+use quarry_core::{Error, Result, RunStatus, Table};
 
 use self::client::Snowflake;
 use self::sql::{exact_sum, literal, parse_timestamp, partition_text};
@@ -66,8 +66,12 @@ impl StagedWarehouse for Snowflake {
     }
 
     async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where("list running runs", "WHERE status = 'running'", None)
-            .await
+        self.runs_where(
+            "list running runs",
+            &format!("WHERE status = {}", literal(RunStatus::Running.as_str())),
+            None,
+        )
+        .await
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
