@@ -43,10 +43,24 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = runtime.block_on(dispatch(cli)) {
-        eprintln!("quarry: {e:#}");
+        eprintln!("quarry: {}", one_line(&e));
         let code = e.downcast_ref::<Interrupted>().map_or(1, |i| i.code);
         std::process::exit(code);
     }
+}
+
+/// The failure in one line: the contexts the command added, then the error.
+/// A Quarry error's message already quotes its cause (it is all that crosses
+/// the wire), so the chain stops there; its `source()` is for programs.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts = vec![];
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<quarry_core::Error>() {
+            break;
+        }
+    }
+    parts.join(": ")
 }
 
 /// Runs the command line's command under the configuration it names.

@@ -116,9 +116,11 @@ pub enum ErrorKind {
 /// errors stay cheap to clone.
 type Source = Arc<dyn std::error::Error + Send + Sync>;
 
-/// A Quarry error: its kind, one line saying what failed (the text the user
-/// and the other services see), and the library error that caused it, if
-/// any, as its `source()`.
+/// A Quarry error: its kind, one line saying what failed, and the library
+/// error that caused it, if any, as its `source()`. The line quotes the
+/// cause where that helps the reader: it is all that crosses the wire to
+/// another service and what the user sees; `source()` keeps the cause itself
+/// for programs (downcasting, logging).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {

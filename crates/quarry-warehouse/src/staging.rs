@@ -212,6 +212,7 @@ impl<B: StagingBackend> StagedRuns<B> {
         run: &mut StagedRun<B::Pending>,
         commit: &RunCommit,
     ) -> Result<BTreeMap<String, u64>> {
+        let started = std::time::Instant::now();
         self.backend.flush(run).await?;
         // Read back what each staging table holds before anything is replaced.
         let mut rows = BTreeMap::new();
@@ -225,8 +226,12 @@ impl<B: StagingBackend> StagedRuns<B> {
             rows.insert(table.name().to_string(), held);
         }
         run.staged.cover_sources(&commit.source_files);
+        // The commit's time as SQLite records it: up to the swap that
+        // writes the record.
+        let mut commit = commit.clone();
+        commit.stats.commit_ms = started.elapsed().as_millis() as u64;
         let mut record = run.record.clone();
-        record.succeeded(commit, &rows);
+        record.succeeded(&commit, &rows);
         self.backend.swap(run, &record).await?;
         run.record = record;
         Ok(rows)
