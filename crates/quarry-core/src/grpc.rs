@@ -381,3 +381,33 @@ pub async fn next_signal() -> Signal {
 pub async fn shutdown_signal() {
     next_signal().await;
 }
+
+/// The `main` of a service binary: logging, `--config`, the configuration,
+/// the security settings and the listener on the address `listen` picks,
+/// then `serve` until a shutdown signal. A failure ends the process with its
+/// one line on stderr, named after the binary, and exit code 1.
+pub async fn service_main<Fut>(
+    binary: &str,
+    listen: fn(&crate::Config) -> &str,
+    serve: impl FnOnce(crate::Config, Security, TcpListener) -> Fut,
+) -> std::process::ExitCode
+where
+    Fut: Future<Output = Result<()>>,
+{
+    use clap::Parser;
+    crate::logging::init("info");
+    let args = crate::config::ServiceArgs::parse();
+    let started = async {
+        let config = crate::Config::load(args.config.as_deref())?;
+        let security = Security::from_config(&config)?;
+        let listener = bind(listen(&config)).await?;
+        serve(config, security, listener).await
+    };
+    match started.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,23 +1,22 @@
 //! `quarry-loader`: stages Flight streams into the warehouse and commits runs.
 
-use clap::Parser;
-use quarry_core::config::ServiceArgs;
-use quarry_core::{Config, grpc, logging};
+use quarry_core::grpc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    logging::init("info");
-    let args = ServiceArgs::parse();
-    let config = Config::load(args.config.as_deref())?;
-    let security = grpc::Security::from_config(&config)?;
-    let listener = grpc::bind(&config.loader.listen).await?;
-    quarry_loader::serve(
-        &config.loader,
-        &config.warehouse,
-        &security,
-        listener,
-        grpc::shutdown_signal(),
+async fn main() -> std::process::ExitCode {
+    grpc::service_main(
+        "quarry-loader",
+        |config| &config.loader.listen,
+        |config, security, listener| async move {
+            quarry_loader::serve(
+                &config.loader,
+                &config.warehouse,
+                &security,
+                listener,
+                grpc::shutdown_signal(),
+            )
+            .await
+        },
     )
-    .await?;
-    Ok(())
+    .await
 }

@@ -1,22 +1,21 @@
 //! `quarry-transformer`: validates, aggregates and drives pipeline runs.
 
-use clap::Parser;
-use quarry_core::config::ServiceArgs;
-use quarry_core::{Config, grpc, logging};
+use quarry_core::grpc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    logging::init("info");
-    let args = ServiceArgs::parse();
-    let config = Config::load(args.config.as_deref())?;
-    let security = grpc::Security::from_config(&config)?;
-    let listener = grpc::bind(&config.transformer.listen).await?;
-    quarry_transformer::serve(
-        &config.transformer,
-        &security,
-        listener,
-        grpc::shutdown_signal(),
+async fn main() -> std::process::ExitCode {
+    grpc::service_main(
+        "quarry-transformer",
+        |config| &config.transformer.listen,
+        |config, security, listener| async move {
+            quarry_transformer::serve(
+                &config.transformer,
+                &security,
+                listener,
+                grpc::shutdown_signal(),
+            )
+            .await
+        },
     )
-    .await?;
-    Ok(())
+    .await
 }
