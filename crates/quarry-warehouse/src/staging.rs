@@ -29,7 +29,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Date32Type;
 use async_trait::async_trait;
 use quarry_core::dates::date_text;
-use quarry_core::{Error, ErrorCategory, Result, Table};
+use quarry_core::{Error, ErrorCategory, Result, RunStatus, Table};
 use tokio::sync::Mutex;
 
 use crate::{
@@ -245,9 +245,14 @@ pub(crate) trait StagedWarehouse: StagingBackend {
     /// Reaches the backend once, then creates what is missing.
     async fn check_and_create(&self) -> Result<()>;
 
-    async fn running_runs(&self) -> Result<Vec<RunRecord>>;
-
-    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>>;
+    /// The runs `condition` (an SQL boolean expression over
+    /// `pipeline_runs`) selects, newest first, at most `limit`.
+    async fn runs_where(
+        &self,
+        what: &str,
+        condition: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<RunRecord>>;
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>>;
 
@@ -390,11 +395,16 @@ impl<B: StagedWarehouse> Warehouse for StagedRuns<B> {
     }
 
     async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.backend.running_runs().await
+        let running = format!("status = '{}'", RunStatus::Running);
+        self.backend
+            .runs_where("list running runs", &running, None)
+            .await
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.backend.list_runs(limit).await
+        self.backend
+            .runs_where("list runs", "1 = 1", Some(limit))
+            .await
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {

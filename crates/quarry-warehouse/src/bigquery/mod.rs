@@ -43,10 +43,10 @@ use async_trait::async_trait;
 use gcp_bigquery_client::auth::Authenticator;
 use quarry_core::config::BigQueryConfig;
 use quarry_core::decimal::{self, PNL_SCALE};
-use quarry_core::{Error, Result, RunStatus, Table};
+use quarry_core::{Error, Result, Table};
 
 use self::client::BigQuery;
-use self::sql::{literal, partition_literal};
+use self::sql::{RUN_COLUMNS, literal, partition_literal};
 use crate::staging::{StagedRuns, StagedWarehouse};
 use crate::text_rows;
 use crate::{PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
@@ -85,21 +85,23 @@ fn cell_i64(text: Option<&String>) -> Result<i64> {
 
 #[async_trait]
 impl StagedWarehouse for BigQuery {
+    async fn runs_where(
+        &self,
+        what: &str,
+        condition: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<RunRecord>> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM {} WHERE {condition} ORDER BY started_at DESC, run_id DESC{limit}",
+            self.table("pipeline_runs")
+        );
+        let rows = self.rows(what, &sql).await?;
+        rows.iter().map(|r| RunRecord::from_cells(r)).collect()
+    }
+
     async fn check_and_create(&self) -> Result<()> {
         self.connect_and_create().await
-    }
-
-    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where(
-            "list running runs",
-            &format!("WHERE status = {}", literal(RunStatus::Running.as_str())),
-            None,
-        )
-        .await
-    }
-
-    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.runs_where("list runs", "", Some(limit)).await
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {

@@ -16,9 +16,9 @@ use quarry_core::{Result, Table};
 
 use super::client::{BigQuery, Load};
 use super::json::batch_json;
-use super::sql::{RUN_COLUMNS, columns, literal, partition_literal, record_sql};
+use super::sql::{columns, literal, partition_literal, record_sql};
 use crate::RunRecord;
-use crate::staging::{StagedRun, StagingBackend};
+use crate::staging::{StagedRun, StagedWarehouse, StagingBackend};
 
 /// Newline-delimited JSON gathered per table before one load job takes it:
 /// few, big jobs (each has seconds of overhead on BigQuery, and a table takes
@@ -168,31 +168,8 @@ impl StagingBackend for BigQuery {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         let runs = self
-            .runs_where(
-                "get run",
-                &format!("WHERE run_id = {}", literal(run_id)),
-                None,
-            )
+            .runs_where("get run", &format!("run_id = {}", literal(run_id)), None)
             .await?;
         Ok(runs.into_iter().next())
-    }
-}
-
-impl BigQuery {
-    /// The runs `filter` (a WHERE clause, or nothing) selects, newest
-    /// first, at most `limit`.
-    pub(super) async fn runs_where(
-        &self,
-        what: &str,
-        filter: &str,
-        limit: Option<u32>,
-    ) -> Result<Vec<RunRecord>> {
-        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM {} {filter} ORDER BY started_at DESC, run_id DESC{limit}",
-            self.table("pipeline_runs")
-        );
-        let rows = self.rows(what, &sql).await?;
-        rows.iter().map(|r| RunRecord::from_cells(r)).collect()
     }
 }

@@ -25,10 +25,10 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use quarry_core::config::ClickHouseConfig;
 use quarry_core::decimal::{self, PNL_SCALE};
-use quarry_core::{Error, Result, RunStatus, Table};
+use quarry_core::{Error, Result, Table};
 
 use self::client::{ClickHouse, literal};
-use self::rows::{AggRow, RejectedRow, TradeOut, push_agg, push_rejected, push_trade};
+use self::rows::{AggRow, RejectedRow, RunRow, TradeOut, push_agg, push_rejected, push_trade};
 use crate::arrow_rows::PartitionBuilder;
 use crate::staging::{StagedRuns, StagedWarehouse};
 use crate::{PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
@@ -47,6 +47,23 @@ fn exact(text: &str) -> Result<String> {
 
 #[async_trait]
 impl StagedWarehouse for ClickHouse {
+    async fn runs_where(
+        &self,
+        what: &str,
+        condition: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<RunRecord>> {
+        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+        let sql = format!(
+            "SELECT ?fields FROM {} FINAL WHERE {condition} ORDER BY started_at DESC, run_id DESC{limit}",
+            self.table_name("pipeline_runs")
+        );
+        let rows = self
+            .retry(what, || self.client.query(&sql).fetch_all::<RunRow>())
+            .await?;
+        rows.into_iter().map(RunRow::record).collect()
+    }
+
     async fn check_and_create(&self) -> Result<()> {
         // One attempt: a wrong URL or credentials should say so at once.
         self.admin
@@ -55,19 +72,6 @@ impl StagedWarehouse for ClickHouse {
             .await
             .map_err(|e| self.err("cannot connect", e))?;
         self.create_tables().await
-    }
-
-    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where(
-            "list running runs",
-            &format!("status = {}", literal(RunStatus::Running.as_str())),
-            None,
-        )
-        .await
-    }
-
-    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.runs_where("list runs", "1", Some(limit)).await
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {

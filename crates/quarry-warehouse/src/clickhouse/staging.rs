@@ -16,7 +16,7 @@ use quarry_core::{Result, Table};
 use super::client::{ClickHouse, literal};
 use super::rows::{AggRow, RejectedRow, Rows, RunRow, TradeRow, encode};
 use crate::RunRecord;
-use crate::staging::{StagedRun, StagingBackend};
+use crate::staging::{StagedRun, StagedWarehouse, StagingBackend};
 
 /// Partition commands per ALTER statement.
 const ALTER_CHUNK: usize = 100;
@@ -152,26 +152,5 @@ impl StagingBackend for ClickHouse {
         self.runs_where("get run", &format!("run_id = {}", literal(run_id)), None)
             .await
             .map(|r| r.into_iter().next())
-    }
-}
-
-impl ClickHouse {
-    /// Runs matching `filter` (newest version of each), newest first, at
-    /// most `limit`.
-    pub(super) async fn runs_where(
-        &self,
-        what: &str,
-        filter: &str,
-        limit: Option<u32>,
-    ) -> Result<Vec<RunRecord>> {
-        let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
-        let sql = format!(
-            "SELECT ?fields FROM {} FINAL WHERE {filter} ORDER BY started_at DESC, run_id DESC{limit}",
-            self.table_name("pipeline_runs")
-        );
-        let rows = self
-            .retry(what, || self.client.query(&sql).fetch_all::<RunRow>())
-            .await?;
-        rows.into_iter().map(RunRow::record).collect()
     }
 }

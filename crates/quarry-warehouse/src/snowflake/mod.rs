@@ -40,10 +40,10 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use quarry_core::config::SnowflakeConfig;
 use quarry_core::decimal::{self, PNL_SCALE, SCALE};
-use quarry_core::{Error, Result, RunStatus, Table};
+use quarry_core::{Error, Result, Table};
 
 use self::client::Snowflake;
-use self::sql::{exact_sum, literal, parse_timestamp, partition_text};
+use self::sql::{exact_sum, literal, parse_timestamp, partition_text, runs_select};
 use crate::staging::{StagedRuns, StagedWarehouse};
 use crate::text_rows;
 use crate::{PartitionInfo, RunRecord, TopUser, TopUsersQuery, Warehouse, WeeklyTotal};
@@ -61,21 +61,20 @@ fn bad_value(what: &str, v: &Option<String>) -> Error {
 
 #[async_trait]
 impl StagedWarehouse for Snowflake {
+    async fn runs_where(
+        &self,
+        what: &str,
+        condition: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<RunRecord>> {
+        let rows = self
+            .read(what, &runs_select(&self.qualified, condition, limit))
+            .await?;
+        rows.iter().map(|r| RunRecord::from_cells(r)).collect()
+    }
+
     async fn check_and_create(&self) -> Result<()> {
         self.connect_and_create().await
-    }
-
-    async fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where(
-            "list running runs",
-            &format!("WHERE status = {}", literal(RunStatus::Running.as_str())),
-            None,
-        )
-        .await
-    }
-
-    async fn list_runs(&self, limit: u32) -> Result<Vec<RunRecord>> {
-        self.runs_where("list runs", "", Some(limit)).await
     }
 
     async fn top_users(&self, query: &TopUsersQuery) -> Result<Vec<TopUser>> {

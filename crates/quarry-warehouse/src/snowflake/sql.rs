@@ -166,7 +166,7 @@ pub(super) fn partition_text(table: Table) -> String {
     }
 }
 
-pub(super) fn runs_select(qualified: &str, filter: &str, limit: Option<u32>) -> String {
+pub(super) fn runs_select(qualified: &str, condition: &str, limit: Option<u32>) -> String {
     let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
     let cols: Vec<String> = RUN_COLUMNS[..22]
         .iter()
@@ -180,7 +180,7 @@ pub(super) fn runs_select(qualified: &str, filter: &str, limit: Option<u32>) -> 
         })
         .collect();
     format!(
-        "SELECT {} FROM {qualified}.pipeline_runs {filter} ORDER BY started_at DESC, run_id DESC {limit}",
+        "SELECT {} FROM {qualified}.pipeline_runs WHERE {condition} ORDER BY started_at DESC, run_id DESC {limit}",
         cols.join(", ")
     )
 }

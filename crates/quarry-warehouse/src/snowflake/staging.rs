@@ -17,9 +17,9 @@ use quarry_core::{Error, Result, Table};
 
 use super::client::Snowflake;
 use super::files::{file_batch, file_writer};
-use super::sql::{IN_CHUNK, column_names, columns, literal, record_sql, runs_select};
+use super::sql::{IN_CHUNK, column_names, columns, literal, record_sql};
 use crate::RunRecord;
-use crate::staging::{StagedRun, StagingBackend};
+use crate::staging::{StagedRun, StagedWarehouse, StagingBackend};
 
 /// The Parquet files of an open run.
 #[derive(Default)]
@@ -56,20 +56,6 @@ impl Snowflake {
             Error::internal(format!("snowflake: staged file {name}: {e}")).with_source(e)
         })?;
         self.put_file(table, &run.tag, &name, data).await
-    }
-
-    /// The runs `filter` (a WHERE clause, or nothing) selects, newest
-    /// first, at most `limit`.
-    pub(super) async fn runs_where(
-        &self,
-        what: &str,
-        filter: &str,
-        limit: Option<u32>,
-    ) -> Result<Vec<RunRecord>> {
-        let rows = self
-            .read(what, &runs_select(&self.qualified, filter, limit))
-            .await?;
-        rows.iter().map(|r| RunRecord::from_cells(r)).collect()
     }
 }
 
@@ -199,9 +185,9 @@ impl StagingBackend for Snowflake {
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        let filter = format!("WHERE run_id = {}", literal(run_id));
+        let condition = format!("run_id = {}", literal(run_id));
         Ok(self
-            .runs_where("get run", &filter, Some(1))
+            .runs_where("get run", &condition, Some(1))
             .await?
             .into_iter()
             .next())
