@@ -21,6 +21,12 @@ pub fn parse_date(text: &str) -> Option<i32> {
         .and_then(|d| i32::try_from((d - epoch()).num_days()).ok())
 }
 
+/// The Monday of the week of a day number (weeks start on Monday).
+pub fn week_start(day: i32) -> i32 {
+    // 1970-01-01 was a Thursday: day 0 is 3 days after a Monday.
+    day - (day + 3).rem_euclid(7)
+}
+
 /// The current UTC time as RFC 3339 with milliseconds (run records).
 pub fn now_text() -> String {
     Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
@@ -41,6 +47,10 @@ mod tests {
             assert_eq!(parse_date(text), Some(days));
         }
         assert_eq!(parse_date("2024-02-30"), None);
+        assert_eq!(week_start(19_723), 19_723); // Monday 2024-01-01
+        assert_eq!(week_start(19_729), 19_723); // Sunday 2024-01-07
+        assert_eq!(week_start(0), -3); // Thursday 1970-01-01
+        assert_eq!(week_start(-4), -10);
         assert!(now_text().ends_with('Z'));
     }
 }

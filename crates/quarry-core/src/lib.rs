@@ -22,5 +22,5 @@ pub mod text;
 
 pub use config::Config;
 pub use error::{Error, ErrorCategory, ErrorKind, Result};
-pub use run::RunStatus;
+pub use run::{RunMode, RunStatus};
 pub use schema::Table;

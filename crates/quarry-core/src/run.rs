@@ -1,4 +1,4 @@
-//! The states of a run, as every service records and reports them.
+//! The states and modes of a run, as every service records and reports them.
 
 use std::fmt;
 
@@ -40,6 +40,40 @@ impl fmt::Display for RunStatus {
     }
 }
 
+/// Who computes the weekly aggregate of a run: the transformer (`etl`), or
+/// the warehouse with SQL inside the commit (`elt`). Both give identical
+/// tables.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    #[default]
+    Etl,
+    Elt,
+}
+
+impl RunMode {
+    pub const ALL: [RunMode; 2] = [Self::Etl, Self::Elt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Etl => "etl",
+            Self::Elt => "elt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for RunMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +85,8 @@ mod tests {
             assert!(s.is(&s.to_string()));
         }
         assert_eq!(RunStatus::parse("done"), None);
+        for m in RunMode::ALL {
+            assert_eq!(RunMode::parse(m.as_str()), Some(m));
+        }
     }
 }

@@ -51,6 +51,9 @@ struct Part {
     /// Reused buffer of the rows of one batch to fold: (table, group,
     /// hash of the group, Σ quantity, ±notional).
     folds: Vec<(usize, u64, u64, i128, i128)>,
+    /// Whether the weekly groups are built: off when the warehouse computes
+    /// the aggregate (ELT), which saves their memory and their time.
+    groups: bool,
 }
 
 /// Trades and volume (Σ quantity, scaled by 10^8) of one day and client type.
@@ -177,6 +180,7 @@ impl Part {
             daily: HashMap::new(),
             newest: None,
             folds: Vec::new(),
+            groups: true,
         }
     }
 
@@ -224,6 +228,17 @@ impl Part {
                 Some(b'b') => 2,
                 _ => return Err(Error::internal(format!("unnormalised client_type {ct:?}"))),
             };
+            let day = self
+                .daily
+                .entry((c.date.value(i), client_type))
+                .or_default();
+            day.trades += 1;
+            day.volume += q;
+            let ts = c.ts.value(i);
+            self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
+            if !self.groups {
+                continue;
+            }
             let user_id = self.users[client_type as usize].id(user);
             if user_id >= 1 << USER_BITS {
                 return Err(Error::internal(
@@ -234,14 +249,6 @@ impl Part {
                 user: (client_type as u32) << USER_BITS | user_id,
                 symbol: self.symbols.id(symbol),
             };
-            let day = self
-                .daily
-                .entry((c.date.value(i), client_type))
-                .or_default();
-            day.trades += 1;
-            day.volume += q;
-            let ts = c.ts.value(i);
-            self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
             let notional = q * price;
             let pnl = if side.as_bytes().first() == Some(&b's') {
                 notional
@@ -318,6 +325,16 @@ impl Aggregator {
             }),
             parts: (0..PARTS).map(|_| Mutex::new(Part::new(dedup))).collect(),
         }
+    }
+
+    /// Builds no weekly groups: the duplicates and the profile (whose days
+    /// are the run's) only, for a run whose warehouse computes the aggregate
+    /// from `trades` (ELT). Its `into_batches` yields no rows.
+    pub fn without_groups(mut self) -> Self {
+        for part in &mut self.parts {
+            part.get_mut().expect("aggregator lock").groups = false;
+        }
+        self
     }
 
     /// Folds a batch of validated trades (`TRADES_SCHEMA`) into the totals.

@@ -268,4 +268,22 @@ mod tests {
         let (out, dups) = aggregate(&rows, true);
         assert_eq!((dups, out[0].6), (2, 1));
     }
+
+    #[test]
+    fn without_groups_only_duplicates_and_the_profile_are_kept() {
+        let rows = [row(GOOD), row(GOOD)];
+        let agg = Aggregator::new(true, None).without_groups();
+        let kept = agg
+            .ingest(validate(&batch(&rows), "f").unwrap().trades)
+            .unwrap();
+        assert_eq!(kept.num_rows(), 1);
+        let (mut batches, dups, profile) = agg.into_batches(2);
+        assert!(batches.next().is_none());
+        assert_eq!(dups.count().unwrap().exact, 1);
+        // 2023-01-02: the one day of the run.
+        assert_eq!(
+            profile.daily.keys().collect::<Vec<_>>(),
+            [&(19_359, "bronze")]
+        );
+    }
 }

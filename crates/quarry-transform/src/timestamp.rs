@@ -70,10 +70,7 @@ pub fn trade_date(nanos: i64) -> i32 {
     nanos.div_euclid(NANOS_PER_DAY) as i32
 }
 
-/// The Monday on or before a date (days since the epoch; 1970-01-01 was a Thursday).
-pub fn week_start(day: i32) -> i32 {
-    day - (day + 3).rem_euclid(7)
-}
+pub use quarry_core::dates::week_start;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_listen, check_metrics_listen, check_url};
 use crate::error::{Error, Result};
+use crate::run::RunMode;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +57,9 @@ pub struct TransformerConfig {
     pub dedup: bool,
     /// Load validated raw rows into `trades` (off: aggregates and rejects only).
     pub load_raw_trades: bool,
+    /// Who computes the weekly aggregate: the transformer (`etl`) or the
+    /// warehouse from the loaded raw trades (`elt`).
+    pub mode: RunMode,
     pub progress_interval_ms: u64,
     /// On SIGTERM/SIGINT: seconds in-flight runs may take to finish; runs
     /// still going then are aborted (nothing committed) and the process exits.
@@ -163,6 +167,7 @@ impl Default for TransformerConfig {
             split_concurrency: 2,
             dedup: false,
             load_raw_trades: true,
+            mode: RunMode::Etl,
             progress_interval_ms: 250,
             shutdown_grace_secs: 540,
             quality: QualityConfig::default(),
@@ -296,6 +301,11 @@ impl TransformerConfig {
         if self.progress_interval_ms == 0 {
             return Err(Error::config(
                 "transformer.progress_interval_ms must be positive",
+            ));
+        }
+        if self.mode == RunMode::Elt && !self.load_raw_trades {
+            return Err(Error::config(
+                "transformer.mode = \"elt\" computes the weekly aggregate from the raw trades: it needs transformer.load_raw_trades = true",
             ));
         }
         self.quality.validate()

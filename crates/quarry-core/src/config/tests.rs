@@ -115,6 +115,37 @@ fn unknown_keys_and_bad_values_are_refused() {
 }
 
 #[test]
+fn elt_mode_needs_the_raw_trades() {
+    let c = Config::load_with_env(None, env(&[("QUARRY_TRANSFORMER__MODE", "elt")])).unwrap();
+    assert_eq!(c.transformer.mode, crate::RunMode::Elt);
+    assert_eq!(Config::default().transformer.mode, crate::RunMode::Etl);
+    let e = Config::load_with_env(
+        None,
+        env(&[
+            ("QUARRY_TRANSFORMER__MODE", "elt"),
+            ("QUARRY_TRANSFORMER__LOAD_RAW_TRADES", "false"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), crate::ErrorKind::Config);
+    let e = e.to_string();
+    assert!(
+        e.contains("transformer.mode") && e.contains("transformer.load_raw_trades"),
+        "{e}"
+    );
+    // Without raw trades, ETL is fine; an unknown mode is refused.
+    Config::load_with_env(
+        None,
+        env(&[("QUARRY_TRANSFORMER__LOAD_RAW_TRADES", "false")]),
+    )
+    .unwrap();
+    let e = Config::load_with_env(None, env(&[("QUARRY_TRANSFORMER__MODE", "both")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("both"), "{e}");
+}
+
+#[test]
 fn snowflake_is_configured_from_the_environment() {
     let c = Config::load_with_env(
         None,
