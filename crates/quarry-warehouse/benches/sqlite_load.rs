@@ -25,7 +25,7 @@ use arrow::array::{
 use quarry_core::Table;
 use quarry_core::schema::QUANTITY_TYPE;
 use quarry_warehouse::sqlite::SqliteWarehouse;
-use quarry_warehouse::{RunCommit, RunStart, RunStats, Warehouse, WriteMode};
+use quarry_warehouse::{RunCommit, RunStart, Warehouse, WriteMode};
 use rusqlite::Connection;
 
 const BATCH_ROWS: usize = 65_536;
@@ -162,9 +162,7 @@ async fn quarry(dir: &Path, rows: usize) -> f64 {
     }
     wh.commit(RunCommit {
         run_id,
-        source_files: vec![],
-        stats: RunStats::default(),
-        quality_json: String::new(),
+        ..Default::default()
     })
     .await
     .expect("commit");

@@ -33,6 +33,7 @@ mod staging;
 #[cfg(any(feature = "bigquery", feature = "snowflake"))]
 mod text_rows;
 mod types;
+mod weeks;
 
 pub use types::{
     Metric, PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser,

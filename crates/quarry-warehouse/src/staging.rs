@@ -9,8 +9,11 @@
 //!   or gathered into bigger loads or files);
 //! - **commit**: the backend sends what it still gathers, then every staging
 //!   table's row count is read back and must equal the rows sent (else the
-//!   commit is refused, category quality); the backend then replaces the
-//!   covered partitions with the staged rows and writes the succeeded record
+//!   commit is refused, category quality); what the warehouse holds of the
+//!   run's weeks is read and the [`WeekPlan`] decided (which weeks are
+//!   recomputed from `trades`, or the refusal); the backend then replaces the
+//!   covered partitions with the staged rows, recomputes the planned weeks,
+//!   records the run's days in `loaded_days` and writes the succeeded record
 //!   — in one transaction where it has them; the staging tables are dropped.
 //!   A commit that fails drops them too and records the run as failed with
 //!   the commit's error;
@@ -28,10 +31,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Date32Type;
 use async_trait::async_trait;
-use quarry_core::dates::date_text;
+use quarry_core::dates::{date_text, parse_date};
 use quarry_core::{Error, ErrorCategory, Result, RunStatus, Table};
 use tokio::sync::Mutex;
 
+use crate::weeks::{WeekPlan, WeekState};
 use crate::{
     PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, RunStats, TopUser, TopUsersQuery,
     Warehouse, WeeklyTotal, WriteMode, check_batch,
@@ -106,6 +110,16 @@ impl Staged {
         }
     }
 
+    /// The date partitions (days since the epoch) the run replaces in `table`.
+    pub fn days(&self, table: Table) -> BTreeSet<i32> {
+        self.partitions
+            .get(&table)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| parse_date(p))
+            .collect()
+    }
+
     /// At commit: the run's source files join the partitions it replaces
     /// (their rows in `trades_rejected`), unless rejected rows were appended.
     pub fn cover_sources(&mut self, source_files: &[String]) {
@@ -161,10 +175,22 @@ pub(crate) trait StagingBackend: Send + Sync + 'static {
     /// The rows `table`'s staging table holds.
     async fn count_staged(&self, tag: &str, table: Table) -> Result<u64>;
 
-    /// Replaces the covered partitions (`run.staged.partitions`) of every
-    /// table with the run's staged rows and writes `record` (succeeded) — in
-    /// one transaction where the backend has them.
-    async fn swap(&self, run: &mut StagedRun<Self::Pending>, record: &RunRecord) -> Result<()>;
+    /// What the warehouse holds of `weeks` (committed state).
+    async fn week_state(&self, weeks: &BTreeSet<i32>) -> Result<WeekState>;
+
+    /// Replaces the covered partitions (`run.staged.partitions`) of `trades`
+    /// and `trades_rejected` with the run's staged rows, and of
+    /// `agg_trades_weekly` for `plan.swapped_weeks()`; replaces each week of
+    /// `plan.recompute` by the exact aggregate of the trades of its days
+    /// (the run's days as the run staged them); records `plan.run_days` in
+    /// `loaded_days`; writes `record` (succeeded) — in one transaction
+    /// where the backend has them.
+    async fn swap(
+        &self,
+        run: &mut StagedRun<Self::Pending>,
+        plan: &WeekPlan,
+        record: &RunRecord,
+    ) -> Result<()>;
 
     /// Writes a run's record (replacing an earlier version).
     async fn record(&self, record: &RunRecord) -> Result<()>;
@@ -226,13 +252,16 @@ impl<B: StagingBackend> StagedRuns<B> {
             rows.insert(table.name().to_string(), held);
         }
         run.staged.cover_sources(&commit.source_files);
+        let (days, weeks) = WeekPlan::covered(commit, &run.staged.days(Table::AggTradesWeekly));
+        let state = self.backend.week_state(&weeks).await?;
+        let plan = WeekPlan::new(commit, days, weeks, &state)?;
         // The commit's time as SQLite records it: up to the swap that
         // writes the record.
         let mut commit = commit.clone();
         commit.stats.commit_ms = started.elapsed().as_millis() as u64;
         let mut record = run.record.clone();
         record.succeeded(&commit, &rows);
-        self.backend.swap(run, &record).await?;
+        self.backend.swap(run, &plan, &record).await?;
         run.record = record;
         Ok(rows)
     }

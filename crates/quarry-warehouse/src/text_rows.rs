@@ -1,13 +1,17 @@
-//! A partition read back as text, as one Arrow batch: the BigQuery and
-//! Snowflake backends select every value as text (exact decimals, dates as
-//! `YYYY-MM-DD`) and convert it here by value into the table's schema.
+//! Rows read back as text: the BigQuery and Snowflake backends select every
+//! value as text (exact decimals, dates as `YYYY-MM-DD`) and convert it here
+//! by value — a partition into one Arrow batch of the table's schema, the
+//! days and weeks the warehouse holds into a [`WeekState`].
+
+use std::collections::BTreeSet;
 
 use arrow::array::RecordBatch;
-use quarry_core::dates::parse_date;
+use quarry_core::dates::{date_text, parse_date, week_start};
 use quarry_core::decimal::{self, PNL_SCALE, SCALE};
 use quarry_core::{Error, Result, Table};
 
 use crate::arrow_rows::{Agg, PartitionBuilder, Rejected, Trade};
+use crate::weeks::{LoadedDay, WeekState};
 
 /// Rows of a result, every value as text (NULL: None).
 pub type Rows = Vec<Vec<Option<String>>>;
@@ -109,6 +113,64 @@ pub fn partition_batch(
     Ok(out.finish()?.into_iter().collect())
 }
 
+/// `days` as a comma-separated list of SQL date literals (`literal` quotes
+/// one `YYYY-MM-DD` text).
+pub fn date_list(days: impl IntoIterator<Item = i32>, literal: impl Fn(&str) -> String) -> String {
+    days.into_iter()
+        .map(|d| literal(&date_text(d)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every day of `weeks` (Mondays): where `trades` is asked which days it
+/// holds, partition-pruned to the weeks at hand.
+pub fn days_of_weeks(weeks: &BTreeSet<i32>) -> BTreeSet<i32> {
+    weeks.iter().flat_map(|w| *w..*w + 7).collect()
+}
+
+/// What a week-state row names in its first cell.
+pub const LOADED: &str = "loaded";
+pub const HOT_DAY: &str = "trades";
+pub const HOT_WEEK: &str = "agg";
+
+/// The rows of a week-state query, `(kind, date, raw_trades)` as text: a
+/// `loaded_days` row ([`LOADED`], its day, `true`/`false`), a day `trades`
+/// holds rows of ([`HOT_DAY`]) or a week `agg_trades_weekly` holds rows of
+/// ([`HOT_WEEK`]). Only the hot days that are loaded days count.
+pub fn week_state(backend: &str, rows: &[Vec<Option<String>>]) -> Result<WeekState> {
+    let mut state = WeekState::default();
+    let mut hot_days = BTreeSet::new();
+    for row in rows {
+        let c = Cells { backend, row };
+        let day = c.day(1)?;
+        match c.text(0)? {
+            LOADED => {
+                let raw = c.text(2)?;
+                let raw_trades = match raw.to_ascii_lowercase().as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(c.bad("a boolean", Some(raw))),
+                };
+                state.loaded.push(LoadedDay { day, raw_trades });
+            }
+            HOT_DAY => {
+                hot_days.insert(day);
+            }
+            HOT_WEEK => {
+                state.hot_weeks.insert(week_start(day));
+            }
+            other => return Err(c.bad("a week-state row", Some(other))),
+        }
+    }
+    state.hot_days = state
+        .loaded
+        .iter()
+        .map(|l| l.day)
+        .filter(|d| hot_days.contains(d))
+        .collect();
+    Ok(state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +268,47 @@ mod tests {
             partition_batch("test", Table::Trades, &[], ts())
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn week_state_rows() {
+        let rows = vec![
+            row(&[Some("loaded"), Some("2024-01-01"), Some("true")]),
+            row(&[Some("loaded"), Some("2024-01-02"), Some("FALSE")]),
+            row(&[Some("loaded"), Some("2024-01-03"), Some("true")]),
+            row(&[Some("trades"), Some("2024-01-01"), None]),
+            row(&[Some("trades"), Some("2024-01-05"), None]),
+            row(&[Some("agg"), Some("2024-01-01"), None]),
+        ];
+        let s = week_state("test", &rows).unwrap();
+        let d = |t: &str| parse_date(t).unwrap();
+        assert_eq!(
+            s.loaded,
+            [
+                LoadedDay {
+                    day: d("2024-01-01"),
+                    raw_trades: true
+                },
+                LoadedDay {
+                    day: d("2024-01-02"),
+                    raw_trades: false
+                },
+                LoadedDay {
+                    day: d("2024-01-03"),
+                    raw_trades: true
+                },
+            ]
+        );
+        // A day of trades that loaded_days does not name is not a hot day.
+        assert_eq!(s.hot_days, BTreeSet::from([d("2024-01-01")]));
+        assert_eq!(s.hot_weeks, BTreeSet::from([d("2024-01-01")]));
+        let bad = row(&[Some("loaded"), Some("2024-01-01"), Some("maybe")]);
+        assert!(week_state("test", &[bad]).is_err());
+        assert_eq!(days_of_weeks(&BTreeSet::from([d("2024-01-01")])).len(), 7);
+        assert_eq!(
+            date_list([d("2024-01-01"), d("2024-01-08")], |t| format!("'{t}'")),
+            "'2024-01-01', '2024-01-08'"
         );
     }
 }

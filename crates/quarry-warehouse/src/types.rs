@@ -2,9 +2,9 @@
 //! partitions, report rows. The services convert these to and from their
 //! wire types at their gRPC edge; nothing here is protobuf.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use quarry_core::{ErrorCategory, RunStatus};
+use quarry_core::{ErrorCategory, RunMode, RunStatus};
 
 /// How a run's batches of a table are applied when it commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,14 +99,23 @@ pub struct RunStart {
     pub owner_json: String,
 }
 
-/// What a successful run commits with.
-#[derive(Debug, Clone)]
+/// What a successful run commits with. The default declares no days: a
+/// plain put of the partitions staged (the archiver's restores).
+#[derive(Debug, Clone, Default)]
 pub struct RunCommit {
     pub run_id: String,
     /// Every file the run read: their earlier rejected rows are replaced.
     pub source_files: Vec<String>,
     pub stats: RunStats,
     pub quality_json: String,
+    /// Who computed the weekly aggregate: in ELT the run sent none and the
+    /// warehouse computes every week it touches from `trades`.
+    pub mode: RunMode,
+    /// The days (`trade_date`, days since the epoch) of the run's valid
+    /// rows: their partitions are replaced, their weeks recomputed.
+    pub days: BTreeSet<i32>,
+    /// Whether the run loaded its raw trades into `trades`.
+    pub raw_trades: bool,
 }
 
 /// Why a run failed.

@@ -19,7 +19,7 @@ use quarry_core::config::BigQueryConfig;
 use quarry_core::{Error, Result, Table};
 use serde::Serialize;
 
-use super::sql::{literal, tables_sql};
+use super::sql::{backfill_days_sql, literal, tables_sql};
 use crate::retry::{RetryLogic, RetryPolicy};
 
 /// Error reasons worth another attempt (BigQuery's troubleshooting guide).
@@ -463,8 +463,9 @@ impl BigQuery {
     }
 
     /// Reaches BigQuery once (a wrong endpoint, credentials or project
-    /// says so at once), then creates the dataset and the tables if missing
-    /// and adds the columns later versions brought to `pipeline_runs`.
+    /// says so at once), then creates the dataset and the tables if missing,
+    /// adds the columns later versions brought to `pipeline_runs` and fills
+    /// a new `loaded_days`.
     pub async fn connect_and_create(&self) -> Result<()> {
         self.query_once("SELECT 1")
             .await
@@ -489,8 +490,24 @@ impl BigQuery {
             );
             self.query("create dataset", &create).await?;
         }
-        for sql in tables_sql(&format!("`{}.{}`", self.project, self.dataset)) {
+        let ds = format!("`{}.{}`", self.project, self.dataset);
+        for sql in tables_sql(&ds) {
             self.query("create tables", &sql).await?;
+        }
+        // A dataset of an older Quarry records the days it holds, once; the
+        // look at the tiny loaded_days spares the scan of trades after.
+        let days = self
+            .count(
+                "inspect loaded_days",
+                &format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM {} LIMIT 1)",
+                    self.table("loaded_days")
+                ),
+            )
+            .await?;
+        if days == 0 {
+            self.query("backfill loaded_days", &backfill_days_sql(&ds))
+                .await?;
         }
         // pipeline_runs of an older Quarry lacks the owner column.
         self.query(

@@ -1,5 +1,6 @@
-//! GoogleSQL Quarry writes: the tables' DDL, column lists, literals, and
-//! the `pipeline_runs` rows as values.
+//! GoogleSQL Quarry writes: the tables' DDL, column lists, literals, the
+//! `pipeline_runs` rows as values, and the weekly aggregate folded from
+//! `trades`.
 
 use std::fmt::Write as _;
 
@@ -12,7 +13,7 @@ pub(super) const RUN_COLUMNS: &str = "run_id, source, status, started_at, finish
      rows_rejected, rows_duplicate, agg_rows, plan_ms, extract_ms, transform_ms, load_ms, \
      commit_ms, total_ms, rows_committed, error_category, error_message, quality, options, owner";
 
-pub(super) fn tables_sql(ds: &str) -> [String; 4] {
+pub(super) fn tables_sql(ds: &str) -> [String; 5] {
     [
         format!(
             "CREATE TABLE IF NOT EXISTS {ds}.trades (
@@ -48,7 +49,69 @@ pub(super) fn tables_sql(ds: &str) -> [String; 4] {
                 quality STRING, options STRING, owner STRING
             )"
         ),
+        // The days the warehouse holds (crate::weeks): a week is recomputed
+        // from them.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ds}.loaded_days (
+                trade_date DATE NOT NULL, week_start_date DATE NOT NULL,
+                raw_trades BOOL NOT NULL, run_id STRING NOT NULL
+            ) PARTITION BY week_start_date"
+        ),
     ]
+}
+
+/// The Monday of a DATE expression's week.
+pub(super) fn week_of(date: &str) -> String {
+    format!("DATE_TRUNC({date}, WEEK(MONDAY))")
+}
+
+/// Fills an empty `loaded_days` (`{ds}.loaded_days`) from what an older
+/// Quarry's dataset holds: every day of `trades` (with raw trades), and the
+/// Monday of every week of `agg_trades_weekly` without such a day (loaded
+/// without raw trades). Inserts nothing once `loaded_days` holds a row.
+pub(super) fn backfill_days_sql(ds: &str) -> String {
+    let week = week_of("trade_date");
+    format!(
+        "INSERT INTO {ds}.loaded_days (trade_date, week_start_date, raw_trades, run_id)
+         SELECT day, week, raw_trades, 'backfill' FROM (
+             SELECT trade_date AS day, {week} AS week, TRUE AS raw_trades
+             FROM {ds}.trades GROUP BY trade_date
+             UNION ALL
+             SELECT week_start_date, week_start_date, FALSE
+             FROM {ds}.agg_trades_weekly
+             WHERE week_start_date NOT IN (SELECT {week} FROM {ds}.trades GROUP BY 1)
+             GROUP BY week_start_date
+         )
+         WHERE NOT EXISTS (SELECT 1 FROM {ds}.loaded_days)"
+    )
+}
+
+/// A date as a GoogleSQL literal.
+pub(super) fn date_literal(text: &str) -> String {
+    format!("DATE '{text}'")
+}
+
+/// The exact weekly aggregate of the `trades` of `days` (a list of date
+/// literals) into `agg`, per week, client type, user and symbol. Amounts
+/// are multiplied as BIGNUMERIC: NUMERIC would round the products (16
+/// decimal places) to 9. The casts name a scale because a bare BIGNUMERIC
+/// is DECIMAL(38, 5) on the emulator; on BigQuery the product of two
+/// BIGNUMERICs is an unrounded BIGNUMERIC either way. The sums are cast to
+/// the columns' types.
+pub(super) fn fold_sql(agg: &str, trades: &str, days: &str) -> String {
+    let amount = "CAST(quantity AS BIGNUMERIC(38, 8)) * CAST(price AS BIGNUMERIC(38, 8))";
+    format!(
+        "INSERT INTO {agg} ({cols})
+         SELECT {week}, client_type, user_id, symbol,
+                CAST(SUM(CAST(quantity AS BIGNUMERIC(38, 8))) AS BIGNUMERIC(38, 8)),
+                CAST(SUM(CASE side WHEN 'sell' THEN {amount} ELSE -({amount}) END)
+                     AS BIGNUMERIC(38, 16)),
+                COUNT(*)
+         FROM {trades} WHERE trade_date IN ({days})
+         GROUP BY 1, 2, 3, 4;\n",
+        cols = columns(Table::AggTradesWeekly),
+        week = week_of("trade_date"),
+    )
 }
 
 /// The columns a table's staging copy is inserted with.

@@ -4,21 +4,26 @@
 //! table into jobs of up to 32 MiB, the rest at commit): load jobs write no
 //! streaming buffer, so the rows can be deleted or replaced by DML at once.
 //! The swap is ONE multi-statement transaction: per table `DELETE` the
-//! covered partitions and `INSERT … SELECT` from staging, plus the run's
-//! record; it counts only once its job completed without an error.
+//! covered partitions and `INSERT … SELECT` from staging; the weeks the
+//! plan recomputes are folded from `trades` (after the run's days were
+//! replaced), the run's days recorded in `loaded_days`, and the run's
+//! record written; it counts only once its job completed without an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
+use quarry_core::dates::{date_text, week_start};
 use quarry_core::{Result, Table};
 
 use super::client::{BigQuery, Load};
 use super::json::batch_json;
-use super::sql::{columns, literal, partition_literal, record_sql};
+use super::sql::{columns, date_literal, fold_sql, literal, partition_literal, record_sql};
 use crate::RunRecord;
 use crate::staging::{StagedRun, StagedWarehouse, StagingBackend};
+use crate::text_rows::{self, HOT_DAY, HOT_WEEK, LOADED, date_list, days_of_weeks};
+use crate::weeks::{WeekPlan, WeekState};
 
 /// Newline-delimited JSON gathered per table before one load job takes it:
 /// few, big jobs (each has seconds of overhead on BigQuery, and a table takes
@@ -46,6 +51,74 @@ impl Loads {
             job_id: format!("{}_{table}_{}", self.job_prefix, self.loads),
             data,
         })
+    }
+}
+
+impl BigQuery {
+    /// The weekly aggregate's part of the commit script: every week of the
+    /// plan is replaced — by the run's staged rows, or (recomputed weeks) by
+    /// the fold of the trades of all its days — and the run's days are
+    /// recorded in `loaded_days`.
+    fn swap_weeks(&self, script: &mut String, run: &StagedRun<Loads>, plan: &WeekPlan) {
+        let agg = self.table(Table::AggTradesWeekly.name());
+        if !plan.weeks.is_empty() {
+            let _ = writeln!(
+                script,
+                "DELETE FROM {agg} WHERE week_start_date IN ({});",
+                date_list(plan.weeks.iter().copied(), date_literal)
+            );
+        }
+        if run.staged.rows.contains_key(&Table::AggTradesWeekly) {
+            let cols = columns(Table::AggTradesWeekly);
+            let stage = self.stage(Table::AggTradesWeekly, &run.tag);
+            let swapped: Vec<i32> = plan.swapped_weeks().collect();
+            if plan.is_plain_swap() {
+                let _ = writeln!(
+                    script,
+                    "INSERT INTO {agg} ({cols}) SELECT {cols} FROM {stage};"
+                );
+            } else if !swapped.is_empty() {
+                // The staged rows of recomputed weeks are left out.
+                let _ = writeln!(
+                    script,
+                    "INSERT INTO {agg} ({cols}) SELECT {cols} FROM {stage} \
+                     WHERE week_start_date IN ({});",
+                    date_list(swapped, date_literal)
+                );
+            }
+        }
+        if !plan.recompute.is_empty() {
+            let days = date_list(plan.fold_days(), date_literal);
+            script.push_str(&fold_sql(&agg, &self.table(Table::Trades.name()), &days));
+        }
+        if !plan.run_days.is_empty() {
+            let loaded = self.table("loaded_days");
+            let weeks: BTreeSet<i32> = plan.run_days.iter().map(|d| week_start(*d)).collect();
+            let _ = writeln!(
+                script,
+                "DELETE FROM {loaded} WHERE week_start_date IN ({}) AND trade_date IN ({});",
+                date_list(weeks, date_literal),
+                date_list(plan.run_days.iter().copied(), date_literal)
+            );
+            let run_id = literal(&run.record.run_id);
+            let values: Vec<String> = plan
+                .run_days
+                .iter()
+                .map(|d| {
+                    format!(
+                        "({}, {}, {}, {run_id})",
+                        date_literal(&date_text(*d)),
+                        date_literal(&date_text(week_start(*d))),
+                        plan.raw_trades
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                script,
+                "INSERT INTO {loaded} (trade_date, week_start_date, raw_trades, run_id) VALUES {};",
+                values.join(", ")
+            );
+        }
     }
 }
 
@@ -125,9 +198,39 @@ impl StagingBackend for BigQuery {
         .await
     }
 
-    async fn swap(&self, run: &mut StagedRun<Loads>, record: &RunRecord) -> Result<()> {
+    async fn week_state(&self, weeks: &BTreeSet<i32>) -> Result<WeekState> {
+        if weeks.is_empty() {
+            return Ok(WeekState::default());
+        }
+        // One query, each part pruned to the weeks' partitions.
+        let sql = format!(
+            "SELECT '{LOADED}', CAST(trade_date AS STRING), CAST(raw_trades AS STRING)
+             FROM {loaded} WHERE week_start_date IN ({weeks})
+             UNION ALL
+             SELECT '{HOT_DAY}', CAST(trade_date AS STRING), CAST(NULL AS STRING)
+             FROM {trades} WHERE trade_date IN ({days}) GROUP BY trade_date
+             UNION ALL
+             SELECT '{HOT_WEEK}', CAST(week_start_date AS STRING), CAST(NULL AS STRING)
+             FROM {agg} WHERE week_start_date IN ({weeks}) GROUP BY week_start_date",
+            loaded = self.table("loaded_days"),
+            trades = self.table(Table::Trades.name()),
+            agg = self.table(Table::AggTradesWeekly.name()),
+            weeks = date_list(weeks.iter().copied(), date_literal),
+            days = date_list(days_of_weeks(weeks), date_literal),
+        );
+        let rows = self.rows("read the days of the run's weeks", &sql).await?;
+        text_rows::week_state("bigquery", &rows)
+    }
+
+    async fn swap(
+        &self,
+        run: &mut StagedRun<Loads>,
+        plan: &WeekPlan,
+        record: &RunRecord,
+    ) -> Result<()> {
         let mut script = String::from("BEGIN TRANSACTION;\n");
-        for table in Table::ALL {
+        // The trades first: the recomputed weeks are folded from them.
+        for table in [Table::Trades, Table::TradesRejected] {
             let target = self.table(table.name());
             if let Some(parts) = run.staged.partitions.get(&table).filter(|p| !p.is_empty()) {
                 let list = parts
@@ -150,6 +253,7 @@ impl StagingBackend for BigQuery {
                 );
             }
         }
+        self.swap_weeks(&mut script, run, plan);
         script.push_str(&record_sql(&self.table("pipeline_runs"), record));
         script.push_str("COMMIT TRANSACTION;");
         // Confirmed only when the script's job completed without an error.

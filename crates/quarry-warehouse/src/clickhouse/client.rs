@@ -1,12 +1,15 @@
 //! Talking to the server: the HTTP client, statements with retries, the
 //! error classes, names and literals, the tables' DDL.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use clickhouse::{Client, RowWrite};
 use quarry_core::config::ClickHouseConfig;
+use quarry_core::dates::week_start;
 use quarry_core::{Error, Result, Table};
 
+use super::rows::LoadedDayRow;
 use crate::retry::{RetryLogic, RetryPolicy};
 
 /// ClickHouse exception codes worth another attempt: timeouts, network,
@@ -52,7 +55,7 @@ pub(super) fn literal(s: &str) -> String {
     out
 }
 
-pub(super) fn tables_sql(db: &str) -> [String; 4] {
+pub(super) fn tables_sql(db: &str) -> [String; 5] {
     [
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.trades (
@@ -86,6 +89,14 @@ pub(super) fn tables_sql(db: &str) -> [String; 4] {
                 rows_committed String, error_category String, error_message String,
                 quality String, options String, owner String
             ) ENGINE = ReplacingMergeTree(version) ORDER BY run_id"
+        ),
+        // Upserted by inserting a higher version, read with FINAL: a reader
+        // sees a day's old row or its new one, never neither.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.loaded_days (
+                trade_date Date, week_start_date Date, raw_trades UInt8, run_id String,
+                version UInt64
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY trade_date"
         ),
     ]
 }
@@ -233,7 +244,66 @@ impl ClickHouse {
             )
             .await?;
         }
-        Ok(())
+        self.backfill_loaded_days().await
+    }
+
+    /// A warehouse from before `loaded_days` records the days it holds, once:
+    /// every day of `trades` (with raw trades), and the Monday of every week
+    /// of `agg_trades_weekly` without such a day (without). One insert, so a
+    /// crash leaves it empty and the next start does it again; two processes
+    /// doing it at once write the same rows, which FINAL folds.
+    async fn backfill_loaded_days(&self) -> Result<()> {
+        let loaded = self.table_name("loaded_days");
+        if self
+            .count(
+                "inspect loaded_days",
+                &format!("SELECT count() FROM {loaded}"),
+            )
+            .await?
+            > 0
+        {
+            return Ok(());
+        }
+        let distinct = |column: &str, table: Table| {
+            format!("SELECT DISTINCT {column} FROM {}", self.table(table))
+        };
+        let (days_sql, weeks_sql) = (
+            distinct("trade_date", Table::Trades),
+            distinct("week_start_date", Table::AggTradesWeekly),
+        );
+        let days = self
+            .retry("backfill loaded_days", || {
+                self.client.query(&days_sql).fetch_all::<u16>()
+            })
+            .await?;
+        let weeks = self
+            .retry("backfill loaded_days", || {
+                self.client.query(&weeks_sql).fetch_all::<u16>()
+            })
+            .await?;
+        let days: BTreeSet<i32> = days.into_iter().map(i32::from).collect();
+        let day_weeks: BTreeSet<i32> = days.iter().map(|d| week_start(*d)).collect();
+        let mondays: BTreeSet<i32> = weeks
+            .into_iter()
+            .map(|w| week_start(i32::from(w)))
+            .filter(|w| !day_weeks.contains(w))
+            .collect();
+        if days.is_empty() && mondays.is_empty() {
+            return Ok(());
+        }
+        let version = self.next_version();
+        let rows = days
+            .iter()
+            .map(|d| (*d, true))
+            .chain(mondays.iter().map(|w| (*w, false)))
+            .map(|(day, raw)| LoadedDayRow::new(day, raw, "backfill", version))
+            .collect::<Result<Vec<_>>>()?;
+        tracing::info!(
+            days = days.len(),
+            weeks_without_days = mondays.len(),
+            "clickhouse: recorded the days of a warehouse from before loaded_days"
+        );
+        self.insert_rows::<LoadedDayRow>("loaded_days", &rows).await
     }
 
     /// A table of the database by name, qualified for SQL.

@@ -8,7 +8,10 @@
 //! Decimal(38,16): exact. `timestamp` is DateTime('UTC') plus
 //! `timestamp_nanos` (UInt32), since servers before 20.1 have no DateTime64.
 //! Runs are rows of a ReplacingMergeTree keyed by run_id (latest version
-//! wins).
+//! wins); so are the days the warehouse holds (`loaded_days`, keyed by day;
+//! `raw_trades` is UInt8, since servers before 21.12 have no Bool). A
+//! warehouse from before `loaded_days` has it filled once from `trades` and
+//! `agg_trades_weekly` when the tables are created.
 //!
 //! - `client.rs`: the connection, statements with retries, error classes,
 //!   literals and DDL;
@@ -99,10 +102,12 @@ impl StagedWarehouse for ClickHouse {
     }
 
     async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
+        // Ordered by name: older servers read `ORDER BY 1` as a constant.
         let sql = format!(
             "SELECT toString(week_start_date), client_type, toString(sum(total_volume)),
                     toString(sum(total_pnl)), toUInt64(sum(trade_count))
-             FROM {} GROUP BY week_start_date, client_type ORDER BY 1, 2",
+             FROM {} GROUP BY week_start_date, client_type
+             ORDER BY week_start_date, client_type",
             self.table(Table::AggTradesWeekly)
         );
         let rows = self

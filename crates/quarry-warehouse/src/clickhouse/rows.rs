@@ -7,7 +7,7 @@ use arrow::datatypes::{
     Date32Type, Decimal128Type, Int64Type, TimestampNanosecondType, UInt64Type,
 };
 use clickhouse::Row;
-use quarry_core::dates::date_text;
+use quarry_core::dates::{date_text, week_start};
 use quarry_core::{Error, ErrorCategory, Result, Table};
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +71,29 @@ pub(super) struct AggRow {
     trade_count: i64,
 }
 
+/// A `loaded_days` row: a ReplacingMergeTree keyed by day, the highest
+/// version wins. `raw_trades` is 0/1 (servers before 21.12 have no Bool).
+#[derive(Debug, Row, Serialize, Deserialize)]
+pub(super) struct LoadedDayRow {
+    pub trade_date: u16,
+    pub week_start_date: u16,
+    pub raw_trades: u8,
+    pub run_id: String,
+    pub version: u64,
+}
+
+impl LoadedDayRow {
+    pub fn new(day: i32, raw_trades: bool, run_id: &str, version: u64) -> Result<Self> {
+        Ok(Self {
+            trade_date: day_u16(day, "trade_date")?,
+            week_start_date: day_u16(week_start(day), "week_start_date")?,
+            raw_trades: u8::from(raw_trades),
+            run_id: run_id.to_string(),
+            version,
+        })
+    }
+}
+
 /// A batch of one table as rows to insert.
 pub(super) enum Rows {
     Trades(Vec<TradeRow>),
@@ -78,7 +101,7 @@ pub(super) enum Rows {
     Agg(Vec<AggRow>),
 }
 
-fn day_u16(d: i32, what: &str) -> Result<u16> {
+pub(super) fn day_u16(d: i32, what: &str) -> Result<u16> {
     u16::try_from(d).map_err(|_| {
         Error::input(format!(
             "{what} {} is outside ClickHouse's Date range (1970-2149)",

@@ -15,7 +15,7 @@ use snowflake_api::{
     SnowflakeApiBuilder, SnowflakeApiError,
 };
 
-use super::sql::{cluster, columns, literal, runs_table_sql};
+use super::sql::{backfill_days_sql, cluster, columns, literal, loaded_days_sql, runs_table_sql};
 use super::stage::{Login, Uploader};
 use crate::retry::{RetryLogic, RetryPolicy};
 use crate::text_rows::Rows;
@@ -533,8 +533,9 @@ impl Snowflake {
     }
 
     /// Reaches Snowflake once (a wrong host or credentials says so at
-    /// once), then creates the database, schema and tables if missing and
-    /// adds the columns later versions brought to `pipeline_runs`.
+    /// once), then creates the database, schema and tables if missing, adds
+    /// the columns later versions brought to `pipeline_runs` and fills a new
+    /// `loaded_days`.
     pub async fn connect_and_create(&self) -> Result<()> {
         self.exec_once("cannot connect", "SELECT 1").await?;
         self.exec(
@@ -561,6 +562,8 @@ impl Snowflake {
         }
         self.exec("create tables", &runs_table_sql(&self.qualified))
             .await?;
+        self.exec("create tables", &loaded_days_sql(&self.qualified))
+            .await?;
         // pipeline_runs of an older Quarry lacks the owner column.
         self.exec(
             "add pipeline_runs.owner",
@@ -570,6 +573,21 @@ impl Snowflake {
             ),
         )
         .await?;
+        // A schema of an older Quarry records the days it holds, once; the
+        // look at the tiny loaded_days spares the scan of trades after.
+        let days = self
+            .count(
+                "inspect loaded_days",
+                &format!(
+                    "SELECT TO_VARCHAR(COUNT(*)) FROM (SELECT 1 FROM {}.loaded_days LIMIT 1)",
+                    self.qualified
+                ),
+            )
+            .await?;
+        if days == 0 {
+            self.exec("backfill loaded_days", &backfill_days_sql(&self.qualified))
+                .await?;
+        }
         Ok(())
     }
 }

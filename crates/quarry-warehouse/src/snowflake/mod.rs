@@ -104,12 +104,12 @@ impl StagedWarehouse for Snowflake {
     async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
         let sql = format!(
             "SELECT TO_VARCHAR(week_start_date, 'YYYY-MM-DD'), client_type,
-                    TO_VARCHAR({}), TO_VARCHAR({}),
-                    TO_VARCHAR(SUM(trade_count))
+                    TO_VARCHAR({}), TO_VARCHAR({}), TO_VARCHAR({})
              FROM {} GROUP BY week_start_date, client_type
              ORDER BY week_start_date, client_type",
             exact_sum("total_volume", SCALE),
             exact_sum("total_pnl", PNL_SCALE),
+            exact_sum("trade_count", 0),
             self.table(Table::AggTradesWeekly)
         );
         let rows = self.read("weekly totals", &sql).await?;

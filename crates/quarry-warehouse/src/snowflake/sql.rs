@@ -1,7 +1,9 @@
 //! Snowflake SQL Quarry writes: the tables' columns and DDL, literals, the
-//! `pipeline_runs` rows, and the selects that read values back as text.
+//! `pipeline_runs` rows, the selects that read values back as text, and the
+//! weekly aggregate folded from `trades`.
 
 use quarry_core::Table;
+use quarry_core::decimal::{PNL_SCALE, SCALE};
 
 use crate::RunRecord;
 
@@ -27,6 +29,73 @@ pub(super) fn columns(table: Table) -> &'static str {
              trade_count NUMBER(19, 0) NOT NULL, run_id VARCHAR NOT NULL"
         }
     }
+}
+
+/// `loaded_days`: the days the warehouse holds (crate::weeks), a week is
+/// recomputed from them.
+pub(super) fn loaded_days_sql(qualified: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {qualified}.loaded_days (
+             trade_date DATE NOT NULL, week_start_date DATE NOT NULL,
+             raw_trades BOOLEAN NOT NULL, run_id VARCHAR NOT NULL
+         ) CLUSTER BY (week_start_date)"
+    )
+}
+
+/// The Monday of a DATE expression's week, whatever the session's
+/// WEEK_START (DAYOFWEEKISO counts from Monday = 1). The cast changes
+/// nothing on Snowflake; the stand-in, fakesnow, returns a timestamp.
+pub(super) fn week_of(date: &str) -> String {
+    format!("CAST(DATEADD(day, 1 - DAYOFWEEKISO({date}), {date}) AS DATE)")
+}
+
+/// Fills an empty `loaded_days` from what an older Quarry's schema holds:
+/// every day of `trades` (with raw trades), and the Monday of every week of
+/// `agg_trades_weekly` without such a day (loaded without raw trades).
+/// Inserts nothing once `loaded_days` holds a row.
+pub(super) fn backfill_days_sql(qualified: &str) -> String {
+    let week = week_of("trade_date");
+    format!(
+        "INSERT INTO {qualified}.loaded_days (trade_date, week_start_date, raw_trades, run_id)
+         SELECT day, week, raw_trades, 'backfill' FROM (
+             SELECT trade_date AS day, {week} AS week, TRUE AS raw_trades
+             FROM {qualified}.trades GROUP BY trade_date
+             UNION ALL
+             SELECT week_start_date, week_start_date, FALSE
+             FROM {qualified}.agg_trades_weekly
+             WHERE week_start_date NOT IN (SELECT {week} FROM {qualified}.trades GROUP BY 1)
+             GROUP BY week_start_date
+         ) AS found
+         WHERE NOT EXISTS (SELECT 1 FROM {qualified}.loaded_days)"
+    )
+}
+
+/// The exact weekly aggregate of the `trades` of `days` (a list of date
+/// literals) into `agg`, per week, client type, user and symbol, the rows
+/// marked with `run_id` (a literal).
+///
+/// quantity · price has 16 decimal places and up to 21 integer digits.
+/// Snowflake gives a product the scale min(s1 + s2, max(s1, s2, 12)): two
+/// scales of 8 would round it to 12 places. DuckDB (under the stand-in,
+/// fakesnow) gives it s1 + s2, in 18 digits if both factors fit 18, else
+/// in 38: a factor of scale 16 with another of scale 8 leaves 14 integer
+/// digits. Both give (quantity · 10^-8, NUMBER(18, 16)) · (price · 10^8,
+/// NUMBER(19, 0)) scale 16 and room for 21 integer digits, and every step
+/// to those factors is exact and within 38 digits on both.
+pub(super) fn fold_sql(agg: &str, trades: &str, days: &str, run_id: &str) -> String {
+    let amount = "CAST(CAST(quantity AS NUMBER(26, 16)) * 0.00000001 AS NUMBER(18, 16)) \
+                  * CAST(CAST(price AS NUMBER(19, 8)) * 100000000 AS NUMBER(19, 0))";
+    let pnl = format!("CASE side WHEN 'sell' THEN {amount} ELSE -({amount}) END");
+    format!(
+        "INSERT INTO {agg} ({cols})
+         SELECT {week}, client_type, user_id, symbol, {volume}, {pnl}, COUNT(*), {run_id}
+         FROM {trades} WHERE trade_date IN ({days})
+         GROUP BY 1, 2, 3, 4",
+        cols = column_names(Table::AggTradesWeekly),
+        week = week_of("trade_date"),
+        volume = exact_sum("quantity", SCALE),
+        pnl = exact_sum(&pnl, PNL_SCALE),
+    )
 }
 
 /// Column names in the order of `columns`.
@@ -151,9 +220,9 @@ pub(super) fn record_sql(qualified: &str, row: &RunRecord) -> [String; 2] {
     ]
 }
 
-/// `SUM` of a decimal column at `scale`. The explicit cast
-/// changes nothing on Snowflake (the column already has that type); the
-/// stand-in, fakesnow, sums a bare column as DOUBLE and would drift.
+/// `SUM` of a decimal column or expression, cast to scale `scale` first.
+/// The cast changes no value on Snowflake; the stand-in, fakesnow, sums a
+/// bare column as DOUBLE and would drift.
 pub(super) fn exact_sum(column: &str, scale: u32) -> String {
     format!("SUM(CAST({column} AS NUMBER(38, {scale})))")
 }

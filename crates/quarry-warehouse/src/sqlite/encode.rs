@@ -1,5 +1,7 @@
 //! Arrow batches into SQLite rows: timestamps as sortable UTC text, dates
-//! as `YYYY-MM-DD`, decimals as the REAL nearest to the exact value.
+//! as `YYYY-MM-DD`, decimals as the REAL nearest to the exact value and,
+//! where the REAL cannot give it back, the exact value beside it (see
+//! `exact.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -13,6 +15,7 @@ use quarry_core::dates::date_text;
 use quarry_core::decimal::{self, PNL_SCALE};
 use rusqlite::{Connection, ToSql, params};
 
+use super::exact::{exact_column, units_column};
 use super::schema::db_err;
 
 /// `YYYY-MM-DD HH:MM:SS[.fraction]` in UTC: sorts as text and SQLite's date
@@ -63,8 +66,9 @@ pub(super) fn insert_trades(
     let scale = decimal::SCALE;
     let mut st = conn
         .prepare_cached(
-            "INSERT INTO trades (timestamp, user_id, client_type, symbol, side, quantity, price, trade_date, run_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO trades (timestamp, user_id, client_type, symbol, side, quantity, price, trade_date, run_id,
+                 quantity_units, price_units)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .map_err(|e| db_err("prepare insert into trades", e))?;
     let mut texts = DateTexts::default();
@@ -79,6 +83,7 @@ pub(super) fn insert_trades(
                 ds.insert(d);
             }
         }
+        let (q, p) = (qty.value(i), price.value(i));
         // Bound one by one and stepped without rusqlite's per-call checks:
         // this loop runs once per raw trade.
         bind_all(
@@ -89,10 +94,12 @@ pub(super) fn insert_trades(
                 &ct.value(i),
                 &sym.value(i),
                 &side.value(i),
-                &decimal::to_f64(qty.value(i), scale),
-                &decimal::to_f64(price.value(i), scale),
+                &decimal::to_f64(q, scale),
+                &decimal::to_f64(p, scale),
                 &texts.get(d),
                 &run_id,
+                &units_column(q),
+                &units_column(p),
             ],
         )
         .and_then(|()| st.raw_execute())
@@ -156,8 +163,8 @@ pub(super) fn insert_agg(
     let mut st = conn
         .prepare_cached(
             "INSERT INTO agg_trades_weekly (week_start_date, client_type, user_id, symbol,
-                 total_volume, total_pnl, trade_count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 total_volume, total_pnl, trade_count, total_volume_exact, total_pnl_exact)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(|e| db_err("prepare insert into agg_trades_weekly", e))?;
     let mut texts = DateTexts::default();
@@ -170,6 +177,7 @@ pub(super) fn insert_agg(
                 ws.insert(w);
             }
         }
+        let (v, p) = (vol.value(i), pnl.value(i));
         bind_all(
             &mut st,
             &[
@@ -177,9 +185,11 @@ pub(super) fn insert_agg(
                 &ct.value(i),
                 &user.value(i),
                 &sym.value(i),
-                &decimal::to_f64(vol.value(i), decimal::SCALE),
-                &decimal::to_f64(pnl.value(i), PNL_SCALE),
+                &decimal::to_f64(v, decimal::SCALE),
+                &decimal::to_f64(p, PNL_SCALE),
                 &count.value(i),
+                &exact_column(v, decimal::SCALE),
+                &exact_column(p, PNL_SCALE),
             ],
         )
         .and_then(|()| st.raw_execute())

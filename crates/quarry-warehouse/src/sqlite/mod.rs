@@ -13,6 +13,7 @@
 //! - `encode.rs` and `read.rs`: rows in and out.
 
 mod encode;
+mod exact;
 mod read;
 mod schema;
 #[cfg(test)]
@@ -34,9 +35,10 @@ use crate::{
     PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery, Warehouse,
     WeeklyTotal, WriteMode, rank_top_users,
 };
-use read::{exact, read_partition};
+use read::{exact_sum, read_partition};
 use schema::{
-    BUSY_TIMEOUT, RUN_COLUMNS, SCHEMA_SQL, check_foreign, db_err, partition_index, run_record,
+    BACKFILL_DAYS_SQL, BUSY_TIMEOUT, RUN_COLUMNS, SCHEMA_SQL, check_foreign, db_err,
+    partition_index, run_record,
 };
 use writer::{Command, Writer};
 
@@ -52,7 +54,7 @@ impl SqliteWarehouse {
             .map_err(|e| db_err(&format!("cannot open database {}", path.display()), e))?;
         // A database of someone else's is refused before the pragmas below
         // (WAL mode rewrites the file header) or any table is created.
-        let add_run_columns = check_foreign(&conn, path)?;
+        let upgrade = check_foreign(&conn, path)?;
         conn.execute_batch(
             // page_size applies when the file is created: bigger pages mean
             // fewer page writes for bulk loads.
@@ -66,14 +68,19 @@ impl SqliteWarehouse {
         .map_err(|e| db_err(&format!("cannot configure database {}", path.display()), e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| db_err("busy_timeout", e))?;
-        conn.execute_batch(SCHEMA_SQL)
-            .map_err(|e| db_err(&format!("cannot create tables in {}", path.display()), e))?;
-        for (column, ty) in add_run_columns {
-            conn.execute_batch(&format!(
-                "ALTER TABLE pipeline_runs ADD COLUMN {column} {ty}"
-            ))
-            .map_err(|e| db_err(&format!("cannot add pipeline_runs.{column}"), e))?;
+        // Tables, an older database's new columns and its loaded days: all
+        // or nothing.
+        let mut sql = format!("BEGIN IMMEDIATE;{SCHEMA_SQL}");
+        for (table, column, ty) in upgrade.columns {
+            sql += &format!("ALTER TABLE {table} ADD COLUMN {column} {ty};");
         }
+        if upgrade.backfill_days {
+            sql += BACKFILL_DAYS_SQL;
+        }
+        sql += "COMMIT;";
+        conn.execute_batch(&sql)
+            .map_err(|e| db_err(&format!("cannot create tables in {}", path.display()), e))?;
+        exact::register(&conn).map_err(|e| db_err("register the exact aggregates", e))?;
         for t in Table::ALL {
             conn.execute_batch(&partition_index(t).1)
                 .map_err(|e| db_err(&format!("cannot create indexes in {}", path.display()), e))?;
@@ -245,15 +252,17 @@ impl Warehouse for SqliteWarehouse {
     async fn weekly_totals(&self) -> Result<Vec<WeeklyTotal>> {
         self.read(|c| {
             let mut st = c.prepare(
-                "SELECT week_start_date, client_type, total_volume, total_pnl, trade_count
+                "SELECT week_start_date, client_type, total_volume, total_pnl, trade_count,
+                        total_volume_exact, total_pnl_exact
                  FROM agg_trades_weekly",
             )?;
             let mut rows = st.query([])?;
-            // Summed exactly like top_users: each REAL is the decimal it stands for.
+            // Summed exactly like top_users.
             let mut totals: BTreeMap<(String, String), (i128, i128, u64)> = BTreeMap::new();
             while let Some(r) = rows.next()? {
                 let key = (r.get(0)?, r.get(1)?);
-                let (vol, pnl) = (exact(r, 2, PNL_SCALE)?, exact(r, 3, PNL_SCALE)?);
+                let vol = exact_sum(r, 2, 5, PNL_SCALE)?;
+                let pnl = exact_sum(r, 3, 6, PNL_SCALE)?;
                 let n = r.get::<_, i64>(4)?;
                 let t = totals.entry(key).or_default();
                 t.0 += vol;
@@ -280,14 +289,15 @@ impl Warehouse for SqliteWarehouse {
             .read(move |c| {
                 let column = q.metric.column();
                 let mut st = c.prepare(&format!(
-                    "SELECT user_id, {column} FROM agg_trades_weekly WHERE client_type = ?1"
+                    "SELECT user_id, {column}, {column}_exact FROM agg_trades_weekly WHERE client_type = ?1"
                 ))?;
                 let mut rows = st.query([&q.client_type])?;
                 // Summing REALs drifts; each stored value is read back as the
-                // decimal it stands for and summed exactly.
+                // decimal it stands for (its exact column where it has one)
+                // and summed exactly.
                 let mut totals: HashMap<String, i128> = HashMap::new();
                 while let Some(r) = rows.next()? {
-                    let value = exact(r, 1, PNL_SCALE)?;
+                    let value = exact_sum(r, 1, 2, PNL_SCALE)?;
                     let user = r.get_ref(0)?.as_str()?;
                     match totals.get_mut(user) {
                         Some(total) => *total += value,

@@ -1,11 +1,14 @@
-//! Rows read back: each stored REAL as the decimal it stands for, text
-//! timestamps and dates into their Arrow types.
+//! Rows read back: each stored REAL (with its exact column, see
+//! `exact.rs`) as the decimal it stands for, text timestamps and dates into
+//! their Arrow types.
 
 use arrow::array::RecordBatch;
 use quarry_core::Table;
 use quarry_core::dates::parse_date;
-use quarry_core::decimal::{self, PNL_SCALE, SCALE};
+use quarry_core::decimal::{PNL_SCALE, SCALE};
 use rusqlite::Connection;
+
+use super::exact::{sum_of, units_of};
 
 use crate::arrow_rows::{Agg, PartitionBuilder, Rejected, Trade};
 
@@ -16,16 +19,22 @@ fn conversion(i: usize, ty: rusqlite::types::Type, what: String) -> rusqlite::Er
     rusqlite::Error::FromSqlConversionFailure(i, ty, what.into())
 }
 
-/// The decimal a stored REAL stands for, at `scale`.
-pub(super) fn exact(r: &rusqlite::Row<'_>, i: usize, scale: u32) -> rusqlite::Result<i128> {
-    let v: f64 = r.get(i)?;
-    decimal::from_f64(v, scale).map_err(|e| {
-        conversion(
-            i,
-            rusqlite::types::Type::Real,
-            format!("{v} is not a decimal: {e:?}"),
-        )
-    })
+/// The sum a stored REAL and its exact text column (`real_at + ...`) stand
+/// for, at `scale`.
+pub(super) fn exact_sum(
+    r: &rusqlite::Row<'_>,
+    real_at: usize,
+    exact_at: usize,
+    scale: u32,
+) -> rusqlite::Result<i128> {
+    let real: f64 = r.get(real_at)?;
+    let exact = r.get_ref(exact_at)?.as_str_or_null()?;
+    sum_of(real, exact, scale).map_err(|e| conversion(real_at, rusqlite::types::Type::Real, e))
+}
+
+/// The quantity or price a stored REAL and its units column stand for.
+fn units(r: &rusqlite::Row<'_>, real_at: usize, units_at: usize) -> rusqlite::Result<i128> {
+    Ok(units_of(r.get(real_at)?, r.get(units_at)?))
 }
 
 fn date(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<i32> {
@@ -48,12 +57,13 @@ pub(super) fn read_partition(
     table: Table,
     partition: &str,
 ) -> rusqlite::Result<Vec<RecordBatch>> {
-    let columns: Vec<String> = table
+    let mut columns: Vec<String> = table
         .schema()
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    columns.extend(exact_columns(table).iter().map(|c| c.to_string()));
     let mut st = c.prepare(&format!(
         "SELECT {} FROM {table} WHERE {} = ?1 ORDER BY rowid",
         columns.join(", "),
@@ -80,6 +90,15 @@ pub(super) fn read_partition(
     Ok(out)
 }
 
+/// The exact columns of a table, read after the columns of its schema.
+fn exact_columns(table: Table) -> &'static [&'static str] {
+    match table {
+        Table::Trades => &["quantity_units", "price_units"],
+        Table::TradesRejected => &[],
+        Table::AggTradesWeekly => &["total_volume_exact", "total_pnl_exact"],
+    }
+}
+
 /// One stored row of `table` into the builder.
 fn push(b: &mut PartitionBuilder, table: Table, r: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
     match table {
@@ -89,8 +108,8 @@ fn push(b: &mut PartitionBuilder, table: Table, r: &rusqlite::Row<'_>) -> rusqli
             client_type: r.get_ref(2)?.as_str()?,
             symbol: r.get_ref(3)?.as_str()?,
             side: r.get_ref(4)?.as_str()?,
-            quantity: exact(r, 5, SCALE)?,
-            price: exact(r, 6, SCALE)?,
+            quantity: units(r, 5, 8)?,
+            price: units(r, 6, 9)?,
             trade_date: date(r, 7)?,
         }),
         Table::TradesRejected => {
@@ -110,8 +129,8 @@ fn push(b: &mut PartitionBuilder, table: Table, r: &rusqlite::Row<'_>) -> rusqli
             client_type: r.get_ref(1)?.as_str()?,
             user_id: r.get_ref(2)?.as_str()?,
             symbol: r.get_ref(3)?.as_str()?,
-            total_volume: exact(r, 4, SCALE)?,
-            total_pnl: exact(r, 5, PNL_SCALE)?,
+            total_volume: exact_sum(r, 4, 7, SCALE)?,
+            total_pnl: exact_sum(r, 5, 8, PNL_SCALE)?,
             trade_count: r.get(6)?,
         }),
     }

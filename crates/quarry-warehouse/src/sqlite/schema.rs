@@ -20,7 +20,10 @@ CREATE TABLE IF NOT EXISTS trades (
     quantity    REAL NOT NULL,
     price       REAL NOT NULL,
     trade_date  TEXT NOT NULL,
-    run_id      TEXT NOT NULL
+    run_id      TEXT NOT NULL,
+    -- exact values where the REAL cannot give them back (exact.rs)
+    quantity_units INTEGER,
+    price_units    INTEGER
 );
 CREATE TABLE IF NOT EXISTS trades_rejected (
     timestamp   TEXT,
@@ -42,8 +45,19 @@ CREATE TABLE IF NOT EXISTS agg_trades_weekly (
     symbol          TEXT NOT NULL,
     total_volume    REAL NOT NULL,
     total_pnl       REAL NOT NULL,
-    trade_count     INTEGER NOT NULL
+    trade_count     INTEGER NOT NULL,
+    -- exact decimal text past 15 significant digits (exact.rs)
+    total_volume_exact TEXT,
+    total_pnl_exact    TEXT
 );
+-- The days the warehouse holds (weeks.rs): a week is recomputed from them.
+CREATE TABLE IF NOT EXISTS loaded_days (
+    trade_date      TEXT PRIMARY KEY,
+    week_start_date TEXT NOT NULL,
+    raw_trades      INTEGER NOT NULL,
+    run_id          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS loaded_days_by_week ON loaded_days (week_start_date);
 CREATE TABLE IF NOT EXISTS pipeline_runs (
     run_id         TEXT PRIMARY KEY,
     source         TEXT NOT NULL,
@@ -93,9 +107,38 @@ pub(super) fn db_err(what: &str, e: rusqlite::Error) -> Error {
 /// How long a statement waits for another connection's lock.
 pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Columns of `pipeline_runs` added after its first release, with their
-/// types: added to older databases when they are opened.
-pub(super) const ADDED_RUN_COLUMNS: [(&str, &str); 1] = [("owner", "TEXT")];
+/// Columns added after the first release (table, column, type): added to
+/// older databases when they are opened.
+pub(super) const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("pipeline_runs", "owner", "TEXT"),
+    ("trades", "quantity_units", "INTEGER"),
+    ("trades", "price_units", "INTEGER"),
+    ("agg_trades_weekly", "total_volume_exact", "TEXT"),
+    ("agg_trades_weekly", "total_pnl_exact", "TEXT"),
+];
+
+/// What an older Quarry's database needs when it is opened.
+#[derive(Debug, Default)]
+pub(super) struct Upgrade {
+    pub columns: Vec<(&'static str, &'static str, &'static str)>,
+    /// `loaded_days` is new: filled from the days the tables hold.
+    pub backfill_days: bool,
+}
+
+/// Fills a new `loaded_days` from what an older database holds: every day
+/// of `trades` (with raw trades), and the Monday of every week of
+/// `agg_trades_weekly` without such a day (loaded without raw trades).
+pub(super) const BACKFILL_DAYS_SQL: &str = "
+INSERT OR IGNORE INTO loaded_days (trade_date, week_start_date, raw_trades, run_id)
+    SELECT DISTINCT trade_date,
+           date(trade_date, '-' || ((CAST(strftime('%w', trade_date) AS INTEGER) + 6) % 7) || ' days'),
+           1, 'backfill'
+    FROM trades;
+INSERT OR IGNORE INTO loaded_days (trade_date, week_start_date, raw_trades, run_id)
+    SELECT DISTINCT week_start_date, week_start_date, 0, 'backfill'
+    FROM agg_trades_weekly
+    WHERE week_start_date NOT IN (SELECT week_start_date FROM loaded_days);
+";
 
 /// The columns of each table of `conn`, by table name (only tables that exist).
 pub(super) fn table_columns(
@@ -120,12 +163,9 @@ pub(super) fn table_columns(
 }
 
 /// Refuses a database whose tables of Quarry's names are not Quarry's,
-/// before anything is written into it. Returns the run-record columns the
-/// database still lacks (an older Quarry's database).
-pub(super) fn check_foreign(
-    conn: &Connection,
-    path: &Path,
-) -> Result<Vec<(&'static str, &'static str)>> {
+/// before anything is written into it. Returns what an older Quarry's
+/// database lacks.
+pub(super) fn check_foreign(conn: &Connection, path: &Path) -> Result<Upgrade> {
     let existing = table_columns(conn).map_err(|e| {
         Error::config(format!(
             "{} is not a SQLite database Quarry can use: {e}",
@@ -138,23 +178,22 @@ pub(super) fn check_foreign(
         .map_err(|e| {
             Error::internal(format!("the SQLite schema does not load: {e}")).with_source(e)
         })?;
-    let mut missing_run_columns = Vec::new();
+    let mut upgrade = Upgrade {
+        backfill_days: !existing.contains_key("loaded_days"),
+        ..Upgrade::default()
+    };
     for (table, needed) in &reference {
         let Some(has) = existing.get(table) else {
             continue;
         };
         let mut missing: Vec<&String> = needed.difference(has).collect();
-        if table == "pipeline_runs" {
-            missing.retain(|c| {
-                let added = ADDED_RUN_COLUMNS
-                    .iter()
-                    .find(|(name, _)| *name == c.as_str());
-                if let Some(a) = added {
-                    missing_run_columns.push(*a);
-                }
-                added.is_none()
-            });
-        }
+        missing.retain(|c| {
+            let added = ADDED_COLUMNS
+                .iter()
+                .find(|(t, name, _)| t == table && *name == c.as_str());
+            upgrade.columns.extend(added);
+            added.is_none()
+        });
         if !missing.is_empty() {
             return Err(Error::config(format!(
                 "{} is not a Quarry warehouse: its table {table} lacks the column{} {}; nothing was changed (use another --sqlite file)",
@@ -168,7 +207,7 @@ pub(super) fn check_foreign(
             )));
         }
     }
-    Ok(missing_run_columns)
+    Ok(upgrade)
 }
 
 /// The columns of a `pipeline_runs` row as [`run_record`] reads them.

@@ -35,16 +35,14 @@ fn start(id: &str) -> RunStart {
 fn commit(id: &str) -> RunCommit {
     RunCommit {
         run_id: id.into(),
-        source_files: vec![],
-        stats: RunStats::default(),
-        quality_json: String::new(),
+        ..Default::default()
     }
 }
 
 /// The partition indexes, which a fresh load drops and rebuilds at commit.
 async fn partition_indexes(wh: &SqliteWarehouse) -> Vec<String> {
     wh.read(|c| {
-        c.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_%' AND name <> 'pipeline_runs_by_start' ORDER BY 1")?
+        c.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_%' AND name NOT IN ('pipeline_runs_by_start', 'loaded_days_by_week') ORDER BY 1")?
             .query_map([], |r| r.get(0))?
             .collect()
     })

@@ -1,18 +1,22 @@
 //! The one writer: a thread that owns the read-write connection and runs
 //! the commands of the backend in order. A run is one write transaction
-//! from `Begin` to `Commit` or `Abort`.
+//! from `Begin` to `Commit` or `Abort`; the commit replaces the covered
+//! partitions, recomputes the weeks the [`WeekPlan`] names with the exact
+//! aggregates of `exact.rs`, and records the run's days.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use quarry_core::dates::date_text;
+use quarry_core::dates::{date_text, parse_date, week_start};
+use quarry_core::decimal::{PNL_SCALE, SCALE};
 use quarry_core::{Error, ErrorCategory, Result, Table};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::encode::{insert_agg, insert_rejected, insert_trades};
 use super::schema::{BUSY_TIMEOUT, RUN_COLUMNS, db_err, partition_index, run_record};
+use crate::weeks::{LoadedDay, WeekPlan, WeekState};
 use crate::{RunCommit, RunFailure, RunRecord, RunStart, RunStats, WriteMode, check_batch};
 
 /// What the backend asks of its writer thread; each carries its reply.
@@ -241,11 +245,16 @@ impl Writer {
                 .map_err(|e| db_err(&format!("replace partitions of {table}"), e))?;
             Ok(())
         };
+        // What the warehouse holds of the run's weeks decides which weeks
+        // are recomputed: read before anything is replaced.
+        let (days, weeks) = WeekPlan::covered(c, &run.weeks);
+        let state = week_state(conn, &weeks, &run.max_rowid)?;
+        let plan = WeekPlan::new(c, days, weeks, &state)?;
         for d in &run.trade_dates {
             del(Table::Trades, &date_text(*d))?;
         }
-        for w in &run.weeks {
-            del(Table::AggTradesWeekly, &date_text(*w))?;
+        for w in plan.swapped_weeks() {
+            del(Table::AggTradesWeekly, &date_text(w))?;
         }
         if run.rejected_replace {
             for f in &c.source_files {
@@ -272,6 +281,8 @@ impl Writer {
             }
             rows.insert(table.name().to_string(), held);
         }
+        recompute_weeks(conn, &plan)?;
+        record_days(conn, &plan, &c.run_id)?;
         let mut commit = c.clone();
         commit.stats.commit_ms = started.elapsed().as_millis() as u64;
         run.record.succeeded(&commit, &rows);
@@ -388,6 +399,106 @@ impl Writer {
         record.failed(f);
         record_end(&self.conn, &record)
     }
+}
+
+/// What `loaded_days`, `trades` and `agg_trades_weekly` hold of `weeks`
+/// as committed (rows at or below the run's starting extent).
+fn week_state(
+    conn: &Connection,
+    weeks: &BTreeSet<i32>,
+    max_rowid: &BTreeMap<Table, i64>,
+) -> Result<WeekState> {
+    let err = |e| db_err("read the days of the run's weeks", e);
+    let mut state = WeekState::default();
+    let mut loaded = conn
+        .prepare_cached("SELECT trade_date, raw_trades FROM loaded_days WHERE week_start_date = ?1")
+        .map_err(err)?;
+    let holds = |table: Table, key: &str| -> Result<bool> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {} = ?1 AND rowid <= ?2)",
+            table.partition_column()
+        );
+        conn.prepare_cached(&sql)
+            .and_then(|mut st| st.query_row(params![key, max_rowid[&table]], |r| r.get(0)))
+            .map_err(err)
+    };
+    for &week in weeks {
+        let rows = loaded
+            .query_map([date_text(week)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(err)?;
+        if rows.is_empty() {
+            continue;
+        }
+        for (text, raw_trades) in rows {
+            let day = parse_date(&text)
+                .ok_or_else(|| Error::internal(format!("loaded_days holds the date {text:?}")))?;
+            if holds(Table::Trades, &text)? {
+                state.hot_days.insert(day);
+            }
+            state.loaded.push(LoadedDay { day, raw_trades });
+        }
+        if holds(Table::AggTradesWeekly, &date_text(week))? {
+            state.hot_weeks.insert(week);
+        }
+    }
+    Ok(state)
+}
+
+/// Replaces each week of `plan.recompute` by the exact fold of the trades
+/// of its days (the aggregates of `exact.rs`), after the run's days were
+/// replaced.
+fn recompute_weeks(conn: &Connection, plan: &WeekPlan) -> Result<()> {
+    let err = |e| db_err("recompute the weekly aggregate", e);
+    for (week, days) in &plan.recompute {
+        let week = date_text(*week);
+        conn.prepare_cached("DELETE FROM agg_trades_weekly WHERE week_start_date = ?1")
+            .and_then(|mut st| st.execute([&week]))
+            .map_err(err)?;
+        let days: Vec<String> = days.iter().map(|d| date_text(*d)).collect();
+        let sql = format!(
+            "INSERT INTO agg_trades_weekly (week_start_date, client_type, user_id, symbol,
+                 total_volume, total_pnl, trade_count, total_volume_exact, total_pnl_exact)
+             SELECT ?1, client_type, user_id, symbol, quarry_real(v, {SCALE}), quarry_real(p, {PNL_SCALE}),
+                    n, quarry_exact(v, {SCALE}), quarry_exact(p, {PNL_SCALE})
+             FROM (SELECT client_type, user_id, symbol,
+                          quarry_volume(quantity, quantity_units) AS v,
+                          quarry_pnl(side, quantity, quantity_units, price, price_units) AS p,
+                          count(*) AS n
+                   FROM trades WHERE trade_date IN ({})
+                   GROUP BY client_type, user_id, symbol)",
+            vec!["?"; days.len()].join(", ")
+        );
+        let mut st = conn.prepare(&sql).map_err(err)?;
+        st.raw_bind_parameter(1, &week).map_err(err)?;
+        for (k, d) in days.iter().enumerate() {
+            st.raw_bind_parameter(k + 2, d).map_err(err)?;
+        }
+        st.raw_execute().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Records the run's days in `loaded_days`.
+fn record_days(conn: &Connection, plan: &WeekPlan, run_id: &str) -> Result<()> {
+    let mut st = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO loaded_days (trade_date, week_start_date, raw_trades, run_id)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(|e| db_err("record the run's days", e))?;
+    for &day in &plan.run_days {
+        st.execute(params![
+            date_text(day),
+            date_text(week_start(day)),
+            plan.raw_trades,
+            run_id
+        ])
+        .map_err(|e| db_err("record the run's days", e))?;
+    }
+    Ok(())
 }
 
 /// Writes the end of a run's record: status, counters, outcome.
