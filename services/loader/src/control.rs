@@ -11,7 +11,7 @@ use quarry_proto::{
     GetRunRequest, ListRunsRequest, ListRunsResponse, RunRecord, TopMetric, TopUsersRequest,
     TopUsersResponse, WeeklyTotalsRequest, WeeklyTotalsResponse,
 };
-use quarry_warehouse::{Metric, RunCommit, RunFailure, RunStart, TopUsersQuery};
+use quarry_warehouse::{Metric, RunFailure, RunStart, TopUsersQuery};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -96,18 +96,13 @@ impl LoaderService for Loader {
         let span = info_span!("run", run_id = %req.run_id);
         async {
             let started = Instant::now();
-            let open = self.close(&req.run_id).ok_or_else(|| {
-                Error::config(format!("run {} is not open on this loader", req.run_id))
-            })?;
-            let result = self
-                .warehouse
-                .commit(RunCommit {
-                    run_id: req.run_id.clone(),
-                    source_files: req.source_files.clone(),
-                    stats: wire::stats(req.stats),
-                    quality_json: req.quality_json.clone(),
-                })
-                .await;
+            // A malformed request leaves the run open: its driver aborts it.
+            let run_id = req.run_id.clone();
+            let commit = wire::commit(req)?;
+            let open = self
+                .close(&run_id)
+                .ok_or_else(|| Error::config(format!("run {run_id} is not open on this loader")))?;
+            let result = self.warehouse.commit(commit).await;
             drop(open); // the next run may begin
             let rows = result.inspect_err(|e| warn!(error = %e, "commit failed"))?;
             info!(rows = ?rows, "run committed");

@@ -3,9 +3,12 @@
 //! types of other crates here (the orphan rule), and neither the warehouse
 //! nor the wire crate should depend on the other.
 
-use quarry_core::{Error, Result};
+use std::collections::BTreeSet;
+
+use quarry_core::dates::parse_date;
+use quarry_core::{Error, Result, RunMode};
 use quarry_proto as wire;
-use quarry_warehouse::{RunRecord, RunStats, WeeklyTotal, WriteMode};
+use quarry_warehouse::{RunCommit, RunRecord, RunStats, WeeklyTotal, WriteMode};
 
 /// The write mode of a `LoadCommand`; unspecified means the default,
 /// replace. A value this loader does not know is refused.
@@ -17,6 +20,42 @@ pub fn write_mode(mode: i32) -> Result<WriteMode> {
         Ok(wire::WriteMode::Append) => Ok(WriteMode::Append),
         Err(_) => Err(Error::input(format!("unknown write mode {mode}"))),
     }
+}
+
+/// The run mode of a commit; unspecified is ETL (what every run was before
+/// the modes). A value this loader does not know is refused.
+pub fn run_mode(mode: i32) -> Result<RunMode> {
+    match wire::RunMode::try_from(mode) {
+        Ok(wire::RunMode::Unspecified | wire::RunMode::Etl) => Ok(RunMode::Etl),
+        Ok(wire::RunMode::Elt) => Ok(RunMode::Elt),
+        Err(_) => Err(Error::input(format!("unknown run mode {mode}"))),
+    }
+}
+
+/// What a `CommitRequest` commits; a day that is not `YYYY-MM-DD` is
+/// refused, named.
+pub fn commit(req: wire::CommitRequest) -> Result<RunCommit> {
+    let days = req
+        .days
+        .iter()
+        .map(|d| {
+            parse_date(d).ok_or_else(|| {
+                Error::input(format!(
+                    "commit day {} is not a date (YYYY-MM-DD)",
+                    quarry_core::text::excerpt(&format!("{d:?}"), 40)
+                ))
+            })
+        })
+        .collect::<Result<BTreeSet<i32>>>()?;
+    Ok(RunCommit {
+        mode: run_mode(req.mode)?,
+        days,
+        raw_trades: req.raw_trades,
+        run_id: req.run_id,
+        source_files: req.source_files,
+        stats: stats(req.stats),
+        quality_json: req.quality_json,
+    })
 }
 
 /// The stats a request carries (none: all zero).
@@ -103,5 +142,29 @@ mod tests {
         let s = RunStats::from_counters(std::array::from_fn(|i| i as u64 + 1));
         assert_eq!(stats(Some(stats_to_wire(s))), s);
         assert_eq!(stats(None), RunStats::default());
+    }
+
+    #[test]
+    fn commits_carry_their_mode_and_days() {
+        let c = commit(wire::CommitRequest {
+            run_id: "r".into(),
+            mode: wire::RunMode::Elt as i32,
+            days: vec!["2024-01-02".into(), "2024-01-01".into()],
+            raw_trades: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.mode, RunMode::Elt);
+        assert_eq!(c.days, BTreeSet::from([19_723, 19_724]));
+        assert!(c.raw_trades);
+        assert_eq!(run_mode(0).unwrap(), RunMode::Etl);
+        assert!(run_mode(9).unwrap_err().to_string().contains("run mode 9"));
+        let e = commit(wire::CommitRequest {
+            days: vec!["2024-02-30".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), quarry_core::ErrorKind::Input);
+        assert!(e.to_string().contains("2024-02-30"), "{e}");
     }
 }

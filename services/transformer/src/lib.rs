@@ -3,7 +3,8 @@
 //! concurrency, memory bounded by the number of groups), pushes `trades`,
 //! `trades_rejected` and `agg_trades_weekly` to the loader with Flight
 //! `DoPut`, then commits — or aborts on any error, so a failed run leaves
-//! the warehouse as it was.
+//! the warehouse as it was. In ELT mode it builds and sends no aggregate:
+//! the warehouse computes the weeks from `trades` inside the commit.
 //!
 //! Shutdown (SIGTERM/SIGINT): new runs are refused; in-flight runs get
 //! `shutdown_grace_secs` to finish, then they are aborted through the loader
@@ -175,6 +176,7 @@ impl TransformerService for Transformer {
         let req = request.into_inner();
         // A request that cannot run is refused before a run is recorded.
         check_request(&req)?;
+        let options = run::Options::of(&req, &self.config)?;
         let run_id = uuid::Uuid::now_v7().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let span = info_span!("run", run_id = %run_id);
@@ -185,7 +187,7 @@ impl TransformerService for Transformer {
             metrics: self.metrics.clone(),
         };
         self.runs
-            .spawn(run::drive(context, req, run_id, tx).instrument(span));
+            .spawn(run::drive(context, req, options, run_id, tx).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

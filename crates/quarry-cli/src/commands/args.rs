@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use quarry_core::RunMode;
 use quarry_core::config::WarehouseKind;
 
 #[derive(Parser)]
@@ -175,6 +176,21 @@ pub(crate) enum Service {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ModeArg {
+    Etl,
+    Elt,
+}
+
+impl From<ModeArg> for RunMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Etl => RunMode::Etl,
+            ModeArg::Elt => RunMode::Elt,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum FormatArg {
     Csv,
     Parquet,
@@ -248,6 +264,10 @@ pub(crate) struct RunArgs {
     /// Skip loading raw rows into `trades` (aggregates and rejects only).
     #[arg(long)]
     pub(crate) no_raw_trades: bool,
+    /// Who computes the weekly aggregate: the transformer (etl) or the
+    /// warehouse from the raw trades (elt); default from config: etl.
+    #[arg(long, value_enum)]
+    pub(crate) mode: Option<ModeArg>,
     /// No progress display.
     #[arg(long, short)]
     pub(crate) quiet: bool,

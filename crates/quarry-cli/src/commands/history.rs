@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use quarry_cli::{client, health, report};
-use quarry_core::Config;
+use quarry_core::{Config, RunMode};
 use quarry_proto::{RunRecord, TopMetric};
 
 use super::args::{MetricArg, Target};
@@ -92,6 +92,15 @@ pub(crate) async fn top_users(
     .await
 }
 
+/// The mode a run was recorded with (its options); runs from before the
+/// modes computed their aggregate in the transformer: etl.
+fn run_mode(r: &RunRecord) -> RunMode {
+    serde_json::from_str::<serde_json::Value>(&r.options_json)
+        .ok()
+        .and_then(|o| o["mode"].as_str().and_then(RunMode::parse))
+        .unwrap_or_default()
+}
+
 fn print_runs(runs: &[RunRecord]) {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
@@ -99,6 +108,7 @@ fn print_runs(runs: &[RunRecord]) {
         "run_id",
         "started_at",
         "status",
+        "mode",
         "rows_in",
         "valid",
         "rejected",
@@ -121,6 +131,7 @@ fn print_runs(runs: &[RunRecord]) {
             r.run_id.clone(),
             r.started_at.clone(),
             r.status.clone(),
+            run_mode(r).to_string(),
             s.rows_in.to_string(),
             s.rows_valid.to_string(),
             s.rows_rejected.to_string(),

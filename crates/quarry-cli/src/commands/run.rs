@@ -11,7 +11,7 @@ use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressStyle};
 use quarry_cli::client::{self, LoaderClient};
 use quarry_cli::embedded::Cluster;
-use quarry_core::{Config, RunStatus, grpc};
+use quarry_core::{Config, RunMode, RunStatus, grpc};
 use quarry_proto::{
     CsvOptions, RunEvent, RunOptions, RunRecord, RunRequest, SourceFormat, run_event,
 };
@@ -39,6 +39,13 @@ fn source_root(source: &str) -> PathBuf {
     }
 }
 
+fn wire_mode(mode: RunMode) -> quarry_proto::RunMode {
+    match mode {
+        RunMode::Etl => quarry_proto::RunMode::Etl,
+        RunMode::Elt => quarry_proto::RunMode::Elt,
+    }
+}
+
 /// Checks the arguments, starts the services of an embedded run, runs the
 /// pipeline and reports on it; on a signal, says how the run ended.
 pub(crate) async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
@@ -61,6 +68,12 @@ pub(crate) async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()
             "--delimiter {d:?} must be one ASCII character other than a quote, a line break or NUL"
         );
     }
+    let mode = args.mode.map(RunMode::from);
+    if mode == Some(RunMode::Elt) && args.no_raw_trades {
+        bail!(
+            "--mode elt computes the weekly aggregate in the warehouse from the raw trades: it cannot run with --no-raw-trades"
+        );
+    }
     client::check_output(&output, &config.run.top_client_type)?;
     let format = match args.format {
         None => SourceFormat::Unspecified,
@@ -77,6 +90,7 @@ pub(crate) async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()
         options: Some(RunOptions {
             dedup: args.dedup.then_some(true),
             load_raw_trades: args.no_raw_trades.then_some(false),
+            mode: mode.map(|m| wire_mode(m) as i32),
         }),
     };
 

@@ -72,9 +72,7 @@ impl Tier {
                 self.warehouse
                     .commit(RunCommit {
                         run_id: run_id.clone(),
-                        source_files: vec![],
-                        stats: Default::default(),
-                        quality_json: String::new(),
+                        ..Default::default()
                     })
                     .await
             }

@@ -84,9 +84,7 @@ impl Fixture {
         }
         wh.commit(RunCommit {
             run_id: "load".into(),
-            source_files: vec![],
-            stats: Default::default(),
-            quality_json: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

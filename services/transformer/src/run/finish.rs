@@ -1,10 +1,12 @@
 //! The end of a run: the commit, the abort that replaces it on any error,
 //! and the last event the client hears.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
+use quarry_core::dates::date_text;
 use quarry_core::grpc::AuthChannel;
-use quarry_core::{Error, Result};
+use quarry_core::{Error, Result, RunMode};
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::{AbortRequest, CommitRequest, ExtractPlan, RunEvent, RunSummary, run_event};
 use tonic::Status;
@@ -21,17 +23,26 @@ impl Run {
     ) -> Result<RunSummary> {
         self.counters.set_stage("committing");
         let t = Instant::now();
-        let stats = self
-            .measures
-            .lock()
-            .expect("measures lock")
-            .run_stats(self.started);
+        let (stats, days) = {
+            let m = self.measures.lock().expect("measures lock");
+            // The days of the valid rows (a dropped duplicate shares its
+            // day with the row kept): the partitions the commit replaces.
+            let days: BTreeSet<i32> = m.profile.daily.keys().map(|(day, _)| *day).collect();
+            (m.run_stats(self.started), days)
+        };
+        let mode = match self.mode {
+            RunMode::Etl => quarry_proto::RunMode::Etl,
+            RunMode::Elt => quarry_proto::RunMode::Elt,
+        };
         let committed = loader
             .commit(CommitRequest {
                 run_id: self.run_id.clone(),
                 source_files: plan.files.iter().map(|f| f.file.clone()).collect(),
                 stats: Some(stats),
                 quality_json: self.quality_json(),
+                mode: mode as i32,
+                days: days.into_iter().map(date_text).collect(),
+                raw_trades: self.load_raw_trades,
             })
             .await
             .map_err(|s| Error::from_status(&s))?

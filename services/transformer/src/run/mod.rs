@@ -28,7 +28,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use chrono::{DateTime, Utc};
 use quarry_core::config::TransformerConfig;
 use quarry_core::grpc::{AuthChannel, Security};
-use quarry_core::{Error, Result, grpc};
+use quarry_core::{Error, Result, RunMode, grpc};
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::{Progress, RunEvent, RunRequest, RunStats, RunSummary, run_event};
 use quarry_transform::BatchStats;
@@ -142,12 +142,53 @@ impl Measures {
     }
 }
 
+/// The options a run goes by: the request's, else the configured ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub dedup: bool,
+    pub load_raw_trades: bool,
+    pub mode: RunMode,
+}
+
+impl Options {
+    /// The effective options of a request; refuses (before the run begins)
+    /// a mode this transformer does not know and an ELT run without raw
+    /// trades, whose weekly aggregate could not be computed.
+    pub fn of(req: &RunRequest, config: &TransformerConfig) -> Result<Self> {
+        let o = req.options.unwrap_or_default();
+        let mode = match o.mode.map(quarry_proto::RunMode::try_from) {
+            None | Some(Ok(quarry_proto::RunMode::Unspecified)) => config.mode,
+            Some(Ok(quarry_proto::RunMode::Etl)) => RunMode::Etl,
+            Some(Ok(quarry_proto::RunMode::Elt)) => RunMode::Elt,
+            Some(Err(_)) => {
+                return Err(Error::input(format!(
+                    "unknown run mode {}",
+                    o.mode.unwrap_or_default()
+                )));
+            }
+        };
+        let options = Self {
+            dedup: o.dedup.unwrap_or(config.dedup),
+            load_raw_trades: o.load_raw_trades.unwrap_or(config.load_raw_trades),
+            mode,
+        };
+        if options.mode == RunMode::Elt && !options.load_raw_trades {
+            return Err(Error::input(
+                "an ELT run computes the weekly aggregate in the warehouse from the raw trades it loads: \
+                 it cannot run without raw trades (mode elt with load_raw_trades off)",
+            ));
+        }
+        Ok(options)
+    }
+}
+
 struct Run {
     config: TransformerConfig,
     req: RunRequest,
     run_id: String,
     dedup: bool,
     load_raw_trades: bool,
+    mode: RunMode,
     counters: Arc<Counters>,
     metrics: Arc<Metrics>,
     security: Security,
@@ -167,7 +208,13 @@ pub struct Context {
 
 /// Runs the pipeline and reports on `events`; the stream ends with the
 /// summary or with an error status naming the run.
-pub async fn drive(context: Context, req: RunRequest, run_id: String, events: Events) {
+pub async fn drive(
+    context: Context,
+    req: RunRequest,
+    options: Options,
+    run_id: String,
+    events: Events,
+) {
     let Context {
         config,
         security,
@@ -175,10 +222,10 @@ pub async fn drive(context: Context, req: RunRequest, run_id: String, events: Ev
         metrics,
     } = context;
     metrics.runs_started.inc();
-    let options = req.options.unwrap_or_default();
     let run = Run {
-        dedup: options.dedup.unwrap_or(config.dedup),
-        load_raw_trades: options.load_raw_trades.unwrap_or(config.load_raw_trades),
+        dedup: options.dedup,
+        load_raw_trades: options.load_raw_trades,
+        mode: options.mode,
         config,
         req,
         run_id,
@@ -264,5 +311,54 @@ impl Run {
         self.aggregate(&loader_channel, &mut loader, streamed)
             .await?;
         self.commit(&mut loader, &plan).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_proto::RunOptions;
+
+    fn options(o: RunOptions, config: &TransformerConfig) -> Result<Options> {
+        let req = RunRequest {
+            options: Some(o),
+            ..Default::default()
+        };
+        Options::of(&req, config)
+    }
+
+    #[test]
+    fn the_request_overrides_the_configured_mode_and_elt_needs_raw_trades() {
+        let mut config = TransformerConfig::default();
+        let none = RunOptions::default();
+        assert_eq!(options(none, &config).unwrap().mode, RunMode::Etl);
+        let elt = RunOptions {
+            mode: Some(quarry_proto::RunMode::Elt as i32),
+            ..none
+        };
+        assert_eq!(options(elt, &config).unwrap().mode, RunMode::Elt);
+        config.mode = RunMode::Elt;
+        let unspecified = RunOptions {
+            mode: Some(quarry_proto::RunMode::Unspecified as i32),
+            ..none
+        };
+        assert_eq!(options(unspecified, &config).unwrap().mode, RunMode::Elt);
+
+        let no_raw = RunOptions {
+            load_raw_trades: Some(false),
+            ..elt
+        };
+        let e = options(no_raw, &config).unwrap_err();
+        assert_eq!(e.kind(), quarry_core::ErrorKind::Input);
+        assert!(e.to_string().contains("without raw trades"), "{e}");
+        let e = options(
+            RunOptions {
+                mode: Some(7),
+                ..none
+            },
+            &config,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("run mode 7"), "{e}");
     }
 }

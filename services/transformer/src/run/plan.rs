@@ -23,6 +23,7 @@ impl Run {
         let options_json = serde_json::json!({
             "dedup": self.dedup,
             "load_raw_trades": self.load_raw_trades,
+            "mode": self.mode.as_str(),
             "format": SourceFormat::try_from(self.req.format).unwrap_or_default().as_str_name(),
         })
         .to_string();

@@ -1,5 +1,5 @@
 //! The stream phase of a run: the splits are read from the extractor,
-//! validated and folded into the aggregate as they arrive, while their
+//! validated and folded into the aggregate (in ETL) as they arrive, while their
 //! `trades` and `trades_rejected` rows stream to the loader, one DoPut per
 //! table.
 
@@ -13,7 +13,7 @@ use arrow_flight::FlightClient;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use quarry_core::{Error, Result, Table, flight};
+use quarry_core::{Error, Result, RunMode, Table, flight};
 use quarry_proto::{ExtractTicket, LoadAck, LoadCommand, WriteMode};
 use quarry_transform::aggregate::KeyColumns;
 use quarry_transform::{Aggregator, validate};
@@ -59,10 +59,16 @@ impl Run {
         let rejected_tx = open_put(Table::TradesRejected);
         self.counters.set_stage("extracting");
 
-        let aggregator = Arc::new(Aggregator::new(
+        let aggregator = Aggregator::new(
             self.dedup,
             KeyColumns::from_names(&self.config.quality.key_columns),
-        ));
+        );
+        // In ELT the warehouse computes the weeks: no groups are built, the
+        // aggregator still drops or counts duplicates and keeps the days.
+        let aggregator = Arc::new(match self.mode {
+            RunMode::Etl => aggregator,
+            RunMode::Elt => aggregator.without_groups(),
+        });
         let streamed = futures::stream::iter(tickets.iter().cloned())
             .map(|ticket| {
                 self.read_split(
