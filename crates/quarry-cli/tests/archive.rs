@@ -340,3 +340,100 @@ async fn the_service_archives_on_its_schedule() {
     let wh = quarry_warehouse::open(&env.config.warehouse).unwrap();
     assert!(wh.list_partitions(Table::Trades).await.unwrap().is_empty());
 }
+
+/// A run into a week whose other days are in the cold tier is refused before
+/// anything changes, in one line naming the days and the restore command;
+/// once they are restored, the same run recomputes the week from all its
+/// days, as one run over the final data would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_week_with_archived_days_is_restored_before_it_is_recomputed() {
+    let mut env = Env::new();
+    env.config.archiver.cold_root = env.dir.path().join("cold").display().to_string();
+    let src = env.copy_fixture();
+    env.run(&src).await.unwrap();
+    let (url, _stop) = start_archiver(&env.config).await;
+    let mut c = ArchiverServiceClient::connect(url).await.unwrap();
+    c.archive(ArchiveRequest {
+        table: "trades".into(),
+        as_of: "2023-03-15".into(),
+        dry_run: false,
+    })
+    .await
+    .unwrap();
+
+    // A corrected delivery of Wednesday 2023-02-08, whose week is cold.
+    let day = "2023-02-08 10:00:00,9001,bronze,AAPL,sell,2.5,100.25\n\
+               2023-02-08 11:00:00,9001,bronze,AAPL,buy,1,99.5\n";
+    let late = env.write("late.csv", format!("{}{day}", common::HEADER));
+    let before = env.snapshot();
+    let e = env.run(&late).await.unwrap_err();
+    let msg = e.message();
+    assert!(
+        msg.contains("cold tier")
+            && msg.contains("2023-02-06")
+            && msg.contains(
+                "quarry archive restore --table trades --from 2023-02-06 --to 2023-02-12"
+            )
+            && !msg.contains('\n'),
+        "{msg}"
+    );
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a refused run changed the warehouse"
+    );
+
+    c.restore(RestoreRequest {
+        table: "trades".into(),
+        from: "2023-02-06".into(),
+        to: "2023-02-12".into(),
+    })
+    .await
+    .unwrap();
+    env.run(&late).await.unwrap();
+
+    // The same data as one run: the sample with that day's rows replaced.
+    let whole = Env::new();
+    let sample = std::fs::read_to_string(&src).unwrap();
+    let mut final_data: String = sample
+        .lines()
+        .filter(|l| {
+            let ts = l.split(',').next().unwrap_or_default().trim();
+            let utc_day = quarry_transform::timestamp::parse(ts.as_bytes())
+                .map(quarry_transform::timestamp::trade_date);
+            utc_day != quarry_core::dates::parse_date("2023-02-08")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    final_data.push_str(day);
+    whole
+        .run(&whole.write("trades.csv", final_data))
+        .await
+        .unwrap();
+    let week = |e: &Env| {
+        let c = e.conn();
+        let mut st = c
+            .prepare(
+                "SELECT client_type, user_id, symbol, quote(total_volume), quote(total_pnl), trade_count
+                 FROM agg_trades_weekly WHERE week_start_date = '2023-02-06' ORDER BY 1, 2, 3",
+            )
+            .unwrap();
+        st.query_map([], |r| {
+            Ok(format!(
+                "{}|{}|{}|{}|{}|{}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?
+            ))
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+    };
+    let got = week(&env);
+    assert!(got.iter().any(|r| r.contains("|9001|")), "{got:?}");
+    assert_eq!(got, week(&whole));
+}

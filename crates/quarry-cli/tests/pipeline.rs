@@ -251,7 +251,8 @@ async fn a_rerun_replaces_only_the_partitions_it_covers() {
         ),
     );
     env.run(&env.data).await.unwrap();
-    // A second file covering only the first week replaces that week alone.
+    // A second file with another day of the first week replaces that day
+    // alone; the week is recomputed from all its days, the other week stays.
     let b = env.write(
         "b.csv",
         format!("{HEADER}2024-01-02 10:00:00,2,gold,B,sell,5,2\n"),
@@ -268,6 +269,7 @@ async fn a_rerun_replaces_only_the_partitions_it_covers() {
     assert_eq!(
         weeks,
         [
+            ("2024-01-01".into(), "1".into()),
             ("2024-01-01".into(), "2".into()),
             ("2024-01-08".into(), "1".into())
         ]
@@ -535,4 +537,166 @@ async fn concurrent_runs_are_serialised_by_the_loader() {
         runs[1].started_at,
         runs[1].finished_at
     );
+}
+
+/// An environment whose directory holds the sample as `data/trades.csv`,
+/// where `quarry` runs with its defaults (`agg_result.db` is `env.db`).
+fn sample_env() -> Env {
+    let env = Env::new();
+    std::fs::copy(
+        fixtures().join("trades_sample.csv"),
+        env.data.join("trades.csv"),
+    )
+    .unwrap();
+    env
+}
+
+/// ELT: the transformer sends no weekly rows and the warehouse computes
+/// them inside the commit; the tables and the report files are those of ETL.
+#[test]
+fn an_elt_run_gives_the_tables_and_reports_of_an_etl_run() {
+    use common::cli::quarry_ok;
+    let (etl, elt) = (sample_env(), sample_env());
+    quarry_ok(etl.dir.path(), &["run", "-q", "--mode", "etl"]);
+    quarry_ok(elt.dir.path(), &["run", "-q", "--mode", "elt"]);
+    assert_eq!(elt.count("SELECT count(*) FROM agg_trades_weekly"), 545);
+    assert_eq!(elt.count("SELECT count(*) FROM trades"), 790);
+    // Every table, the rejected rows' source files (under each env's own
+    // directory) aside.
+    let tables = |e: &Env| -> Vec<String> {
+        let data = e.data.display().to_string();
+        e.snapshot()
+            .iter()
+            .map(|r| r.replace(&data, "data"))
+            .collect()
+    };
+    assert_eq!(tables(&elt), tables(&etl));
+    for f in ["top_bronze_by_volume.csv", "top_bronze_by_pnl.csv"] {
+        let read = |e: &Env| std::fs::read_to_string(e.dir.path().join("output").join(f)).unwrap();
+        assert_eq!(read(&elt), read(&etl), "{f}");
+    }
+    // Nothing weekly was sent, and every row is still accounted for.
+    let q: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(elt.dir.path().join("output/quality_report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(q["agg_trades_weekly_rows"], 0, "{q}");
+    assert!(q["rows_staged"].get("agg_trades_weekly").is_none(), "{q}");
+    let reconciliation = q["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "reconciliation")
+        .unwrap();
+    assert_eq!(reconciliation["outcome"], "pass", "{reconciliation}");
+
+    let listed = |e: &Env| {
+        let out = quarry_ok(e.dir.path(), &["runs"]);
+        let row = out
+            .lines()
+            .find(|l| l.contains("succeeded"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string();
+        assert!(out.contains("mode"), "{out}");
+        row
+    };
+    assert!(listed(&elt).contains(" elt "), "{}", listed(&elt));
+    assert!(listed(&etl).contains(" etl "), "{}", listed(&etl));
+}
+
+/// ELT computes the weeks from the raw trades: without them it is refused
+/// in one line, before a run begins, however it is asked for.
+#[test]
+fn an_elt_run_without_raw_trades_is_refused_and_changes_nothing() {
+    use common::cli::{fails, one_line_error, quarry_ok, run_within};
+    let env = sample_env();
+    let dir = env.dir.path();
+    quarry_ok(dir, &["run", "-q"]);
+    let before = env.snapshot();
+    let runs = || env.count("SELECT count(*) FROM pipeline_runs");
+    assert_eq!(runs(), 1);
+
+    // The flags: refused by the command itself.
+    fails(
+        dir,
+        &["run", "-q", "--mode", "elt", "--no-raw-trades"],
+        &["--mode elt", "--no-raw-trades"],
+    );
+    // ELT asked of a transformer configured without raw trades: refused by
+    // the transformer before the run is recorded.
+    let deadline = std::time::Duration::from_secs(60);
+    let out = run_within(
+        dir,
+        &["run", "-q", "--mode", "elt"],
+        &[("QUARRY_TRANSFORMER__LOAD_RAW_TRADES", "false")],
+        deadline,
+    );
+    one_line_error(&out, &["ELT", "without raw trades"]);
+    // Configured so: a configuration error naming both keys.
+    let out = run_within(
+        dir,
+        &["run", "-q"],
+        &[
+            ("QUARRY_TRANSFORMER__MODE", "elt"),
+            ("QUARRY_TRANSFORMER__LOAD_RAW_TRADES", "false"),
+        ],
+        deadline,
+    );
+    one_line_error(&out, &["transformer.mode", "transformer.load_raw_trades"]);
+    assert_eq!(env.snapshot(), before);
+    assert_eq!(runs(), 1);
+}
+
+/// Daily loads: the same deliveries, a few days at a time, leave the same
+/// warehouse in ETL and in ELT, and every week holds all of its days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_loads_leave_the_same_warehouse_in_etl_and_elt() {
+    let deliveries = [
+        "2024-01-01 10:00:00,1,gold,A,buy,1.5,10.25\n2024-01-08 09:00:00,1,gold,A,sell,2,3\n",
+        // An exact duplicate, dropped: its day is still the run's.
+        "2024-01-02 10:00:00,2,gold,B,sell,5,2\n2024-01-02 10:00:00,2,gold,B,sell,5,2\n",
+        // 2024-01-01 again: the day is replaced, its week recomputed.
+        "2024-01-01 11:00:00,1,gold,A,buy,0.5,10\n",
+    ];
+    let mut warehouses = vec![];
+    for mode in [quarry_proto::RunMode::Etl, quarry_proto::RunMode::Elt] {
+        let env = Env::new();
+        for (i, rows) in deliveries.iter().enumerate() {
+            let f = env.write(&format!("d{i}.csv"), format!("{HEADER}{rows}"));
+            let options = RunOptions {
+                dedup: Some(true),
+                mode: Some(mode as i32),
+                ..Default::default()
+            };
+            env.run_with(&f, options).await.unwrap();
+        }
+        let weeks: Vec<(String, String, f64, i64)> = env
+            .conn()
+            .prepare(
+                "SELECT week_start_date, user_id, total_volume, trade_count
+                 FROM agg_trades_weekly ORDER BY 1, 2",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            weeks,
+            [
+                ("2024-01-01".into(), "1".into(), 0.5, 1),
+                ("2024-01-01".into(), "2".into(), 5.0, 1),
+                ("2024-01-08".into(), "1".into(), 2.0, 1),
+            ],
+            "{mode:?}"
+        );
+        let data = env.data.display().to_string();
+        warehouses.push(
+            env.snapshot()
+                .iter()
+                .map(|r| r.replace(&data, "data"))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(warehouses[0], warehouses[1]);
 }

@@ -582,3 +582,114 @@ fn quarry_run_on_snowflake_matches_the_sqlite_run() {
         ],
     );
 }
+
+/// Weekly PnL totals past 15 significant digits, delivered as two runs into
+/// one week: the top files and `quarry report top-users` on SQLite are
+/// exact, and so is `COALESCE(total_pnl_exact, total_pnl)` for users' SQL.
+#[test]
+fn top_files_are_exact_past_fifteen_digits_on_sqlite() {
+    use quarry_core::decimal::{PNL_SCALE, SCALE, parse_scaled};
+    let dir = common::user_dir();
+    let trades = [
+        (
+            "2023-01-02 09:00:00",
+            "7001",
+            "sell",
+            "12345678.12345678",
+            "248.64810571",
+        ),
+        (
+            "2023-01-02 10:00:00",
+            "7001",
+            "buy",
+            "0.00000001",
+            "99999999.99999999",
+        ),
+        (
+            "2023-01-03 09:00:00",
+            "7002",
+            "sell",
+            "98765432.1",
+            "31.08000001",
+        ),
+        (
+            "2023-01-04 09:00:00",
+            "7001",
+            "sell",
+            "3.33333333",
+            "7.77777777",
+        ),
+        (
+            "2023-01-04 12:00:00",
+            "7003",
+            "buy",
+            "11111111.11111111",
+            "0.99999999",
+        ),
+        (
+            "2023-01-05 09:00:00",
+            "7002",
+            "buy",
+            "0.12345679",
+            "87654321.12345678",
+        ),
+    ];
+    let (mut volume, mut pnl) = (
+        std::collections::BTreeMap::<&str, i128>::new(),
+        std::collections::BTreeMap::<&str, i128>::new(),
+    );
+    let mut files = [String::from(common::HEADER), String::from(common::HEADER)];
+    for (i, (ts, user, side, q, p)) in trades.iter().enumerate() {
+        let (qv, pv) = (
+            parse_scaled(q.as_bytes(), SCALE).unwrap(),
+            parse_scaled(p.as_bytes(), SCALE).unwrap(),
+        );
+        *volume.entry(user).or_default() += qv;
+        *pnl.entry(user).or_default() += if *side == "sell" { qv * pv } else { -qv * pv };
+        files[usize::from(i >= 3)] += &format!("{ts},{user},bronze,XYZ,{side},{q},{p}\n");
+    }
+    for (k, f) in files.iter().enumerate() {
+        let name = format!("data/part-{k}.csv");
+        std::fs::write(dir.path().join(&name), f).unwrap();
+        quarry_ok(dir.path(), &["run", "-q", "--source", &name]);
+    }
+    let top = |file: &str, scale: u32| -> Vec<(String, i128)> {
+        read(dir.path().join("output").join(file))
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (user, value) = l.split_once(',').unwrap();
+                (
+                    user.to_string(),
+                    parse_scaled(value.as_bytes(), scale).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let ranked = |totals: &std::collections::BTreeMap<&str, i128>| -> Vec<(String, i128)> {
+        let mut v: Vec<(String, i128)> = totals.iter().map(|(u, t)| (u.to_string(), *t)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    };
+    assert_eq!(top("top_bronze_by_pnl.csv", PNL_SCALE), ranked(&pnl));
+    assert_eq!(top("top_bronze_by_volume.csv", SCALE), ranked(&volume));
+    let report = quarry_ok(
+        dir.path(),
+        &["report", "top-users", "--metric", "pnl", "--limit", "3"],
+    );
+    let best = &ranked(&pnl)[0];
+    let best_text = quarry_core::decimal::format_scaled(best.1, PNL_SCALE);
+    assert!(
+        report.contains(best.0.as_str()) && report.contains(best_text.trim_end_matches('0')),
+        "{report}"
+    );
+    let stored: String = rusqlite::Connection::open(dir.path().join("agg_result.db"))
+        .unwrap()
+        .query_row(
+            "SELECT CAST(COALESCE(total_pnl_exact, total_pnl) AS TEXT) FROM agg_trades_weekly WHERE user_id = ?1",
+            [&best.0],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(parse_scaled(stored.as_bytes(), PNL_SCALE).unwrap(), best.1);
+}

@@ -1,15 +1,21 @@
 //! The BigQuery backend against the emulator scripts/test.sh starts, and an
 //! emulator of the test's own that stops and comes back in the middle of a run.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use arrow::array::{
+    Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
 use quarry_core::config::WarehouseKind;
-use quarry_core::{ErrorCategory, RunStatus, Table};
+use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
+use quarry_core::{ErrorCategory, RunMode, RunStatus, Table};
+use quarry_testkit::rows_text;
 use quarry_warehouse::{RunCommit, Warehouse, WriteMode};
 
 use crate::common::{self, Env};
 use crate::harness::{
-    agg_batch, assert_backend_error, commit, conformance, rows_of, start, trade_batch,
+    agg_batch, assert_backend_error, commit, conformance, daily_loads, rows_of, start, trade_batch,
 };
 use crate::own_server::OwnServer;
 use crate::sneak::Sneak;
@@ -45,23 +51,29 @@ fn bigquery_tables(url: &str, project: &str, dataset: &str) -> Vec<String> {
     names
 }
 
+/// An environment whose warehouse is `dataset` on the emulator at `url`.
+fn bigquery_env(url: &str, project: &str, dataset: &str) -> Env {
+    let mut env = Env::new();
+    let bq = &mut env.config.warehouse.bigquery;
+    bq.api_url = url.into();
+    bq.project = project.into();
+    bq.dataset = dataset.into();
+    // The emulator takes any bearer token: handed over in a variable, as
+    // `access_token_env` does in production.
+    bq.access_token_env = "QUARRY_TEST_BIGQUERY_TOKEN".into();
+    env.config.warehouse.kind = WarehouseKind::Bigquery;
+    env
+}
+
 /// Against the BigQuery emulator scripts/test.sh starts (QUARRY_TEST_BIGQUERY_URL);
 /// if the script started it and it does not answer, this fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the BigQuery emulator: scripts/test.sh runs it"]
 async fn conformance_suite() {
     let (url, project) = bigquery_target();
-    let mut env = Env::new();
-    let bq = &mut env.config.warehouse.bigquery;
-    bq.api_url = url.clone();
-    bq.project = project.clone();
     // A dataset of its own: runs of the suite never see each other's tables.
-    bq.dataset = format!("quarry_test_{}", std::process::id());
-    // The emulator takes any bearer token: handed over in a variable, as
-    // `access_token_env` does in production.
-    bq.access_token_env = "QUARRY_TEST_BIGQUERY_TOKEN".into();
-    let dataset = bq.dataset.clone();
-    env.config.warehouse.kind = WarehouseKind::Bigquery;
+    let dataset = format!("quarry_test_{}", std::process::id());
+    let env = bigquery_env(&url, &project, &dataset);
     let sneak = Sneak::BigQuery {
         url: url.clone(),
         project: project.clone(),
@@ -73,12 +85,23 @@ async fn conformance_suite() {
         bigquery_tables(&url, &project, &dataset),
         [
             "agg_trades_weekly",
+            "loaded_days",
             "pipeline_runs",
             "trades",
             "trades_rejected"
         ]
     );
+    // Daily loads, each warehouse in a dataset of its own; the first weeks
+    // of the sample keep the emulator's runs few.
+    daily_loads(
+        |suffix| bigquery_env(&url, &project, &format!("{dataset}_{suffix}")),
+        DAILY_WEEKS,
+    )
+    .await;
 }
+
+/// The weeks of the sample the daily-loads check delivers day by day.
+const DAILY_WEEKS: usize = 3;
 
 /// Test-only credentials for the emulator, which accepts any bearer token:
 /// a real account goes through the service-account key file instead.
@@ -297,6 +320,167 @@ async fn a_failed_commit_changes_nothing() {
     );
     assert_eq!(
         bigquery_tables(&url, &project, &dataset),
-        ["agg_trades_weekly", "pipeline_runs", "trades"]
+        [
+            "agg_trades_weekly",
+            "loaded_days",
+            "pipeline_runs",
+            "trades"
+        ]
+    );
+}
+
+/// The weekly fold inside the commit is exact on the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the BigQuery emulator: scripts/test.sh runs it"]
+async fn the_weekly_fold_is_exact() {
+    let (url, project) = bigquery_target();
+    let config = quarry_core::config::BigQueryConfig {
+        api_url: url,
+        project,
+        dataset: format!("quarry_fold_{}", std::process::id()),
+        ..Default::default()
+    };
+    let wh = bigquery_with_static_token(&config);
+    wh.check_connectivity().await.unwrap();
+    folds_exactly(wh.as_ref()).await;
+}
+
+/// Trades of user `x` (amounts in units of 10^-8): (day, side, quantity, price).
+fn trades(rows: &[(i32, &str, i128, i128)]) -> RecordBatch {
+    let n = rows.len();
+    let decimals = |f: fn(&(i32, &str, i128, i128)) -> i128| {
+        Arc::new(
+            Decimal128Array::from_iter_values(rows.iter().map(f)).with_data_type(QUANTITY_TYPE),
+        )
+    };
+    RecordBatch::try_new(
+        Table::Trades.schema(),
+        vec![
+            Arc::new(
+                TimestampNanosecondArray::from_iter_values(
+                    rows.iter().map(|r| i64::from(r.0) * 86_400_000_000_000),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(vec!["x"; n])),
+            Arc::new(StringArray::from(vec!["gold"; n])),
+            Arc::new(StringArray::from(vec!["SYM"; n])),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            decimals(|r| r.2),
+            decimals(|r| r.3),
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.0))),
+        ],
+    )
+    .unwrap()
+}
+
+/// One weekly row of user `x`: volume in units of 10^-8, PnL of 10^-16.
+fn weekly(week: i32, volume: i128, pnl: i128, count: i64) -> RecordBatch {
+    RecordBatch::try_new(
+        Table::AggTradesWeekly.schema(),
+        vec![
+            Arc::new(Date32Array::from(vec![week])),
+            Arc::new(StringArray::from(vec!["gold"])),
+            Arc::new(StringArray::from(vec!["x"])),
+            Arc::new(StringArray::from(vec!["SYM"])),
+            Arc::new(Decimal128Array::from(vec![volume]).with_data_type(VOLUME_TYPE)),
+            Arc::new(Decimal128Array::from(vec![pnl]).with_data_type(PNL_TYPE)),
+            Arc::new(Int64Array::from(vec![count])),
+        ],
+    )
+    .unwrap()
+}
+
+/// The weekly row of user `x` folded from `rows` (exact, in i128), as text.
+fn folded(week: i32, rows: &[(i32, &str, i128, i128)]) -> String {
+    let volume: i128 = rows.iter().map(|r| r.2).sum();
+    let pnl: i128 = rows
+        .iter()
+        .map(|r| {
+            if r.1 == "sell" {
+                r.2 * r.3
+            } else {
+                -(r.2 * r.3)
+            }
+        })
+        .sum();
+    rows_text(&[weekly(week, volume, pnl, rows.len() as i64)]).remove(0)
+}
+
+/// The weeks a commit folds from `trades` hold the exact sums, at the
+/// extremes of the amounts' types: products of 21 integer digits and of 16
+/// decimal places. The backends whose SQL types products differently from
+/// their stand-ins (BigQuery, Snowflake) run it.
+pub async fn folds_exactly(wh: &dyn Warehouse) {
+    const MAX: i128 = 999_999_999_999_999_999; // 9999999999.99999999
+    let monday = 19_723; // 2024-01-01
+    let first = [
+        (monday, "sell", MAX, MAX),
+        (monday, "buy", 1, 1),
+        (monday + 1, "sell", 3, 7),
+        (
+            monday + 1,
+            "buy",
+            1_234_567_812_345_678,
+            9_876_543_287_654_321,
+        ),
+    ];
+    let days = |d: &[i32]| d.iter().copied().collect::<BTreeSet<i32>>();
+    // ELT: no weekly rows are sent; the commit folds the week.
+    wh.begin_run(start("fold-elt")).await.unwrap();
+    wh.write(
+        "fold-elt",
+        Table::Trades,
+        WriteMode::Replace,
+        trades(&first),
+    )
+    .await
+    .unwrap();
+    wh.commit(RunCommit {
+        mode: RunMode::Elt,
+        days: days(&[monday, monday + 1]),
+        raw_trades: true,
+        ..commit("fold-elt")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rows_of(wh, &[Table::AggTradesWeekly]).await,
+        [folded(monday, &first)]
+    );
+
+    // ETL, a day more of that week and a day of the next: the first week is
+    // folded again from all its days (the weekly row sent for it, wrong on
+    // purpose, is left out), the second is the row sent.
+    let second = [
+        (monday + 2, "sell", 100_000_000, 250_000_000),
+        (monday + 7, "buy", 200_000_000, 300_000_000),
+    ];
+    wh.begin_run(start("fold-etl")).await.unwrap();
+    let mode = WriteMode::Replace;
+    wh.write("fold-etl", Table::Trades, mode, trades(&second))
+        .await
+        .unwrap();
+    for row in [
+        weekly(monday, 1, 1, 1),
+        weekly(monday + 7, 200_000_000, -6 * 10i128.pow(16), 1),
+    ] {
+        wh.write("fold-etl", Table::AggTradesWeekly, mode, row)
+            .await
+            .unwrap();
+    }
+    wh.commit(RunCommit {
+        mode: RunMode::Etl,
+        days: days(&[monday + 2, monday + 7]),
+        raw_trades: true,
+        ..commit("fold-etl")
+    })
+    .await
+    .unwrap();
+    let mut week_one = first.to_vec();
+    week_one.push(second[0]);
+    assert_eq!(
+        rows_of(wh, &[Table::AggTradesWeekly]).await,
+        [folded(monday, &week_one), folded(monday + 7, &second[1..])]
     );
 }

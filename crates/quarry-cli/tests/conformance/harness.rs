@@ -1,7 +1,7 @@
 //! The contract every backend must keep, written once; each backend's file
 //! runs it against its stand-in with [`conformance`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -9,7 +9,7 @@ use arrow::array::{
     TimestampNanosecondArray,
 };
 use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type};
-use quarry_core::dates::date_text;
+use quarry_core::dates::{date_text, week_start};
 use quarry_core::decimal::{PNL_SCALE, parse_scaled};
 use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{ErrorCategory, RunStatus, Table};
@@ -68,9 +68,7 @@ pub fn start(run_id: &str) -> RunStart {
 pub fn commit(run_id: &str) -> RunCommit {
     RunCommit {
         run_id: run_id.into(),
-        source_files: vec![],
-        stats: RunStats::default(),
-        quality_json: String::new(),
+        ..Default::default()
     }
 }
 
@@ -409,4 +407,258 @@ pub fn assert_backend_error(e: &quarry_core::Error, transient: bool) {
         "expected a {} backend error: {e:?}",
         if transient { "transient" } else { "permanent" }
     );
+}
+
+/// What the readers of a warehouse see of its data: the rows of some tables
+/// (exact text), every top list, the weekly totals of the report page and
+/// the number of rejected rows.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    rows: Vec<String>,
+    tops: Vec<(String, String)>,
+    totals: Vec<(String, String, String, String, u64)>,
+    rejected: u64,
+}
+
+async fn seen(env: &Env, tables: &[Table]) -> Seen {
+    let wh: Arc<dyn Warehouse> = quarry_warehouse::open(&env.config.warehouse).unwrap();
+    let wh = wh.as_ref();
+    let mut rows = rows_of(wh, tables).await;
+    rows.sort();
+    let mut tops = vec![];
+    for client_type in ["gold", "silver", "bronze"] {
+        for metric in [Metric::Volume, Metric::Pnl] {
+            let q = TopUsersQuery {
+                client_type: client_type.into(),
+                metric,
+                limit: 1_000,
+            };
+            tops.extend(
+                wh.top_users(&q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|u| (u.user_id, u.value)),
+            );
+        }
+    }
+    let totals = wh
+        .weekly_totals()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            let exact = |v: &str| parse_scaled(v.as_bytes(), PNL_SCALE).unwrap().to_string();
+            (
+                t.week_start_date,
+                t.client_type,
+                exact(&t.total_volume),
+                exact(&t.total_pnl),
+                t.trade_count,
+            )
+        })
+        .collect();
+    let rejected = wh
+        .list_partitions(Table::TradesRejected)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.rows)
+        .sum();
+    wh.close().await.unwrap();
+    Seen {
+        rows,
+        tops,
+        totals,
+        rejected,
+    }
+}
+
+/// The sample cut into one CSV per UTC day (a row whose timestamp does not
+/// parse goes with the row before it), by day.
+fn sample_by_day() -> (csv::StringRecord, BTreeMap<i32, Vec<csv::StringRecord>>) {
+    let mut reader = csv::Reader::from_path(fixtures().join("trades_sample.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let at = header
+        .iter()
+        .position(|h| h.trim().eq_ignore_ascii_case("timestamp"))
+        .unwrap();
+    let mut days: BTreeMap<i32, Vec<csv::StringRecord>> = BTreeMap::new();
+    let (mut last, mut orphans) = (None, vec![]);
+    for record in reader.records() {
+        let record = record.unwrap();
+        let day = record.get(at).and_then(|t| {
+            quarry_transform::timestamp::parse(t.trim().as_bytes())
+                .map(quarry_transform::timestamp::trade_date)
+        });
+        match day.or(last) {
+            Some(d) => {
+                last = Some(d);
+                days.entry(d).or_default().push(record);
+            }
+            None => orphans.push(record),
+        }
+    }
+    days.first_entry().unwrap().get_mut().extend(orphans);
+    (header, days)
+}
+
+fn write_csv(path: &std::path::Path, header: &csv::StringRecord, rows: &[csv::StringRecord]) {
+    let mut w = csv::Writer::from_path(path).unwrap();
+    w.write_record(header).unwrap();
+    for r in rows {
+        w.write_record(r).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+/// The order of the daily runs: every day once in a shuffled order, one day
+/// delivered first with wrong rows (corrected by its own later delivery),
+/// one day delivered again at the end.
+fn daily_order(days: &[i32]) -> (Vec<i32>, i32, i32) {
+    let mut order = days.to_vec();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let corrected = days[days.len() / 2];
+    let again = days[days.len() / 3];
+    order.push(again);
+    (order, corrected, again)
+}
+
+/// Step 7, on warehouses of its own (`env_for(suffix)` makes a fresh one):
+/// the sample delivered as one file per UTC day, one run per file in a
+/// shuffled order — one day first with wrong rows then corrected, one day
+/// twice — equals one run over the whole sample: trades and the weekly
+/// aggregate decimal for decimal, every top list, the weekly totals; in ETL
+/// and in ELT, and ETL equals ELT. `weeks` limits the sample to its first
+/// weeks (the slow stand-ins take fewer runs).
+pub async fn daily_loads(env_for: impl Fn(&str) -> Env, weeks: usize) {
+    let (header, mut days) = sample_by_day();
+    let first_weeks: BTreeSet<i32> = days
+        .keys()
+        .map(|d| week_start(*d))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .take(weeks)
+        .collect();
+    days.retain(|d, _| first_weeks.contains(&week_start(*d)));
+    let day_list: Vec<i32> = days.keys().copied().collect();
+    let (order, corrected, again) = daily_order(&day_list);
+    let mut seen_by_mode = vec![];
+    for mode in quarry_core::RunMode::ALL {
+        let mut whole = env_for(&format!("whole_{mode}"));
+        whole.config.transformer.mode = mode;
+        let all: Vec<csv::StringRecord> = days.values().flatten().cloned().collect();
+        let src = whole.data.join("trades.csv");
+        write_csv(&src, &header, &all);
+        whole.run(&src).await.unwrap();
+        let want = seen(&whole, &[Table::Trades, Table::AggTradesWeekly]).await;
+
+        let mut daily = env_for(&format!("daily_{mode}"));
+        daily.config.transformer.mode = mode;
+        let file = |day: i32| daily.data.join(format!("trades-{}.csv", date_text(day)));
+        // The wrong first delivery: every quantity 1, a row missing.
+        let mut wrong = days[&corrected].clone();
+        wrong.pop();
+        let at = header
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case("quantity"))
+            .unwrap();
+        for r in &mut wrong {
+            let fields: Vec<&str> = r
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i == at { "1" } else { v })
+                .collect();
+            *r = csv::StringRecord::from(fields);
+        }
+        write_csv(&file(corrected), &header, &wrong);
+        daily.run(&file(corrected)).await.unwrap();
+        for &day in &order {
+            write_csv(&file(day), &header, &days[&day]);
+            daily
+                .run(&file(day))
+                .await
+                .unwrap_or_else(|e| panic!("{mode} run of {}: {e}", date_text(day)));
+        }
+        let got = seen(&daily, &[Table::Trades, Table::AggTradesWeekly]).await;
+        assert_eq!(want.rows.len(), got.rows.len(), "{mode}: rows");
+        assert_eq!(
+            want,
+            got,
+            "{mode}: daily runs (corrected {}, again {}) differ from one run",
+            date_text(corrected),
+            date_text(again)
+        );
+        seen_by_mode.push(want);
+    }
+    assert_eq!(seen_by_mode[0], seen_by_mode[1], "ETL and ELT differ");
+}
+
+/// Step 8, on warehouses of its own: `rows` generated trades over two years
+/// cut into `runs` runs of consecutive days (so most runs end inside a week
+/// the next one completes), loaded in a shuffled order, give the same
+/// weekly aggregate, top lists and totals in ETL and in ELT as one ETL run
+/// over the whole file.
+pub async fn generated_rows_in_runs(env_for: impl Fn(&str) -> Env, rows: u64, runs: usize) {
+    let mut csv = vec![];
+    quarry_testkit::generate(
+        &quarry_testkit::GenOptions {
+            rows,
+            users: 500,
+            ..Default::default()
+        },
+        &mut csv,
+    )
+    .unwrap();
+    let text = String::from_utf8(csv).unwrap();
+    let (header, body) = text.split_once('\n').unwrap();
+    // Days in order of first appearance do not matter: group by day, then
+    // cut the sorted days into `runs` ranges.
+    let mut by_day: BTreeMap<i32, String> = BTreeMap::new();
+    let mut last = 0;
+    for line in body.lines() {
+        let ts = line.split(',').next().unwrap_or_default();
+        if let Some(nanos) = quarry_transform::timestamp::parse(ts.as_bytes()) {
+            last = quarry_transform::timestamp::trade_date(nanos);
+        }
+        let day = by_day.entry(last).or_default();
+        day.push_str(line);
+        day.push('\n');
+    }
+    let days: Vec<i32> = by_day.keys().copied().collect();
+    let per_run = days.len().div_ceil(runs);
+    let mut chunks: Vec<&[i32]> = days.chunks(per_run).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..chunks.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunks.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let tables = [Table::AggTradesWeekly];
+    let whole = env_for("whole");
+    let src = whole.write("trades.csv", &text);
+    whole.run(&src).await.unwrap();
+    let want = seen(&whole, &tables).await;
+    for mode in quarry_core::RunMode::ALL {
+        let mut env = env_for(&format!("runs_{mode}"));
+        env.config.transformer.mode = mode;
+        for (k, chunk) in chunks.iter().enumerate() {
+            let mut part = format!("{header}\n");
+            for d in *chunk {
+                part.push_str(&by_day[d]);
+            }
+            let src = env.write(&format!("part-{k:02}.csv"), part);
+            env.run(&src).await.unwrap();
+        }
+        let got = seen(&env, &tables).await;
+        assert_eq!(want.rows.len(), got.rows.len(), "{mode}: weekly rows");
+        assert_eq!(want, got, "{mode}: {runs} runs differ from one run");
+    }
 }

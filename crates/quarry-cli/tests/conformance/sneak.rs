@@ -29,8 +29,9 @@ impl Sneak {
                 .unwrap()
                 .execute_batch(
                     "CREATE TRIGGER sneak AFTER INSERT ON trades WHEN NEW.user_id = 'sneak-user'
-                     BEGIN INSERT INTO trades VALUES (NEW.timestamp, 'sneaked', 'gold', 'SYM',
-                       'buy', 1, 1, NEW.trade_date, NEW.run_id); END;",
+                     BEGIN INSERT INTO trades (timestamp, user_id, client_type, symbol, side,
+                       quantity, price, trade_date, run_id) VALUES (NEW.timestamp, 'sneaked',
+                       'gold', 'SYM', 'buy', 1, 1, NEW.trade_date, NEW.run_id); END;",
                 )
                 .unwrap();
         }
