@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark Quarry against Polars, DuckDB and pandas on the same job.
 #   scripts/bench.sh [--rows 1000000 10000000 50000000] [--reps 3] [--raw] [--tools ...]
+# The cost of a daily run into a warehouse of 1M and 10M trades (SQLite and
+# the ClickHouse stand-in), and the full-file run beside an earlier build:
+#   scripts/bench.sh daily [--bases 1000000 10000000] [--reps 3] [--baseline DIR]
 # Builds the release binaries, creates the peers' virtualenv (cached), generates
 # the inputs (cached), checks that all tools agree, then times them.
 # QUARRY_BENCH_PROFILE=dev uses the debug build (the test suite's tiny smoke run).
@@ -15,5 +18,9 @@ BIN="$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
 if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/bench/requirements.txt) >/dev/null; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/bench/requirements.txt
+fi
+if [ "${1:-}" = daily ]; then
+    shift
+    exec "$VENV/bin/python" scripts/bench/daily.py --bin "$BIN" --data "$CACHE/bench" "$@"
 fi
 exec "$VENV/bin/python" scripts/bench/bench.py --bin "$BIN" --data "$CACHE/bench" "$@"

@@ -7,7 +7,8 @@
 # checks formatting and lints, runs every test (those that need a stand-in
 # or a tool are #[ignore]d for a plain `cargo test`; here they all run, and a
 # missing tool or stand-in stops the script with one line naming it), then
-# runs the benchmark at a tiny size against its peers (Polars, DuckDB, pandas).
+# runs the benchmark at a tiny size against its peers (Polars, DuckDB, pandas)
+# and the daily-load benchmark on tiny warehouses.
 #
 # Caches (override with the variables): QUARRY_CACHE (default ~/.cache/quarry)
 # holds the cargo target directory and the virtualenv.
@@ -75,3 +76,5 @@ echo "== tests"
 cargo test --workspace --locked --no-fail-fast -- --include-ignored
 echo "== benchmark smoke run (tiny input: keeps the harness and the peers' agreement check working)"
 QUARRY_BENCH_PROFILE=dev scripts/bench.sh --rows 20000 --reps 1 --raw
+echo "== daily-load benchmark smoke run (tiny warehouses, SQLite and ClickHouse)"
+QUARRY_BENCH_PROFILE=dev scripts/bench.sh daily --bases 20000 40000 --day-rows 2000 --reps 1
