@@ -21,6 +21,13 @@ if ! "$VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sort scripts/bench/
 fi
 if [ "${1:-}" = daily ]; then
     shift
-    exec "$VENV/bin/python" scripts/bench/daily.py --bin "$BIN" --data "$CACHE/bench" "$@"
+    if [ -z "${QUARRY_TEST_CLICKHOUSE_URL:-}" ]; then
+        # The ClickHouse stand-in of the tests, stopped when this script exits.
+        . scripts/standins.sh
+        start_clickhouse
+    fi
+    "$VENV/bin/python" scripts/bench/daily.py --bin "$BIN" --data "$CACHE/bench" \
+        --clickhouse-url "$QUARRY_TEST_CLICKHOUSE_URL" "$@"
+    exit
 fi
 exec "$VENV/bin/python" scripts/bench/bench.py --bin "$BIN" --data "$CACHE/bench" "$@"

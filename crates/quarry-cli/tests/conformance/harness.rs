@@ -1,7 +1,7 @@
 //! The contract every backend must keep, written once; each backend's file
 //! runs it against its stand-in with [`conformance`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -9,7 +9,7 @@ use arrow::array::{
     TimestampNanosecondArray,
 };
 use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type};
-use quarry_core::dates::{date_text, week_start};
+use quarry_core::dates::date_text;
 use quarry_core::decimal::{PNL_SCALE, parse_scaled};
 use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_core::{ErrorCategory, RunStatus, Table};
@@ -535,18 +535,9 @@ fn daily_order(days: &[i32]) -> (Vec<i32>, i32, i32) {
 /// shuffled order — one day first with wrong rows then corrected, one day
 /// twice — equals one run over the whole sample: trades and the weekly
 /// aggregate decimal for decimal, every top list, the weekly totals; in ETL
-/// and in ELT, and ETL equals ELT. `weeks` limits the sample to its first
-/// weeks (the slow stand-ins take fewer runs).
-pub async fn daily_loads(env_for: impl Fn(&str) -> Env, weeks: usize) {
-    let (header, mut days) = sample_by_day();
-    let first_weeks: BTreeSet<i32> = days
-        .keys()
-        .map(|d| week_start(*d))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .take(weeks)
-        .collect();
-    days.retain(|d, _| first_weeks.contains(&week_start(*d)));
+/// and in ELT, and ETL equals ELT.
+pub async fn daily_loads(env_for: impl Fn(&str) -> Env) {
+    let (header, days) = sample_by_day();
     let day_list: Vec<i32> = days.keys().copied().collect();
     let (order, corrected, again) = daily_order(&day_list);
     let mut seen_by_mode = vec![];
