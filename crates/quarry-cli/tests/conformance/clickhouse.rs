@@ -14,7 +14,8 @@ use quarry_warehouse::{RunCommit, Warehouse, WriteMode};
 
 use crate::common::{self, Env};
 use crate::harness::{
-    agg_batch, commit, conformance, daily_loads, load, rows_of, start, trade_batch,
+    agg_batch, commit, conformance, daily_loads, generated_rows_in_runs, load, rows_of, start,
+    trade_batch,
 };
 use crate::own_server::OwnServer;
 use crate::sneak::Sneak;
@@ -42,6 +43,12 @@ async fn conformance_suite() {
     };
     conformance(&env, sneak).await;
     daily_loads(|suffix| env_on(format!("{database}_{suffix}"))).await;
+    generated_rows_in_runs(
+        |suffix| env_on(format!("{database}_{suffix}")),
+        1_000_000,
+        30,
+    )
+    .await;
     // Nothing left behind: no staging tables of any run, committed or aborted.
     let out = std::process::Command::new("curl")
         .args(["-sf", "--data-binary"])
