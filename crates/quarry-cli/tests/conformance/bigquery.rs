@@ -15,7 +15,8 @@ use quarry_warehouse::{RunCommit, Warehouse, WriteMode};
 
 use crate::common::{self, Env};
 use crate::harness::{
-    agg_batch, assert_backend_error, commit, conformance, daily_loads, rows_of, start, trade_batch,
+    agg_batch, assert_backend_error, commit, conformance, daily_loads, generated_rows_in_runs,
+    rows_of, start, trade_batch,
 };
 use crate::own_server::OwnServer;
 use crate::sneak::Sneak;
@@ -93,6 +94,16 @@ async fn conformance_suite() {
     );
     // Daily loads, each warehouse in a dataset of its own.
     daily_loads(|suffix| bigquery_env(&url, &project, &format!("{dataset}_{suffix}"))).await;
+}
+
+/// A million generated trades in 30 runs equal one run, in ETL and ELT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the BigQuery emulator: scripts/test.sh runs it"]
+async fn a_million_rows_in_30_runs_equal_one_run() {
+    let (url, project) = bigquery_target();
+    let dataset = format!("quarry_million_{}", std::process::id());
+    let env_for = |suffix: &str| bigquery_env(&url, &project, &format!("{dataset}_{suffix}"));
+    generated_rows_in_runs(env_for, 1_000_000, 30).await;
 }
 
 /// Test-only credentials for the emulator, which accepts any bearer token:

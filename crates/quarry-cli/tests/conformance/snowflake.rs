@@ -15,7 +15,8 @@ use quarry_warehouse::{Warehouse, WriteMode};
 
 use crate::common::Env;
 use crate::harness::{
-    agg_batch, assert_backend_error, commit, conformance, daily_loads, load, rows_of, start,
+    agg_batch, assert_backend_error, commit, conformance, daily_loads, generated_rows_in_runs,
+    load, rows_of, start,
 };
 use crate::sneak::Sneak;
 use crate::snowflake_proxy::{self, Proxy};
@@ -62,6 +63,25 @@ async fn conformance_suite() {
     );
     // Daily loads, each warehouse in a database of its own.
     daily_loads(|suffix| env_on(&format!("{database}_{suffix}"))).await;
+}
+
+/// A million generated trades in 30 runs equal one run, in ETL and ELT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Snowflake stand-in (fakesnow): scripts/test.sh runs it"]
+async fn a_million_rows_in_30_runs_equal_one_run() {
+    let url = quarry_testkit::standin("QUARRY_TEST_SNOWFLAKE_URL");
+    let proxy = snowflake_proxy::start(&url);
+    let database = format!("quarry_million_{}", std::process::id());
+    let env_for = |suffix: &str| {
+        let mut env = Env::new();
+        snowflake_proxy::configure(
+            &mut env.config.warehouse,
+            &proxy,
+            &format!("{database}_{suffix}"),
+        );
+        env
+    };
+    generated_rows_in_runs(env_for, 1_000_000, 30).await;
 }
 
 /// Transient failures (HTTP 503 from the service, here from the proxy for

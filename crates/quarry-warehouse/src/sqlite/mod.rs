@@ -68,16 +68,21 @@ impl SqliteWarehouse {
         .map_err(|e| db_err(&format!("cannot configure database {}", path.display()), e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| db_err("busy_timeout", e))?;
-        // Tables, an older database's new columns and its loaded days: all
-        // or nothing.
-        let mut sql = format!("BEGIN IMMEDIATE;{SCHEMA_SQL}");
-        for (table, column, ty) in upgrade.columns {
-            sql += &format!("ALTER TABLE {table} ADD COLUMN {column} {ty};");
-        }
-        if upgrade.backfill_days {
-            sql += BACKFILL_DAYS_SQL;
-        }
-        sql += "COMMIT;";
+        // A new database's tables, or an older one's new columns and loaded
+        // days: all or nothing. An up-to-date database is left alone (no
+        // write lock: opening it during another process's run does not wait).
+        let sql = if upgrade.columns.is_empty() && !upgrade.backfill_days {
+            SCHEMA_SQL.to_string()
+        } else {
+            let mut sql = format!("BEGIN IMMEDIATE;{SCHEMA_SQL}");
+            for (table, column, ty) in upgrade.columns {
+                sql += &format!("ALTER TABLE {table} ADD COLUMN {column} {ty};");
+            }
+            if upgrade.backfill_days {
+                sql += BACKFILL_DAYS_SQL;
+            }
+            sql + "COMMIT;"
+        };
         conn.execute_batch(&sql)
             .map_err(|e| db_err(&format!("cannot create tables in {}", path.display()), e))?;
         exact::register(&conn).map_err(|e| db_err("register the exact aggregates", e))?;

@@ -188,3 +188,63 @@ async fn abort_leaves_nothing_and_records_the_failure() {
         .unwrap_err();
     assert!(e.to_string().contains("does not match"), "{e}");
 }
+
+#[tokio::test]
+async fn an_older_database_gains_the_exact_columns_and_its_loaded_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    {
+        // The tables as a Quarry before daily loads created them.
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE trades (timestamp TEXT NOT NULL, user_id TEXT NOT NULL,
+                 client_type TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL,
+                 quantity REAL NOT NULL, price REAL NOT NULL, trade_date TEXT NOT NULL,
+                 run_id TEXT NOT NULL);
+             CREATE TABLE agg_trades_weekly (week_start_date TEXT NOT NULL,
+                 client_type TEXT NOT NULL, user_id TEXT NOT NULL, symbol TEXT NOT NULL,
+                 total_volume REAL NOT NULL, total_pnl REAL NOT NULL, trade_count INTEGER NOT NULL);
+             INSERT INTO trades VALUES
+                 ('2024-01-03 10:00:00', 'u', 'gold', 'X', 'buy', 1.5, 2.0, '2024-01-03', 'old'),
+                 ('2024-01-07 10:00:00', 'u', 'gold', 'X', 'buy', 1.0, 2.0, '2024-01-07', 'old');
+             INSERT INTO agg_trades_weekly VALUES
+                 ('2024-01-01', 'gold', 'u', 'X', 2.5, -5.0, 2),
+                 ('2024-01-08', 'gold', 'u', 'X', 1.0, 1.0, 1);",
+        )
+        .unwrap();
+    }
+    let wh = SqliteWarehouse::open(&db).unwrap();
+    let days = wh
+        .read(|c| {
+            c.prepare("SELECT trade_date, week_start_date, raw_trades FROM loaded_days ORDER BY 1")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<(String, String, bool)>>>()
+        })
+        .await
+        .unwrap();
+    let row = |d: &str, w: &str, raw| (d.to_string(), w.to_string(), raw);
+    assert_eq!(
+        days,
+        [
+            row("2024-01-03", "2024-01-01", true),
+            row("2024-01-07", "2024-01-01", true),
+            // A week without raw trades: its Monday, loaded without them.
+            row("2024-01-08", "2024-01-08", false),
+        ]
+    );
+    let totals = wh.weekly_totals().await.unwrap();
+    assert_eq!(totals[0].total_pnl, "-5");
+    wh.close().await.unwrap();
+    // Opened again, nothing is filled twice.
+    let wh = SqliteWarehouse::open(&db).unwrap();
+    let n = wh
+        .read(|c| {
+            c.query_row("SELECT count(*) FROM loaded_days", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    wh.close().await.unwrap();
+}
