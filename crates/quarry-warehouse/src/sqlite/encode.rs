@@ -74,7 +74,13 @@ pub(super) fn insert_trades(
     let mut texts = DateTexts::default();
     let mut ts_text = String::new();
     let mut last_day = None;
-    for i in 0..b.num_rows() {
+    // Rows go in day by day (input order within a day): a batch's rows of
+    // one day land next to each other, so the partition index is updated
+    // at one place for a run of rows, and a day's rows fill whole pages
+    // that its later reads and deletes touch together.
+    let mut order: Vec<usize> = (0..b.num_rows()).collect();
+    order.sort_by_key(|&i| day.value(i));
+    for i in order {
         timestamp_text(ts.value(i), &mut texts, &mut ts_text);
         let d = day.value(i);
         if last_day != Some(d) {

@@ -58,10 +58,14 @@ impl SqliteWarehouse {
         conn.execute_batch(
             // page_size applies when the file is created: bigger pages mean
             // fewer page writes for bulk loads.
+            // The commit's index builds sort on a second thread (SQLite
+            // starts none when temporary files are kept in memory), and
+            // their sorted runs spill to temporary files, not to memory.
             "PRAGMA page_size = 16384;
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
-             PRAGMA temp_store = MEMORY;
+             PRAGMA temp_store = FILE;
+             PRAGMA threads = 2;
              PRAGMA cache_size = -65536;
              PRAGMA wal_autocheckpoint = 0;",
         )

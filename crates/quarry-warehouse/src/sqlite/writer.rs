@@ -156,14 +156,12 @@ impl Writer {
                 )
                 .map_err(|e| db_err("read table extent", e))?;
             max_rowid.insert(t, m);
-            if m == 0 && t == Table::AggTradesWeekly {
-                // A fresh load of rows that arrive in partition order: one
-                // index build at commit (a sort of sorted keys) is much
-                // cheaper than maintaining the index row by row. Raw trades
-                // arrive in input order: sorting them at commit costs more
-                // (measured) than maintaining their index while the other
-                // core is still reading the input. Inside the run's
-                // transaction, so an abort restores the index.
+            if m == 0 {
+                // A fresh load: one index build at commit (a sort of the
+                // keys) costs about a third of maintaining the index row by
+                // row (benches/sqlite_load.rs: 10M trades, 10.8 s against
+                // 29 s), and the writer is the load's bottleneck. Inside
+                // the run's transaction, so an abort restores the index.
                 self.conn
                     .execute_batch(&format!("DROP INDEX IF EXISTS {}", partition_index(t).0))
                     .map_err(|e| db_err("drop index for a fresh load", e))?;
