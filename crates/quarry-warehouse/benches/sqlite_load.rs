@@ -3,12 +3,15 @@
 //!
 //!   cargo bench -p quarry-warehouse --bench sqlite_load [-- ROWS]
 //!
-//! Three measurements on the same trades (ROWS, default 2 000 000, dates in
-//! random order over two years), each into a fresh database file in WAL mode
-//! and timed from the first insert to a checkpointed database:
+//! Measurements on the same trades (ROWS, default 2 000 000, dates in random
+//! order over two years), each into a fresh database file in WAL mode with
+//! Quarry's pragmas, timed from the first insert to a checkpointed database:
 //! 1. the floor: one prepared INSERT of pre-built values, no index;
 //! 2. the floor with the `trade_date` index maintained while inserting;
-//! 3. Quarry: `SqliteWarehouse` (begin, write Arrow batches, commit, close),
+//! 3. the same, each chunk of a batch's size sorted by day first;
+//! 4. the floor with the index built once after the last row (what Quarry
+//!    does on a fresh load);
+//! 5. Quarry: `SqliteWarehouse` (begin, write Arrow batches, commit, close),
 //!    which also converts the exact decimals, formats timestamps and indexes.
 //!
 //! SQLite has one writer per database, so 1 bounds any load path that goes
@@ -52,24 +55,39 @@ fn fresh(dir: &Path, name: &str) -> std::path::PathBuf {
     path
 }
 
-fn floor(dir: &Path, rows: usize, index: bool) -> f64 {
-    let path = fresh(dir, if index { "floor-index.db" } else { "floor.db" });
+/// How the floor measurements lay out and index the rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// Rows appended in input order, no index.
+    Plain,
+    /// Appended, the `trade_date` index maintained row by row.
+    Indexed,
+    /// Appended, the index built once after the last row.
+    IndexAtEnd,
+    /// As `Indexed`, each chunk of this many rows sorted by day first (what
+    /// the loader does with each batch).
+    IndexedSorted(usize),
+}
+
+fn floor(dir: &Path, rows: usize, layout: Layout) -> f64 {
+    let path = fresh(dir, "floor.db");
     let conn = Connection::open(&path).expect("open");
     conn.execute_batch(
         "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-         PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0;
+         PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = FILE;
+         PRAGMA threads = 2;
          CREATE TABLE trades (timestamp TEXT NOT NULL, user_id TEXT NOT NULL,
              client_type TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL,
              quantity REAL NOT NULL, price REAL NOT NULL, trade_date TEXT NOT NULL,
              run_id TEXT NOT NULL);",
     )
     .expect("schema");
-    if index {
+    if matches!(layout, Layout::Indexed | Layout::IndexedSorted(_)) {
         conn.execute_batch("CREATE INDEX trades_by_trade_date ON trades (trade_date)")
             .expect("index");
     }
     // Values are built before the clock starts: only SQLite is timed.
-    let values: Vec<(String, String, &str, f64)> = (0..rows)
+    let mut values: Vec<(i32, String, String, &str, f64)> = (0..rows)
         .map(|i| {
             let (day, nanos, user, side, qty, _) = trade(i);
             let date = chrono::NaiveDate::from_num_days_from_ce_opt(day + 719_163)
@@ -82,16 +100,21 @@ fn floor(dir: &Path, rows: usize, index: bool) -> f64 {
                 secs / 60 % 60,
                 secs % 60
             );
-            (ts, user, side, qty as f64 / 1e8)
+            (day, ts, user, side, qty as f64 / 1e8)
         })
         .collect();
+    if let Layout::IndexedSorted(n) = layout {
+        for chunk in values.chunks_mut(n) {
+            chunk.sort_by_key(|v| v.0);
+        }
+    }
     let started = Instant::now();
     conn.execute_batch("BEGIN").expect("begin");
     {
         let mut st = conn
             .prepare("INSERT INTO trades VALUES (?1, ?2, 'bronze', 'AAPL', ?3, ?4, 157.35, ?5, ?6)")
             .expect("prepare");
-        for (ts, user, side, qty) in &values {
+        for (_, ts, user, side, qty) in &values {
             st.raw_bind_parameter(1, ts.as_str()).expect("bind");
             st.raw_bind_parameter(2, user.as_str()).expect("bind");
             st.raw_bind_parameter(3, *side).expect("bind");
@@ -101,6 +124,10 @@ fn floor(dir: &Path, rows: usize, index: bool) -> f64 {
                 .expect("bind");
             st.raw_execute().expect("insert");
         }
+    }
+    if layout == Layout::IndexAtEnd {
+        conn.execute_batch("CREATE INDEX trades_by_trade_date ON trades (trade_date)")
+            .expect("index");
     }
     conn.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")
         .expect("commit");
@@ -184,11 +211,17 @@ fn main() {
             rows as f64 / secs / 1e6
         );
     };
-    report(
-        "floor: prepared INSERT, pre-built values",
-        floor(dir.path(), rows, false),
-    );
-    report("floor + trade_date index", floor(dir.path(), rows, true));
+    for (what, layout) in [
+        ("floor: prepared INSERT, pre-built values", Layout::Plain),
+        ("floor + trade_date index", Layout::Indexed),
+        (
+            "floor + index, 64K-row chunks sorted by day",
+            Layout::IndexedSorted(BATCH_ROWS),
+        ),
+        ("floor, index built after the last row", Layout::IndexAtEnd),
+    ] {
+        report(what, floor(dir.path(), rows, layout));
+    }
     report(
         "Quarry SqliteWarehouse (Arrow batches, exact -> REAL)",
         rt.block_on(quarry(dir.path(), rows)),
