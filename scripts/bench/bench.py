@@ -9,8 +9,8 @@ Polars, DuckDB and pandas, each in two variants:
   validated  Quarry's full validation rules, as fast as the tool allows.
 Before timing it checks every tool against Quarry: the validated peers and
 Quarry's other setups must give the same aggregate (row count, sums) and the
-same top-3 lists (to 4 decimals); the plain peers the same top-3 users with
-values within a relative 1e-3 (the largest difference is printed). The
+same top-3 lists (to 4 decimals); the plain peers the same top-3 users (their
+values include the bad rows they keep: the largest difference is printed). The
 validated peers are also run on hand-written edge cases of every rule
 (rules_check.py). Then it times the tools alternately under /usr/bin/time -v
 and prints medians, each tool's ratio to the fastest peer, and the targets.
@@ -164,12 +164,14 @@ def close(a, b, rel=1e-6):
 
 def check(tool, s, ref):
     """None if tool's summary s agrees with Quarry's ref, else what differs. Plain
-    peers: the same top users, values within 1e-3; returns also the largest
-    relative difference of their top values."""
+    peers: the same top users; returns also the largest relative difference
+    of their top values."""
     ids = all([u for u, _ in s["tops"][m]] == [u for u, _ in ref["tops"][m]] for m in ref["tops"])
     diffs = [abs(x - y) / max(abs(y), 1e-9) for m in ref["tops"] for (_, x), (_, y) in zip(s["tops"][m], ref["tops"][m])]
     if LABELS[tool] == "plain":
-        return (None if ids and max(diffs) <= 1e-3 else "top-3 users or values (1e-3)"), max(diffs)
+        # Their values include the few bad rows they keep (0.3% on a top-3
+        # value at 50M rows): only the users must be the same.
+        return (None if ids else "top-3 users"), max(diffs)
     if s["groups"] != ref["groups"] or s["trades"] != ref["trades"]:
         return "row count", 0.0
     if not (close(s["volume"], ref["volume"]) and close(s["pnl"], ref["pnl"])):
@@ -223,7 +225,7 @@ def main():
             if wrong:
                 sys.exit(f"{t} disagrees with quarry at {rows} rows ({wrong}):\n{s}\nvs\n{ref}")
             largest = max(largest, diff)
-            note = f", top values within {diff:.1e}" if LABELS[t] == "plain" else ""
+            note = f", top values differ by up to {diff:.1e}" if LABELS[t] == "plain" else ""
             print(f"  checked {t}: {s['groups']} groups of {s['trades']} rows{note}, wall {res[0]:.2f} s",
                   flush=True)
             results[t].append(res)
