@@ -40,20 +40,25 @@ BASE_START = "2024-01-01"
 DAY = "2024-01-03"
 
 
-def day_file(args, path):
-    """--day-rows generated trades moved onto DAY (their times of day kept)."""
+def redated(args, path, gen_args, date_of):
+    """Writes `quarry gen GEN_ARGS` to path (unless it exists) with each
+    trade's date replaced by date_of() (its time of day kept). Bad
+    timestamps stay as they are: they are rejected either way."""
     if os.path.exists(path):
         return
     tmp = path + ".gen.csv"
-    subprocess.run([f"{args.bin}/quarry", "gen", "--rows", str(args.day_rows), "--seed", "7",
-                    "--out", tmp], check=True)
+    subprocess.run([f"{args.bin}/quarry", "gen", *gen_args, "--out", tmp], check=True)
     with open(tmp) as src, open(path, "w") as out:
         out.write(next(src))
         for line in src:
             ts, rest = line.split(",", 1)
-            # Bad timestamps stay as they are: they are rejected either way.
-            out.write(f"{DAY}{ts[10:]},{rest}" if len(ts) == 19 else line)
+            out.write(f"{date_of()}{ts[10:]},{rest}" if len(ts) == 19 else line)
     os.remove(tmp)
+
+
+def day_file(args, path):
+    """--day-rows generated trades moved onto DAY."""
+    redated(args, path, ["--rows", str(args.day_rows), "--seed", "7"], lambda: DAY)
 
 
 def base_file(args, rows):
@@ -61,8 +66,12 @@ def base_file(args, rows):
     days drawn at random from the weeks from BASE_START on: the warehouse of
     a daily feed, N / day-rows days long, loaded as one backfill."""
     path = os.path.join(args.data, f"daily_base_{rows}_{args.day_rows}.csv")
-    if os.path.exists(path):
-        return path
+    days = max(7, -(-rows // args.day_rows))
+    start = datetime.date.fromisoformat(BASE_START)
+    texts = [(start + datetime.timedelta(days=d)).isoformat() for d in range(days)]
+    pick = random.Random(11)
+    redated(args, path, ["--rows", str(rows)], lambda: texts[pick.randrange(days)])
+    return path
     tmp = path + ".gen.csv"
     subprocess.run([f"{args.bin}/quarry", "gen", "--rows", str(rows), "--out", tmp], check=True)
     days = max(7, -(-rows // args.day_rows))
