@@ -14,6 +14,11 @@
 //! 5. Quarry: `SqliteWarehouse` (begin, write Arrow batches, commit, close),
 //!    which also converts the exact decimals, formats timestamps and indexes.
 //!
+//! Then the weekly aggregate (ROWS / 2 groups, about the share of a
+//! generated file, in week order as the transformer sends them): the floor
+//! with the `week_start_date` index maintained or built at the end, and
+//! Quarry's write of the same groups as Arrow batches of exact decimals.
+//!
 //! SQLite has one writer per database, so 1 bounds any load path that goes
 //! through SQL on one core; the pipeline's end-to-end raw rate is lower still,
 //! because parsing and validation share the machine's other cores.
@@ -23,10 +28,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, Date32Array, Decimal128Array, RecordBatch, StringArray, TimestampNanosecondArray,
+    ArrayRef, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampNanosecondArray,
 };
 use quarry_core::Table;
-use quarry_core::schema::QUANTITY_TYPE;
+use quarry_core::schema::{PNL_TYPE, QUANTITY_TYPE, VOLUME_TYPE};
 use quarry_warehouse::sqlite::SqliteWarehouse;
 use quarry_warehouse::{RunCommit, RunStart, Warehouse, WriteMode};
 use rusqlite::Connection;
@@ -168,9 +174,129 @@ fn batches(rows: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
-async fn quarry(dir: &Path, rows: usize) -> f64 {
+/// A deterministic weekly group, the `i`th of `groups` in week order:
+/// (week, client type, user, symbol, Σ quantity at 10^-8, PnL at 10^-16, trades).
+fn group(i: usize, groups: usize) -> (i32, &'static str, String, &'static str, i128, i128, i64) {
+    const SYMBOLS: [&str; 8] = [
+        "AAPL", "MSFT", "TSLA", "NVDA", "AMZN", "META", "XOM", "COST",
+    ];
+    const CLIENTS: [&str; 3] = ["gold", "silver", "bronze"];
+    let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let week = FIRST_DAY + 7 * (i * (DAYS as usize / 7) / groups) as i32;
+    let volume = 1_000_000 + (x >> 24) as i128 % 100_000_000_000;
+    // A sum of quantity × price: 4 significant places after the point.
+    let pnl = ((x >> 8) as i128 % 20_000_000_000 - 10_000_000_000) * 1_000_000_000_000;
+    let client = CLIENTS[(x >> 60) as usize % 3];
+    let user = format!("{}", (x >> 32) % 10_000);
+    (
+        week,
+        client,
+        user,
+        SYMBOLS[(x >> 56) as usize % 8],
+        volume,
+        pnl,
+        1 + (x >> 58) as i64,
+    )
+}
+
+fn week_text(week: i32) -> String {
+    chrono::NaiveDate::from_num_days_from_ce_opt(week + 719_163)
+        .expect("date")
+        .to_string()
+}
+
+/// The aggregate's floor: Quarry's nine columns from pre-built values, the
+/// `week_start_date` index maintained row by row or built after the last row.
+fn agg_floor(dir: &Path, groups: usize, index_at_end: bool) -> f64 {
+    let path = fresh(dir, "agg_floor.db");
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+         PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = FILE;
+         PRAGMA threads = 2;
+         CREATE TABLE agg_trades_weekly (week_start_date TEXT NOT NULL,
+             client_type TEXT NOT NULL, user_id TEXT NOT NULL, symbol TEXT NOT NULL,
+             total_volume REAL NOT NULL, total_pnl REAL NOT NULL, trade_count INTEGER NOT NULL,
+             total_volume_exact TEXT, total_pnl_exact TEXT);",
+    )
+    .expect("schema");
+    let index = "CREATE INDEX agg_by_week ON agg_trades_weekly (week_start_date)";
+    if !index_at_end {
+        conn.execute_batch(index).expect("index");
+    }
+    let values: Vec<_> = (0..groups)
+        .map(|i| {
+            let (week, client, user, symbol, volume, pnl, trades) = group(i, groups);
+            let real = |v: i128, scale: i32| v as f64 / 10f64.powi(scale);
+            (
+                week_text(week),
+                client,
+                user,
+                symbol,
+                real(volume, 8),
+                real(pnl, 16),
+                trades,
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    conn.execute_batch("BEGIN").expect("begin");
+    {
+        let mut st = conn
+            .prepare(
+                "INSERT INTO agg_trades_weekly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)",
+            )
+            .expect("prepare");
+        for (week, client, user, symbol, volume, pnl, trades) in &values {
+            st.raw_bind_parameter(1, week.as_str()).expect("bind");
+            st.raw_bind_parameter(2, *client).expect("bind");
+            st.raw_bind_parameter(3, user.as_str()).expect("bind");
+            st.raw_bind_parameter(4, *symbol).expect("bind");
+            st.raw_bind_parameter(5, *volume).expect("bind");
+            st.raw_bind_parameter(6, *pnl).expect("bind");
+            st.raw_bind_parameter(7, *trades).expect("bind");
+            st.raw_execute().expect("insert");
+        }
+    }
+    if index_at_end {
+        conn.execute_batch(index).expect("index");
+    }
+    conn.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("commit");
+    started.elapsed().as_secs_f64()
+}
+
+fn agg_batches(groups: usize) -> Vec<RecordBatch> {
+    (0..groups)
+        .step_by(BATCH_ROWS)
+        .map(|start| {
+            let g: Vec<_> = (start..groups.min(start + BATCH_ROWS))
+                .map(|i| group(i, groups))
+                .collect();
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(Date32Array::from_iter_values(g.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(g.iter().map(|r| r.1))),
+                Arc::new(StringArray::from_iter_values(
+                    g.iter().map(|r| r.2.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(g.iter().map(|r| r.3))),
+                Arc::new(
+                    Decimal128Array::from_iter_values(g.iter().map(|r| r.4))
+                        .with_data_type(VOLUME_TYPE),
+                ),
+                Arc::new(
+                    Decimal128Array::from_iter_values(g.iter().map(|r| r.5))
+                        .with_data_type(PNL_TYPE),
+                ),
+                Arc::new(Int64Array::from_iter_values(g.iter().map(|r| r.6))),
+            ];
+            RecordBatch::try_new(Table::AggTradesWeekly.schema(), cols).expect("batch")
+        })
+        .collect()
+}
+
+async fn quarry(dir: &Path, table: Table, input: Vec<RecordBatch>) -> f64 {
     let path = fresh(dir, "quarry.db");
-    let input = batches(rows);
     let wh = SqliteWarehouse::open(&path).expect("open");
     let run_id = "bench".to_string();
     let started = Instant::now();
@@ -183,7 +309,7 @@ async fn quarry(dir: &Path, rows: usize) -> f64 {
     .await
     .expect("begin");
     for b in input {
-        wh.write(&run_id, Table::Trades, WriteMode::Replace, b)
+        wh.write(&run_id, table, WriteMode::Replace, b)
             .await
             .expect("write");
     }
@@ -224,6 +350,30 @@ fn main() {
     }
     report(
         "Quarry SqliteWarehouse (Arrow batches, exact -> REAL)",
-        rt.block_on(quarry(dir.path(), rows)),
+        rt.block_on(quarry(dir.path(), Table::Trades, batches(rows))),
+    );
+    let groups = rows / 2;
+    println!("{groups} weekly groups into agg_trades_weekly, in week order:");
+    let report = |what: &str, secs: f64| {
+        println!(
+            "  {what:<52} {secs:>7.2} s  {:>6.2}M rows/s",
+            groups as f64 / secs / 1e6
+        );
+    };
+    report(
+        "floor + week_start_date index",
+        agg_floor(dir.path(), groups, false),
+    );
+    report(
+        "floor, index built after the last row",
+        agg_floor(dir.path(), groups, true),
+    );
+    report(
+        "Quarry SqliteWarehouse (Arrow batches, exact -> REAL)",
+        rt.block_on(quarry(
+            dir.path(),
+            Table::AggTradesWeekly,
+            agg_batches(groups),
+        )),
     );
 }
