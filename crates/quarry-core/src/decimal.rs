@@ -159,7 +159,12 @@ const POW10: [f64; 23] = [
 /// The `f64` nearest to an exact scaled decimal (correctly rounded, once).
 pub fn to_f64(v: i128, scale: u32) -> f64 {
     // Trailing zeros first: a PnL at scale 16 usually has only 4 real places.
-    // (In 64-bit arithmetic when the value fits: 128-bit division is slow.)
+    // In 64-bit arithmetic as soon as the value fits (128-bit division is a
+    // library call): one 128-bit step of 8 places brings most sums there.
+    let (v, scale) = match i64::try_from(v) {
+        Err(_) if scale >= 8 && v % 100_000_000 == 0 => (v / 100_000_000, scale - 8),
+        _ => (v, scale),
+    };
     let (v, scale) = match i64::try_from(v) {
         Ok(small) => {
             let (small, scale) = strip_zeros(small, scale);
@@ -258,9 +263,12 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let v = (x >> (x % 40)) as i128 * if x & 1 == 0 { 1 } else { -1 };
-            for scale in [4, SCALE, PNL_SCALE] {
-                let text: f64 = format_scaled(v, scale).parse().unwrap();
-                assert_eq!(to_f64(v, scale), text, "{v} / 10^{scale}");
+            // times powers of ten: sums past 64 bits with trailing zeros
+            for v in [v, v * 100_000_000, v * 10i128.pow(12)] {
+                for scale in [4, SCALE, PNL_SCALE] {
+                    let text: f64 = format_scaled(v, scale).parse().unwrap();
+                    assert_eq!(to_f64(v, scale), text, "{v} / 10^{scale}");
+                }
             }
         }
     }

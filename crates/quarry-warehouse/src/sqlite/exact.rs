@@ -44,20 +44,18 @@ pub(super) fn units_of(real: f64, units: Option<i64>) -> i128 {
     }
 }
 
-/// Significant digits of a scaled value (trailing zeros do not count).
-fn significant_digits(mut v: i128) -> u32 {
-    if v == 0 {
-        return 0;
-    }
-    while v % 10 == 0 {
-        v /= 10;
-    }
-    v.unsigned_abs().checked_ilog10().map_or(0, |d| d + 1)
+/// Whether a scaled value has more than 15 significant digits (trailing
+/// zeros do not count). A value of `d` digits ending in `t` zeros has `d - t`
+/// significant ones, so this is one 128-bit remainder by 10^(d-15), not a
+/// loop of divisions by 10: it runs for every weekly row written.
+fn over_15_digits(v: i128) -> bool {
+    let digits = v.unsigned_abs().checked_ilog10().map_or(0, |d| d + 1);
+    digits > 15 && v % 10i128.pow(digits - 15) != 0
 }
 
 /// The stored exact text of a sum: only when the REAL does not give it back.
 pub(super) fn exact_column(v: i128, scale: u32) -> Option<String> {
-    (significant_digits(v) > 15).then(|| decimal::format_scaled(v, scale))
+    over_15_digits(v).then(|| decimal::format_scaled(v, scale))
 }
 
 /// A sum back from its REAL and its exact text column, at `scale`.
@@ -194,8 +192,14 @@ mod tests {
             sum_of(decimal::to_f64(small, PNL_SCALE), None, PNL_SCALE).unwrap(),
             small
         );
-        assert_eq!(significant_digits(1_000), 1);
-        assert_eq!(significant_digits(-123_450), 5);
+        assert!(!over_15_digits(0));
+        assert!(!over_15_digits(-123_450));
+        assert!(!over_15_digits(999_999_999_999_999));
+        assert!(over_15_digits(1_234_567_890_123_456));
+        assert!(!over_15_digits(1_234_567_890_123_450));
+        assert!(!over_15_digits(-123_456_789_012_345 * 10i128.pow(20)));
+        assert!(over_15_digits(-(123_456_789_012_345 * 10i128.pow(20) + 1)));
+        assert!(over_15_digits(i128::MIN));
     }
 
     #[test]
