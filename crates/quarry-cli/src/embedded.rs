@@ -95,7 +95,7 @@ impl Cluster {
             let e_url = match &extractor_url {
                 Some(u) => u.clone(),
                 None => {
-                    let extractor = Extractor::new(&config.extractor)?;
+                    let extractor = Extractor::new(config)?;
                     let listener = grpc::bind("127.0.0.1:0").await?;
                     let u = url(&listener)?;
                     back.tasks

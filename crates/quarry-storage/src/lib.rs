@@ -13,6 +13,9 @@ use quarry_core::{Error, Result};
 
 pub use object_store;
 
+mod read;
+pub use read::{RANGE_BYTES, RangeReader};
+
 /// A store and the prefix inside it under which everything lives.
 #[derive(Clone)]
 pub struct Location {
@@ -107,8 +110,33 @@ pub fn open(root: &str, s3: &S3Config) -> Result<Location> {
 /// preconditions are the caller's to interpret; network and server errors
 /// are transient.
 pub fn error(what: &str, e: object_store::Error) -> Error {
+    let text = e.to_string();
+    // An S3 error answer is an XML document: its code and message say what
+    // happened in one line, where the whole body would run over several.
+    let tag = |t: &str| {
+        let start = text.find(&format!("<{t}>"))? + t.len() + 2;
+        let len = text[start..].find(&format!("</{t}>"))?;
+        Some(&text[start..start + len])
+    };
+    let message = match (tag("Code"), tag("Message")) {
+        (Some(code), Some(msg)) => format!("{what}: {msg} ({code})"),
+        _ => format!(
+            "{what}: {}",
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        ),
+    };
+    match tag("Code") {
+        Some("NoSuchBucket" | "NoSuchKey") => Error::input(message).with_source(e),
+        Some("AccessDenied" | "AllAccessDisabled") => {
+            Error::permission_denied(message).with_source(e)
+        }
+        _ => classify(message, e),
+    }
+}
+
+/// The kind of an object-store error, by the crate's own classes.
+fn classify(message: String, e: object_store::Error) -> Error {
     use object_store::Error as E;
-    let message = format!("{what}: {e}");
     let error = match e {
         E::NotFound { .. } | E::AlreadyExists { .. } | E::Precondition { .. } => {
             Error::input(message)

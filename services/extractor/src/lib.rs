@@ -1,9 +1,10 @@
 //! The extractor: resolves sources into files and serves their rows as Arrow
 //! record batches over Flight (`GetFlightInfo` → one endpoint per file,
-//! `DoGet(ticket)` → the batches of one file). Only paths under the
-//! configured data roots are served.
+//! `DoGet(ticket)` → the batches of one file). Only paths and object URLs
+//! under the configured data roots are served.
 
 mod metrics;
+pub mod objects;
 pub mod readers;
 pub mod source;
 
@@ -19,7 +20,7 @@ use arrow_flight::{
 };
 use futures::{Stream, TryStreamExt};
 use prost::Message;
-use quarry_core::config::ExtractorConfig;
+use quarry_core::config::Config;
 use quarry_core::grpc::Security;
 use quarry_core::schema::EXTRACT_SCHEMA;
 use quarry_core::{Error, Result, flight, grpc};
@@ -35,6 +36,7 @@ use crate::source::DataRoots;
 #[derive(Clone)]
 pub struct Extractor {
     roots: Arc<DataRoots>,
+    stores: Arc<objects::Stores>,
     batch_rows: usize,
     limits: readers::Limits,
     shutdown_grace: std::time::Duration,
@@ -46,9 +48,13 @@ pub struct Extractor {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
 
 impl Extractor {
-    pub fn new(config: &ExtractorConfig) -> Result<Self> {
+    /// The extractor of `config.extractor`, reading objects with `config.storage`.
+    pub fn new(config: &Config) -> Result<Self> {
+        let storage = &config.storage;
+        let config = &config.extractor;
         Ok(Self {
             roots: Arc::new(DataRoots::new(&config.data_roots)?),
+            stores: Arc::new(objects::Stores::new(storage.s3.clone())),
             batch_rows: config.batch_rows,
             limits: readers::Limits::of(config),
             shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_secs),
@@ -75,7 +81,7 @@ impl Extractor {
             } else {
                 cmd.batch_rows
             };
-            let resolved = source::resolve(&cmd.source, format, &this.roots)?;
+            let resolved = source::resolve(&cmd.source, format, &this.roots, &this.stores)?;
             let mut plan = ExtractPlan {
                 skipped: resolved.skipped,
                 ..Default::default()
@@ -85,7 +91,7 @@ impl Extractor {
             }
             let mut tickets = Vec::with_capacity(resolved.files.len());
             for f in resolved.files {
-                let p = readers::plan(&f.path, f.format, &csv, this.limits)?;
+                let p = readers::plan(&this.stores, &f.path, f.format, &csv, this.limits)?;
                 if !p.extra_columns.is_empty() {
                     info!(file = %p.file, extra = ?p.extra_columns, "schema drift: ignoring extra columns");
                 }
@@ -128,7 +134,7 @@ impl Extractor {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
-        info!(addr = ?listener.local_addr().ok(), roots = ?self.roots.roots(), "extractor listening");
+        info!(addr = ?listener.local_addr().ok(), roots = ?self.roots, "extractor listening");
         let _metrics = quarry_core::metrics::serve(
             "extractor.metrics_listen",
             &self.metrics_listen,
@@ -151,7 +157,7 @@ impl Extractor {
 
 /// Checks the configuration, then serves the extractor until `shutdown` resolves.
 pub async fn serve(
-    config: &ExtractorConfig,
+    config: &Config,
     security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -232,9 +238,10 @@ impl FlightService for Extractor {
         // A small buffer: the reader runs ahead of the network by two batches at most.
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<_, FlightError>>(2);
         let metrics = self.metrics.clone();
+        let stores = self.stores.clone();
         tokio::task::spawn_blocking(move || {
             let mut complete = true;
-            let result = readers::read(&path, format, &csv, batch_rows, limits, &mut |batch| {
+            let emit = &mut |batch: arrow::array::RecordBatch| {
                 let rows = batch.num_rows() as u64;
                 let sent = tx.blocking_send(Ok(batch)).is_ok();
                 if sent {
@@ -242,11 +249,12 @@ impl FlightService for Extractor {
                 }
                 complete &= sent;
                 sent
-            });
+            };
+            let result = readers::read(&stores, &path, format, &csv, batch_rows, limits, emit);
             if result.is_ok() && complete {
                 metrics.files_read.inc();
-                if let Ok(m) = std::fs::metadata(&path) {
-                    metrics.bytes_read.inc_by(m.len());
+                if let Ok(bytes) = readers::size_of(&stores, &path) {
+                    metrics.bytes_read.inc_by(bytes);
                 }
             }
             if let Err(e) = result {

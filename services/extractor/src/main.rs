@@ -8,13 +8,7 @@ async fn main() -> std::process::ExitCode {
         "quarry-extractor",
         |config| &config.extractor.listen,
         |config, security, listener| async move {
-            quarry_extractor::serve(
-                &config.extractor,
-                &security,
-                listener,
-                grpc::shutdown_signal(),
-            )
-            .await
+            quarry_extractor::serve(&config, &security, listener, grpc::shutdown_signal()).await
         },
     )
     .await

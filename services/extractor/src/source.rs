@@ -6,6 +6,8 @@
 //! walking a directory. Only regular files are read: a FIFO or a device
 //! would block or never end. Files of a directory or glob whose extension
 //! names no supported format are skipped and reported, never read.
+//! Compressed files are named by the format inside and the codec
+//! (`trades.csv.gz`); see `readers::compression`.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -14,13 +16,23 @@ use std::path::{Component, Path, PathBuf};
 use quarry_core::{Error, ErrorKind, Result};
 use quarry_proto::{SkippedFile, SourceFormat};
 
-/// The directories the extractor may read, canonicalised.
+use crate::objects::{self, ObjectRoots, ObjectUrl, Stores};
+use crate::readers::compression;
+
+/// The directories the extractor may read, canonicalised, and the object
+/// prefixes (`s3://bucket/prefix/`) it may read.
 #[derive(Debug, Clone)]
-pub struct DataRoots(Vec<PathBuf>);
+pub struct DataRoots {
+    dirs: Vec<PathBuf>,
+    objects: ObjectRoots,
+}
 
 impl DataRoots {
     pub fn new(roots: &[PathBuf]) -> Result<Self> {
-        roots
+        let (urls, dirs): (Vec<_>, Vec<_>) = roots
+            .iter()
+            .partition(|r| objects::is_url(&r.to_string_lossy()));
+        let dirs = dirs
             .iter()
             .map(|r| {
                 r.canonicalize().map_err(|e| {
@@ -30,21 +42,37 @@ impl DataRoots {
                     ))
                 })
             })
-            .collect::<Result<Vec<_>>>()
-            .map(DataRoots)
+            .collect::<Result<Vec<_>>>()?;
+        let urls: Vec<String> = urls.iter().map(|u| u.to_string_lossy().into()).collect();
+        Ok(Self {
+            dirs,
+            objects: ObjectRoots::new(&urls)?,
+        })
     }
 
+    /// The local directories among the roots.
     pub fn roots(&self) -> &[PathBuf] {
-        &self.0
+        &self.dirs
     }
 
     fn contains(&self, p: &Path) -> bool {
-        self.0.iter().any(|r| p.starts_with(r))
+        self.dirs.iter().any(|r| p.starts_with(r))
+    }
+
+    /// Refuses an object URL outside the object roots.
+    pub fn check_object(&self, url: &ObjectUrl) -> Result<()> {
+        self.objects.check(url, || self.describe())
     }
 
     /// Checks a path before touching it (lexically, so `..` cannot climb out)
-    /// and after resolving symlinks. Returns the canonical path.
+    /// and after resolving symlinks. Returns the canonical path. An object
+    /// URL is checked against the object roots and returned as given.
     pub fn check(&self, path: &Path) -> Result<PathBuf> {
+        if let Some(url) = objects::url_of(path) {
+            let url = url?;
+            self.check_object(&url)?;
+            return Ok(url.as_path());
+        }
         let refused = || {
             Error::permission_denied(format!(
                 "{} is outside the extractor's data roots ({})",
@@ -68,9 +96,10 @@ impl DataRoots {
     }
 
     fn describe(&self) -> String {
-        self.0
+        self.dirs
             .iter()
             .map(|p| p.display().to_string())
+            .chain(self.objects.describe())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -91,29 +120,38 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-/// Compressed-file suffixes: named in errors and skip reasons, not read.
-const COMPRESSED: [&str; 7] = ["gz", "zst", "bz2", "xz", "lz4", "zip", "snappy"];
-
-/// The format a file extension stands for: `.csv`/`.tsv`, `.parquet`,
-/// `.ndjson`/`.jsonl`.
+/// The format a file name stands for: `.csv`/`.tsv`, `.parquet`,
+/// `.ndjson`/`.jsonl`, each also compressed as a whole (`trades.csv.gz`,
+/// `.zst`, `.bz2`) except Parquet, which compresses its own pages.
 pub fn format_of(path: &Path) -> Option<SourceFormat> {
-    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    let (codec, inner) = compression::split_name(path);
+    let ext = inner.extension()?.to_str()?.to_ascii_lowercase();
     Some(match ext.as_str() {
         "csv" | "tsv" => SourceFormat::Csv,
-        "parquet" => SourceFormat::Parquet,
+        "parquet" if codec.is_none() => SourceFormat::Parquet,
         "ndjson" | "jsonl" => SourceFormat::Ndjson,
         _ => return None,
     })
 }
 
-/// Why a file with no usable extension is not read.
+/// Why a file whose name says no format Quarry reads is not read.
 fn unknown_format(path: &Path) -> String {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some(ext) if COMPRESSED.contains(&ext.to_ascii_lowercase().as_str()) => {
-            format!("compressed input (.{ext}) is not supported yet: decompress it first")
+    let (codec, inner) = compression::split_name(path);
+    let inner_ext = inner.extension().and_then(|e| e.to_str());
+    match (codec, path.extension().and_then(|e| e.to_str())) {
+        (Some(c), _) if inner_ext.is_some_and(|e| e.eq_ignore_ascii_case("parquet")) => format!(
+            "a {}-compressed Parquet file: Parquet compresses its own pages, decompress it first",
+            c.name()
+        ),
+        (Some(c), _) => format!(
+            "{}-compressed, but the name does not say the format inside (e.g. trades.csv.{})",
+            c.name(),
+            path.extension().and_then(|e| e.to_str()).unwrap_or("gz")
+        ),
+        (None, Some(ext)) => {
+            compression::unsupported(ext).unwrap_or_else(|| format!("unknown extension .{ext}"))
         }
-        Some(ext) => format!("unknown extension .{ext}"),
-        None => "no extension".into(),
+        (None, None) => "no extension".into(),
     }
 }
 
@@ -209,16 +247,70 @@ fn format_name(f: SourceFormat) -> &'static str {
     }
 }
 
-/// Expands a source (file, directory or glob) into files, sorted by path.
-pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<Resolved> {
+/// Expands a source (file, directory or glob; object, prefix or key glob)
+/// into files, sorted by path.
+pub fn resolve(
+    source: &str,
+    format: SourceFormat,
+    roots: &DataRoots,
+    stores: &Stores,
+) -> Result<Resolved> {
     if source.trim().is_empty() {
         return Err(Error::input("the source is empty"));
     }
-    if source.contains("://") {
-        return Err(Error::input(format!(
-            "{source}: object-store sources are not supported by this extractor yet; use a local path"
-        )));
+    let mut out = if objects::is_url(source) {
+        resolve_objects(source, format, roots, stores)?
+    } else {
+        resolve_paths(source, format, roots)?
+    };
+    out.files.sort_by(|a, b| a.path.cmp(&b.path));
+    out.files.dedup_by(|a, b| a.path == b.path);
+    out.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(out)
+}
+
+/// The objects of an object source, each checked against the roots.
+fn resolve_objects(
+    source: &str,
+    format: SourceFormat,
+    roots: &DataRoots,
+    stores: &Stores,
+) -> Result<Resolved> {
+    let url = ObjectUrl::parse(source)?;
+    roots.check_object(&url)?;
+    let mut out = Resolved::default();
+    let listed = stores.list(&url)?;
+    if listed.is_empty() {
+        return Err(Error::input(if url.key.contains(['*', '?', '[']) {
+            format!("no objects match {source}")
+        } else {
+            format!("{source}: no such object, and no objects under it")
+        }));
     }
+    let single = matches!(listed.as_slice(), [(u, _)] if *u == url);
+    for (object, _) in listed {
+        roots.check_object(&object)?;
+        if !objects::is_hidden(&object) {
+            out.offer(object.as_path(), format);
+        }
+    }
+    if out.files.is_empty() {
+        return Err(Error::input(match (single, out.skipped.first()) {
+            (true, Some(s)) => format!(
+                "cannot tell the format of {source}: {}; name it with --format (csv, parquet or ndjson)",
+                s.reason
+            ),
+            _ => format!(
+                "no readable objects match {source}{}",
+                skipped_note(&out.skipped)
+            ),
+        }));
+    }
+    Ok(out)
+}
+
+/// The files of a local source.
+fn resolve_paths(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<Resolved> {
     let mut out = Resolved::default();
     if source.contains(['*', '?', '[']) {
         let options = glob::MatchOptions {
@@ -271,9 +363,6 @@ pub fn resolve(source: &str, format: SourceFormat, roots: &DataRoots) -> Result<
             out.files.push(SourceFile { path: p, format });
         }
     }
-    out.files.sort_by(|a, b| a.path.cmp(&b.path));
-    out.files.dedup_by(|a, b| a.path == b.path);
-    out.skipped.sort_by(|a, b| a.file.cmp(&b.file));
     Ok(out)
 }
 
@@ -375,7 +464,7 @@ mod tests {
         }
         let glob = format!("{}/../*.csv", data.display());
         assert_eq!(
-            resolve(&glob, SourceFormat::Unspecified, &roots)
+            resolve(&glob, SourceFormat::Unspecified, &roots, &Stores::default())
                 .unwrap_err()
                 .kind(),
             ErrorKind::PermissionDenied
@@ -399,19 +488,37 @@ mod tests {
         // A link to a file outside, then a link to a directory outside.
         let link = d.join("passwd.csv");
         std::os::unix::fs::symlink(outside.join("secret.csv"), &link).unwrap();
-        let e = resolve(&source, SourceFormat::Unspecified, &roots).unwrap_err();
+        let e = resolve(
+            &source,
+            SourceFormat::Unspecified,
+            &roots,
+            &Stores::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
         assert!(e.to_string().contains("passwd.csv"), "{e}");
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(&outside, d.join("sub")).unwrap();
-        let e = resolve(&source, SourceFormat::Unspecified, &roots).unwrap_err();
+        let e = resolve(
+            &source,
+            SourceFormat::Unspecified,
+            &roots,
+            &Stores::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
         std::fs::remove_file(d.join("sub")).unwrap();
 
         // Links inside the roots are followed once, even in a loop.
         std::os::unix::fs::symlink(&data, d.join("up")).unwrap();
         std::os::unix::fs::symlink(d.join("a.csv"), d.join("again.csv")).unwrap();
-        let r = resolve(&source, SourceFormat::Unspecified, &roots).unwrap();
+        let r = resolve(
+            &source,
+            SourceFormat::Unspecified,
+            &roots,
+            &Stores::default(),
+        )
+        .unwrap();
         assert_eq!(r.files.len(), 1, "{r:?}");
     }
 
@@ -427,6 +534,8 @@ mod tests {
             "notes.md",
             "notes.txt",
             "old.csv.gz",
+            "old.parquet.zst",
+            "archive.tar.xz",
             ".hidden.csv",
         ] {
             std::fs::write(d.join(f), "x").unwrap();
@@ -440,13 +549,19 @@ mod tests {
                 .display()
                 .to_string()
         };
-        let all = resolve(d.to_str().unwrap(), SourceFormat::Unspecified, &roots).unwrap();
+        let all = resolve(
+            d.to_str().unwrap(),
+            SourceFormat::Unspecified,
+            &roots,
+            &Stores::default(),
+        )
+        .unwrap();
         let files: Vec<_> = all
             .files
             .iter()
             .map(|f| name(f.path.to_str().unwrap()))
             .collect();
-        assert_eq!(files, ["a.parquet", "b.csv", "sub/c.jsonl"]);
+        assert_eq!(files, ["a.parquet", "b.csv", "old.csv.gz", "sub/c.jsonl"]);
         let skipped: Vec<_> = all
             .skipped
             .iter()
@@ -455,15 +570,17 @@ mod tests {
         assert_eq!(
             skipped,
             [
+                "archive.tar.xz: compressed input (.xz) is not supported: Quarry reads gzip, zstd and bzip2",
                 "notes.md: unknown extension .md",
                 "notes.txt: unknown extension .txt",
-                "old.csv.gz: compressed input (.gz) is not supported yet: decompress it first"
+                "old.parquet.zst: a zstd-compressed Parquet file: Parquet compresses its own pages, decompress it first"
             ]
         );
         let csv = resolve(
             &format!("{}/*.csv", d.display()),
             SourceFormat::Unspecified,
             &roots,
+            &Stores::default(),
         )
         .unwrap();
         assert_eq!(csv.files.len(), 1);
@@ -471,19 +588,25 @@ mod tests {
             resolve(
                 &format!("{}/*.xyz", d.display()),
                 SourceFormat::Unspecified,
-                &roots
+                &roots,
+                &Stores::default()
             )
             .is_err()
         );
-        // Named directly, a compressed file gets a message that says so.
+        // Named directly, a compressed file of no known format gets a message that says so.
+        std::fs::write(d.join("dump.gz"), "x").unwrap();
         let e = resolve(
-            d.join("old.csv.gz").to_str().unwrap(),
+            d.join("dump.gz").to_str().unwrap(),
             SourceFormat::Unspecified,
             &roots,
+            &Stores::default(),
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("compressed input (.gz)"), "{e}");
+        assert!(
+            e.contains("gzip-compressed, but the name does not say the format"),
+            "{e}"
+        );
     }
 
     #[cfg(unix)]
@@ -499,11 +622,22 @@ mod tests {
         assert!(st.success());
         std::fs::write(d.join("g.csv"), "x").unwrap();
         let roots = DataRoots::new(&[d.to_path_buf()]).unwrap();
-        let e = resolve(fifo.to_str().unwrap(), SourceFormat::Unspecified, &roots)
-            .unwrap_err()
-            .to_string();
+        let e = resolve(
+            fifo.to_str().unwrap(),
+            SourceFormat::Unspecified,
+            &roots,
+            &Stores::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("f.csv is a FIFO"), "{e}");
-        let r = resolve(d.to_str().unwrap(), SourceFormat::Unspecified, &roots).unwrap();
+        let r = resolve(
+            d.to_str().unwrap(),
+            SourceFormat::Unspecified,
+            &roots,
+            &Stores::default(),
+        )
+        .unwrap();
         assert_eq!(r.files.len(), 1);
         assert_eq!(r.skipped.len(), 1);
         assert_eq!(r.skipped[0].reason, "a FIFO");

@@ -39,6 +39,15 @@ fn source_root(source: &str) -> PathBuf {
     }
 }
 
+/// The prefix an object source reads under: the URL up to its first glob
+/// character, cut back to a `/` (`s3://b/landing/2024-*.csv` → `s3://b/landing/`).
+fn object_root(source: &str) -> &str {
+    match source.find(['*', '?', '[']) {
+        Some(i) => source[..i].rfind('/').map_or(source, |j| &source[..=j]),
+        None => source,
+    }
+}
+
 fn wire_mode(mode: RunMode) -> quarry_proto::RunMode {
     match mode {
         RunMode::Etl => quarry_proto::RunMode::Etl,
@@ -163,13 +172,19 @@ async fn services(
             if let Some(w) = args.warehouse {
                 config.warehouse.kind = w.into();
             }
-            if !source.contains("://") {
-                // Embedded: the user's own files are readable, wherever they are.
+            // Embedded: the user's own files and objects are readable,
+            // wherever they are.
+            config
+                .extractor
+                .data_roots
+                .retain(|r| r.to_string_lossy().contains("://") || r.exists());
+            if source.contains("://") {
+                config.extractor.data_roots.push(object_root(source).into());
+            } else {
                 let root = source_root(source);
                 if !root.exists() {
                     bail!("source {source} does not exist");
                 }
-                config.extractor.data_roots.retain(|r| r.exists());
                 config.extractor.data_roots.push(root);
             }
             let cluster = Cluster::start(config).await?;

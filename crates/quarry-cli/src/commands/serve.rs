@@ -15,7 +15,7 @@ pub(crate) async fn serve(config: &Config, service: Service) -> anyhow::Result<(
     match service {
         Service::Extractor => {
             let l = grpc::bind(&config.extractor.listen).await?;
-            quarry_extractor::serve(&config.extractor, &sec, l, grpc::shutdown_signal()).await?
+            quarry_extractor::serve(config, &sec, l, grpc::shutdown_signal()).await?
         }
         Service::Transformer => {
             let l = grpc::bind(&config.transformer.listen).await?;

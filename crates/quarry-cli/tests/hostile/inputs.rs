@@ -1,6 +1,6 @@
 //! Sources a run must refuse or skip: links out of the data roots (and a
 //! forged ticket for a file there), FIFOs and devices, files of unknown or
-//! compressed formats, and user ids that would be spreadsheet formulas.
+//! unsupported compressed formats, and user ids that would be spreadsheet formulas.
 
 use std::path::Path;
 use std::process::Command;
@@ -120,7 +120,12 @@ fn fifos_and_devices_are_refused_at_once() {
 fn directory_sources_skip_and_report_unknown_files() {
     let dir = user_dir();
     std::fs::write(dir.path().join("data/notes.txt"), "not trades\n").unwrap();
-    std::fs::write(dir.path().join("data/old.csv.gz"), [0x1f, 0x8b, 8, 0]).unwrap();
+    std::fs::write(
+        dir.path().join("data/old.tar.xz"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0],
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("data/dump.gz"), [0x1f, 0x8b, 8, 0]).unwrap();
     run_ok(dir.path(), &["run", "-q", "--source", "data"]);
     let q: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("output/quality_report.json")).unwrap(),
@@ -139,16 +144,17 @@ fn directory_sources_skip_and_report_unknown_files() {
     assert_eq!(
         skipped,
         [
+            "dump.gz: gzip-compressed, but the name does not say the format inside (e.g. trades.csv.gz)",
             "notes.txt: unknown extension .txt",
-            "old.csv.gz: compressed input (.gz) is not supported yet: decompress it first"
+            "old.tar.xz: compressed input (.xz) is not supported: Quarry reads gzip, zstd and bzip2"
         ]
     );
     assert_eq!(q["rows_in"], 800);
-    // Named directly, a compressed file is refused with the reason.
+    // Named directly, a compressed file Quarry cannot read is refused with the reason.
     fails(
         dir.path(),
-        &["run", "-q", "--source", "data/old.csv.gz"],
-        &["compressed input (.gz) is not supported yet"],
+        &["run", "-q", "--source", "data/old.tar.xz"],
+        &["compressed input (.xz) is not supported"],
     );
 }
 

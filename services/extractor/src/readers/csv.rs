@@ -3,7 +3,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
@@ -13,12 +12,14 @@ use quarry_core::text::excerpt;
 use quarry_core::{Error, Result};
 use quarry_proto::CsvOptions;
 
-use super::shared::{BatchBuilder, Mapping, map_columns, open};
+use super::shared::{BatchBuilder, Mapping, map_columns, open_text};
 use super::{CheckedEmit, Limits, flushing};
+use crate::objects::Stores;
 
 fn delimiter(opts: &CsvOptions, path: &Path) -> Result<u8> {
     match opts.delimiter.as_bytes() {
-        [] if path
+        [] if super::compression::split_name(path)
+            .1
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("tsv")) =>
         {
@@ -95,7 +96,7 @@ impl Lines {
     }
 }
 
-type CsvReader = csv::Reader<LineCounter<File>>;
+type CsvReader = csv::Reader<LineCounter<Box<dyn Read>>>;
 
 /// A CSV file being read: the parser, line numbers, and where the current
 /// record began (for the size limit).
@@ -123,10 +124,11 @@ impl CsvFile {
                 self.max_record
             ));
         }
-        let line = e
-            .position()
-            .map(|p| self.lines.line_at(p.byte()))
-            .unwrap_or(0);
+        // A read error (a compressed stream cut short) has no position: it
+        // struck the record that begins where the last one ended.
+        let line = self
+            .lines
+            .line_at(e.position().map_or(self.record_start.get(), |p| p.byte()));
         Error::input(format!("{} line {line}: {e}", path.display()))
     }
 
@@ -136,11 +138,16 @@ impl CsvFile {
     }
 }
 
-pub(super) fn csv_reader(path: &Path, opts: &CsvOptions, limits: Limits) -> Result<CsvFile> {
+pub(super) fn csv_reader(
+    stores: &Stores,
+    path: &Path,
+    opts: &CsvOptions,
+    limits: Limits,
+) -> Result<CsvFile> {
     let newlines = Rc::new(RefCell::new(VecDeque::new()));
     let record_start = Rc::new(Cell::new(0));
     let counter = LineCounter {
-        inner: open(path)?,
+        inner: open_text(stores, path)?,
         read: 0,
         newlines: newlines.clone(),
         record_start: record_start.clone(),
@@ -196,13 +203,14 @@ pub(super) fn csv_reader(path: &Path, opts: &CsvOptions, limits: Limits) -> Resu
 }
 
 pub(super) fn read_csv(
+    stores: &Stores,
     path: &Path,
     opts: &CsvOptions,
     batch_rows: usize,
     limits: Limits,
     emit: CheckedEmit<'_>,
 ) -> Result<()> {
-    let mut f = csv_reader(path, opts, limits)?;
+    let mut f = csv_reader(stores, path, opts, limits)?;
     let width = f.rdr.byte_headers().map(|h| h.len()).unwrap_or(0);
     let m = std::mem::replace(
         &mut f.mapping,

@@ -11,10 +11,14 @@
 //! buffered whole. Messages quote file content only as short, escaped
 //! excerpts (`quarry_core::text`).
 //!
+//! CSV and NDJSON files may be compressed (`compression`): the readers see
+//! the decompressed text, and line numbers count its lines.
+//!
 //! One file per format (`csv`, `parquet`, `ndjson`); `shared` holds what
 //! they have in common: opening a file, mapping its columns, building the
 //! batches. This file holds the entry points, the limits and their checks.
 
+pub mod compression;
 mod csv;
 mod ndjson;
 mod parquet;
@@ -26,6 +30,8 @@ use arrow::array::RecordBatch;
 use quarry_core::schema::INPUT_COLUMNS;
 use quarry_core::{Error, Result};
 use quarry_proto::{CsvOptions, FilePlan, SourceFormat};
+
+use crate::objects::Stores;
 
 use self::csv::{csv_reader, read_csv};
 use self::ndjson::{ndjson_plan, read_ndjson};
@@ -61,6 +67,7 @@ impl Default for Limits {
 
 /// Checks a file's header or schema without reading its data.
 pub fn plan(
+    stores: &Stores,
     path: &Path,
     format: SourceFormat,
     csv: &CsvOptions,
@@ -68,12 +75,12 @@ pub fn plan(
 ) -> Result<FilePlan> {
     let extra = match format {
         SourceFormat::Csv | SourceFormat::Unspecified => {
-            csv_reader(path, csv, limits)?.mapping.extra
+            csv_reader(stores, path, csv, limits)?.mapping.extra
         }
-        SourceFormat::Parquet => parquet_builder(path)?.1.extra,
-        SourceFormat::Ndjson => ndjson_plan(path, limits)?.extra,
+        SourceFormat::Parquet => parquet_builder(stores, path)?.1.extra,
+        SourceFormat::Ndjson => ndjson_plan(stores, path, limits)?.extra,
     };
-    let size_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size_bytes = size_of(stores, path).unwrap_or(0);
     Ok(FilePlan {
         file: path.display().to_string(),
         format: format as i32,
@@ -82,8 +89,19 @@ pub fn plan(
     })
 }
 
+/// The size in bytes of a file or object (as stored: compressed if it is).
+pub fn size_of(stores: &Stores, path: &Path) -> Result<u64> {
+    match crate::objects::url_of(path) {
+        Some(url) => stores.size(&url?),
+        None => std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| Error::input(format!("cannot open {}: {e}", path.display()))),
+    }
+}
+
 /// Reads a whole file, emitting batches of at most `batch_rows` rows.
 pub fn read(
+    stores: &Stores,
     path: &Path,
     format: SourceFormat,
     csv: &CsvOptions,
@@ -102,10 +120,10 @@ pub fn read(
     };
     match format {
         SourceFormat::Csv | SourceFormat::Unspecified => {
-            read_csv(path, csv, batch_rows, limits, &mut checked)
+            read_csv(stores, path, csv, batch_rows, limits, &mut checked)
         }
-        SourceFormat::Parquet => read_parquet(path, batch_rows, &mut checked),
-        SourceFormat::Ndjson => read_ndjson(path, batch_rows, limits, &mut checked),
+        SourceFormat::Parquet => read_parquet(stores, path, batch_rows, &mut checked),
+        SourceFormat::Ndjson => read_ndjson(stores, path, batch_rows, limits, &mut checked),
     }
 }
 
@@ -164,6 +182,7 @@ mod tests {
     fn read_all(path: &Path, format: SourceFormat) -> Result<Vec<RecordBatch>> {
         let mut out = vec![];
         read(
+            &Stores::default(),
             path,
             format,
             &CsvOptions::default(),
@@ -214,6 +233,7 @@ mod tests {
         )
         .unwrap();
         let plan = plan(
+            &Stores::default(),
             &p,
             SourceFormat::Csv,
             &CsvOptions::default(),
@@ -243,6 +263,7 @@ mod tests {
         let p = dir.path().join("m.csv");
         std::fs::write(&p, "timestamp,user_id,client_type,symbol,side,quantity\n").unwrap();
         let e = plan(
+            &Stores::default(),
             &p,
             SourceFormat::Csv,
             &CsvOptions::default(),
@@ -261,6 +282,7 @@ mod tests {
         )
         .unwrap();
         let e = plan(
+            &Stores::default(),
             &p,
             SourceFormat::Csv,
             &CsvOptions::default(),
@@ -277,6 +299,7 @@ mod tests {
         )
         .unwrap();
         let e = plan(
+            &Stores::default(),
             &bin,
             SourceFormat::Csv,
             &CsvOptions::default(),
@@ -289,6 +312,7 @@ mod tests {
         let pq = dir.path().join("t.parquet");
         std::fs::write(&pq, b"PAR1 this is not really parquet").unwrap();
         let e = plan(
+            &Stores::default(),
             &pq,
             SourceFormat::Parquet,
             &CsvOptions::default(),
@@ -312,6 +336,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             plan(
+                &Stores::default(),
                 &p,
                 SourceFormat::Ndjson,
                 &CsvOptions::default(),
@@ -340,10 +365,18 @@ mod tests {
         };
         let read_with = |p: &Path, f: SourceFormat, limits: Limits| {
             let mut n = 0;
-            read(p, f, &CsvOptions::default(), 1000, limits, &mut |b| {
-                n += b.num_rows();
-                true
-            })
+            read(
+                &Stores::default(),
+                p,
+                f,
+                &CsvOptions::default(),
+                1000,
+                limits,
+                &mut |b| {
+                    n += b.num_rows();
+                    true
+                },
+            )
             .map(|_| n)
         };
         let error = |p: &Path, f: SourceFormat| read_with(p, f, small).unwrap_err().to_string();
@@ -377,9 +410,15 @@ mod tests {
         // A header that is all one huge column name: bounded in the error.
         let wide = dir.path().join("wide.csv");
         std::fs::write(&wide, format!("{}\n", "x".repeat(3000))).unwrap();
-        let e = plan(&wide, SourceFormat::Csv, &CsvOptions::default(), small)
-            .unwrap_err()
-            .to_string();
+        let e = plan(
+            &Stores::default(),
+            &wide,
+            SourceFormat::Csv,
+            &CsvOptions::default(),
+            small,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("missing required column") && e.len() < 600,
             "{}",

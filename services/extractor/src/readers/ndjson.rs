@@ -8,8 +8,9 @@ use quarry_core::schema::INPUT_COLUMNS;
 use quarry_core::{Error, Result};
 use serde_json::value::RawValue;
 
-use super::shared::{BatchBuilder, Mapping, map_columns, open};
+use super::shared::{BatchBuilder, Mapping, map_columns, open_text};
 use super::{CheckedEmit, Limits, flushing};
+use crate::objects::Stores;
 
 fn parse_object<'a>(
     path: &Path,
@@ -26,9 +27,13 @@ fn parse_object<'a>(
 
 /// The lines of a file with their 1-based numbers, each at most
 /// `max_bytes` long (longer lines fail instead of being buffered).
-fn lines(path: &Path, max_bytes: usize) -> Result<impl Iterator<Item = Result<(u64, String)>>> {
+fn lines(
+    stores: &Stores,
+    path: &Path,
+    max_bytes: usize,
+) -> Result<impl Iterator<Item = Result<(u64, String)>>> {
     let display = path.display().to_string();
-    let mut reader = BufReader::with_capacity(1 << 20, open(path)?);
+    let mut reader = BufReader::with_capacity(1 << 20, open_text(stores, path)?);
     let mut n = 0u64;
     let mut buf = Vec::new();
     Ok(std::iter::from_fn(move || {
@@ -66,8 +71,8 @@ fn lines(path: &Path, max_bytes: usize) -> Result<impl Iterator<Item = Result<(u
     }))
 }
 
-pub(super) fn ndjson_plan(path: &Path, limits: Limits) -> Result<Mapping> {
-    for item in lines(path, limits.max_record_bytes)? {
+pub(super) fn ndjson_plan(stores: &Stores, path: &Path, limits: Limits) -> Result<Mapping> {
+    for item in lines(stores, path, limits.max_record_bytes)? {
         let (n, line) = item?;
         if line.trim().is_empty() {
             continue;
@@ -84,13 +89,14 @@ pub(super) fn ndjson_plan(path: &Path, limits: Limits) -> Result<Mapping> {
 }
 
 pub(super) fn read_ndjson(
+    stores: &Stores,
     path: &Path,
     batch_rows: usize,
     limits: Limits,
     emit: CheckedEmit<'_>,
 ) -> Result<()> {
     let mut b = BatchBuilder::new(batch_rows);
-    let lines = lines(path, limits.max_record_bytes)?;
+    let lines = lines(stores, path, limits.max_record_bytes)?;
     flushing(&mut b, emit, |b, emit| {
         for item in lines {
             let (n, line) = item?;

@@ -10,6 +10,8 @@ use quarry_core::schema::{EXTRACT_SCHEMA, INPUT_COLUMNS};
 use quarry_core::text::{excerpt, name_list};
 use quarry_core::{Error, Result};
 
+use crate::objects::Stores;
+
 /// Where each input column sits in a file, and what else the file has.
 pub(super) struct Mapping {
     pub(super) index: [usize; 7],
@@ -101,6 +103,15 @@ impl BatchBuilder {
         self.len = 0;
         self.reset(capacity);
         Ok(RecordBatch::try_new(EXTRACT_SCHEMA.clone(), cols)?)
+    }
+}
+
+/// Opens a text file or object (CSV, NDJSON) for reading, decompressed if
+/// it is compressed.
+pub(super) fn open_text(stores: &Stores, path: &Path) -> Result<Box<dyn std::io::Read>> {
+    match crate::objects::url_of(path) {
+        Some(url) => super::compression::decoded(path, stores.reader(&url?, 0)?),
+        None => super::compression::decoded(path, open(path)?),
     }
 }
 
