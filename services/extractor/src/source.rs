@@ -437,6 +437,11 @@ fn walk(
 mod tests {
     use super::*;
 
+    /// A local source, resolved with no object stores.
+    fn local(source: &str, roots: &DataRoots) -> Result<Resolved> {
+        resolve(source, SourceFormat::Unspecified, roots, &Stores::default())
+    }
+
     #[test]
     fn refuses_paths_outside_the_roots() {
         let dir = tempfile::tempdir().unwrap();
@@ -464,9 +469,7 @@ mod tests {
         }
         let glob = format!("{}/../*.csv", data.display());
         assert_eq!(
-            resolve(&glob, SourceFormat::Unspecified, &roots, &Stores::default())
-                .unwrap_err()
-                .kind(),
+            local(&glob, &roots).unwrap_err().kind(),
             ErrorKind::PermissionDenied
         );
     }
@@ -488,37 +491,19 @@ mod tests {
         // A link to a file outside, then a link to a directory outside.
         let link = d.join("passwd.csv");
         std::os::unix::fs::symlink(outside.join("secret.csv"), &link).unwrap();
-        let e = resolve(
-            &source,
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap_err();
+        let e = local(&source, &roots).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
         assert!(e.to_string().contains("passwd.csv"), "{e}");
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(&outside, d.join("sub")).unwrap();
-        let e = resolve(
-            &source,
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap_err();
+        let e = local(&source, &roots).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
         std::fs::remove_file(d.join("sub")).unwrap();
 
         // Links inside the roots are followed once, even in a loop.
         std::os::unix::fs::symlink(&data, d.join("up")).unwrap();
         std::os::unix::fs::symlink(d.join("a.csv"), d.join("again.csv")).unwrap();
-        let r = resolve(
-            &source,
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap();
+        let r = local(&source, &roots).unwrap();
         assert_eq!(r.files.len(), 1, "{r:?}");
     }
 
@@ -549,13 +534,7 @@ mod tests {
                 .display()
                 .to_string()
         };
-        let all = resolve(
-            d.to_str().unwrap(),
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap();
+        let all = local(d.to_str().unwrap(), &roots).unwrap();
         let files: Vec<_> = all
             .files
             .iter()
@@ -576,33 +555,14 @@ mod tests {
                 "old.parquet.zst: a zstd-compressed Parquet file: Parquet compresses its own pages, decompress it first"
             ]
         );
-        let csv = resolve(
-            &format!("{}/*.csv", d.display()),
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap();
+        let csv = local(&format!("{}/*.csv", d.display()), &roots).unwrap();
         assert_eq!(csv.files.len(), 1);
-        assert!(
-            resolve(
-                &format!("{}/*.xyz", d.display()),
-                SourceFormat::Unspecified,
-                &roots,
-                &Stores::default()
-            )
-            .is_err()
-        );
+        assert!(local(&format!("{}/*.xyz", d.display()), &roots).is_err());
         // Named directly, a compressed file of no known format gets a message that says so.
         std::fs::write(d.join("dump.gz"), "x").unwrap();
-        let e = resolve(
-            d.join("dump.gz").to_str().unwrap(),
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = local(d.join("dump.gz").to_str().unwrap(), &roots)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("gzip-compressed, but the name does not say the format"),
             "{e}"
@@ -622,22 +582,11 @@ mod tests {
         assert!(st.success());
         std::fs::write(d.join("g.csv"), "x").unwrap();
         let roots = DataRoots::new(&[d.to_path_buf()]).unwrap();
-        let e = resolve(
-            fifo.to_str().unwrap(),
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = local(fifo.to_str().unwrap(), &roots)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("f.csv is a FIFO"), "{e}");
-        let r = resolve(
-            d.to_str().unwrap(),
-            SourceFormat::Unspecified,
-            &roots,
-            &Stores::default(),
-        )
-        .unwrap();
+        let r = local(d.to_str().unwrap(), &roots).unwrap();
         assert_eq!(r.files.len(), 1);
         assert_eq!(r.skipped.len(), 1);
         assert_eq!(r.skipped[0].reason, "a FIFO");
