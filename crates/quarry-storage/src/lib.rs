@@ -118,14 +118,15 @@ pub fn error(what: &str, e: object_store::Error) -> Error {
         let len = text[start..].find(&format!("</{t}>"))?;
         Some(&text[start..start + len])
     };
-    let message = match (tag("Code"), tag("Message")) {
+    let code = tag("Code");
+    let message = match (code, tag("Message")) {
         (Some(code), Some(msg)) => format!("{what}: {msg} ({code})"),
         _ => format!(
             "{what}: {}",
             text.split_whitespace().collect::<Vec<_>>().join(" ")
         ),
     };
-    match tag("Code") {
+    match code {
         Some("NoSuchBucket" | "NoSuchKey") => Error::input(message).with_source(e),
         Some("AccessDenied" | "AllAccessDisabled") => {
             Error::permission_denied(message).with_source(e)

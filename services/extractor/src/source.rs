@@ -50,11 +50,6 @@ impl DataRoots {
         })
     }
 
-    /// The local directories among the roots.
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.dirs
-    }
-
     fn contains(&self, p: &Path) -> bool {
         self.dirs.iter().any(|r| p.starts_with(r))
     }
@@ -526,7 +521,7 @@ mod tests {
             std::fs::write(d.join(f), "x").unwrap();
         }
         let roots = DataRoots::new(&[d.to_path_buf()]).unwrap();
-        let root = roots.roots()[0].clone();
+        let root = d.canonicalize().unwrap();
         let name = |p: &str| {
             Path::new(p)
                 .strip_prefix(&root)
