@@ -6,12 +6,16 @@
 
 STANDINS="$CACHE/standins"
 STANDIN_PIDS=()
+STANDIN_DIRS=()
 stop_standins() {
     for pid in "${STANDIN_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
     for pid in "${STANDIN_PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
+    done
+    for dir in "${STANDIN_DIRS[@]}"; do
+        rm -rf "$dir"
     done
 }
 trap stop_standins EXIT
@@ -58,6 +62,51 @@ start_clickhouse() {
     export QUARRY_TEST_CLICKHOUSE_URL=http://127.0.0.1:18123
     # The retry test starts (and restarts) a server of its own with this binary.
     export QUARRY_TEST_CLICKHOUSE_SERVER=/usr/sbin/clickhouse-server
+}
+
+# PostgreSQL (Debian's postgresql package), for the PostgreSQL source tests:
+# a fresh cluster initialised in a temporary directory, listening on a free
+# loopback port, with the superuser `quarry` (password quarry-test, SCRAM);
+# the tests create their own databases and a SELECT-only role. The server
+# refuses to run as root, so under root it runs as the package's `postgres`
+# user.
+start_postgres() {
+    local bin
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$bin" ]; then
+        as_root apt-get update -q &&
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql ||
+            { echo "scripts/test.sh: cannot install postgresql from Debian's archive" >&2; exit 1; }
+        bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
+    local d port as=()
+    d=$(mktemp -d "${TMPDIR:-/tmp}/quarry-postgres.XXXXXX")
+    STANDIN_DIRS+=("$d")
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres: "$d"
+        as=(setpriv --reuid=postgres --regid=postgres --init-groups)
+    fi
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    echo quarry-test >"$d/password"
+    chmod 644 "$d/password"
+    "${as[@]}" "$bin/initdb" -D "$d/data" -U quarry --pwfile="$d/password" --auth=scram-sha-256 \
+        -E UTF8 --no-sync >"$d/initdb.log" 2>&1 ||
+        { tail -n 30 "$d/initdb.log"; echo "scripts/test.sh: initdb failed (log above)" >&2; exit 1; }
+    "${as[@]}" "$bin/postgres" -D "$d/data" -h 127.0.0.1 -p "$port" -k "$d" -c fsync=off \
+        >"$d/server.log" 2>&1 &
+    STANDIN_PIDS+=("$!")
+    local deadline=$((SECONDS + 30))
+    until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            tail -n 30 "$d/server.log" || true
+            echo "scripts/test.sh: the PostgreSQL stand-in did not answer on 127.0.0.1:$port within 30 s" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "PostgreSQL is up at 127.0.0.1:$port"
+    export QUARRY_TEST_POSTGRES_URL="postgresql://quarry@127.0.0.1:$port/postgres"
+    export QUARRY_TEST_POSTGRES_PASSWORD=quarry-test
 }
 
 # venv_from DIR REQUIREMENTS: (re)creates the virtualenv DIR unless it holds

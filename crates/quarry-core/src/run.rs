@@ -74,6 +74,16 @@ impl fmt::Display for RunMode {
     }
 }
 
+/// Whether a run's source is a PostgreSQL table or query
+/// (`postgresql://…` or `postgres://…`), which the extractor reads by day
+/// and, with a cursor column, incrementally.
+pub fn is_postgres_source(source: &str) -> bool {
+    let s = source.trim_start().as_bytes();
+    [&b"postgresql://"[..], b"postgres://"]
+        .iter()
+        .any(|p| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,9 @@ pub struct QualityInput<'a> {
     pub rows_staged: &'a BTreeMap<String, u64>,
     pub profile: &'a Profile,
     pub checks: &'a [CheckResult],
+    /// A PostgreSQL source read incrementally: `{column, after, through}`.
+    /// The next run of the source reads past `through`.
+    pub cursor: Option<Value>,
 }
 
 pub fn report(q: &QualityInput<'_>) -> Value {
@@ -53,7 +56,7 @@ pub fn report(q: &QualityInput<'_>) -> Value {
         .iter()
         .flat_map(|f| f.extra_columns.iter().map(String::as_str))
         .collect();
-    json!({
+    let mut report = json!({
         "run_id": q.run_id,
         "source": q.source,
         "files": q.files.iter().map(|f| json!({
@@ -94,5 +97,9 @@ pub fn report(q: &QualityInput<'_>) -> Value {
             "week_over_week": period_changes(q.profile, true),
         },
         "checks": q.checks,
-    })
+    });
+    if let Some(c) = &q.cursor {
+        report["cursor"] = c.clone();
+    }
+    report
 }

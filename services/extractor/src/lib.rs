@@ -5,6 +5,7 @@
 
 mod metrics;
 pub mod objects;
+pub mod postgres;
 pub mod readers;
 pub mod source;
 
@@ -25,7 +26,9 @@ use quarry_core::grpc::Security;
 use quarry_core::schema::EXTRACT_SCHEMA;
 use quarry_core::{Error, Result, flight, grpc};
 use quarry_proto::extractor_service_server::{ExtractorService, ExtractorServiceServer};
-use quarry_proto::{CsvOptions, ExtractCommand, ExtractPlan, ExtractTicket, SourceFormat};
+use quarry_proto::{
+    CsvOptions, ExtractCommand, ExtractPlan, ExtractTicket, FilePlan, SourceFormat,
+};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
@@ -43,6 +46,7 @@ pub struct Extractor {
     metrics_listen: String,
     metrics: Arc<metrics::Metrics>,
     security: Security,
+    postgres_password_env: String,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -61,6 +65,7 @@ impl Extractor {
             metrics_listen: config.metrics_listen.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
             security: Security::default(),
+            postgres_password_env: config.postgres_password_env.clone(),
         })
     }
 
@@ -72,6 +77,9 @@ impl Extractor {
 
     /// Resolves a command into files and checks every file's columns.
     async fn plan(&self, cmd: ExtractCommand) -> Result<(ExtractPlan, Vec<ExtractTicket>)> {
+        if postgres::is_source(&cmd.source) {
+            return self.plan_postgres(cmd).await;
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let format = SourceFormat::try_from(cmd.format).unwrap_or(SourceFormat::Unspecified);
@@ -107,6 +115,45 @@ impl Extractor {
         })
         .await
         .map_err(|e| Error::internal(format!("planning task failed: {e}")).with_source(e))?
+    }
+
+    /// Plans a PostgreSQL source: one split per UTC day (see `postgres`).
+    async fn plan_postgres(
+        &self,
+        cmd: ExtractCommand,
+    ) -> Result<(ExtractPlan, Vec<ExtractTicket>)> {
+        let src = postgres::PgSource::parse(&cmd.source)?;
+        self.roots.check_postgres(&src)?;
+        let planned = postgres::plan(
+            &src,
+            cmd.cursor_after.as_deref(),
+            &self.postgres_password_env,
+        )
+        .await?;
+        if !planned.extra.is_empty() {
+            info!(source = %src.url(), extra = ?planned.extra, "schema drift: ignoring extra columns");
+        }
+        let mut plan = ExtractPlan {
+            cursor: planned.cursor,
+            ..Default::default()
+        };
+        let mut tickets = Vec::with_capacity(planned.splits.len());
+        for split in &planned.splits {
+            let file = src.split_url(split);
+            tickets.push(ExtractTicket {
+                file: file.clone(),
+                format: SourceFormat::Postgres as i32,
+                csv: None,
+                batch_rows: cmd.batch_rows,
+            });
+            plan.files.push(FilePlan {
+                file,
+                format: SourceFormat::Postgres as i32,
+                size_bytes: 0,
+                extra_columns: planned.extra.clone(),
+            });
+        }
+        Ok((plan, tickets))
     }
 
     pub fn routes(&self) -> Routes {
@@ -179,6 +226,42 @@ impl ExtractorService for Extractor {
     }
 }
 
+/// What one ticket reads.
+enum Input {
+    File {
+        path: std::path::PathBuf,
+        format: SourceFormat,
+        csv: CsvOptions,
+    },
+    Postgres(postgres::Copy),
+}
+
+impl Extractor {
+    /// Opens what a ticket names. Tickets come from clients: the path, the
+    /// object or the database is checked against the roots again.
+    async fn input(&self, ticket: ExtractTicket) -> Result<Input> {
+        if postgres::is_source(&ticket.file) {
+            self.roots
+                .check_postgres(&postgres::PgSource::parse(&ticket.file)?)?;
+            let copy = postgres::read(&ticket.file, &self.postgres_password_env).await?;
+            return Ok(Input::Postgres(copy));
+        }
+        let path = self.roots.check(std::path::Path::new(&ticket.file))?;
+        let format =
+            match SourceFormat::try_from(ticket.format).unwrap_or(SourceFormat::Unspecified) {
+                SourceFormat::Unspecified | SourceFormat::Postgres => {
+                    source::format_of(&path).unwrap_or(SourceFormat::Csv)
+                }
+                f => f,
+            };
+        Ok(Input::File {
+            path,
+            format,
+            csv: ticket.csv.unwrap_or_default(),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl FlightService for Extractor {
     type HandshakeStream = BoxStream<HandshakeResponse>;
@@ -219,22 +302,15 @@ impl FlightService for Extractor {
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
         let ticket: ExtractTicket = flight::decode("ExtractTicket", &request.get_ref().ticket)?;
-        // Tickets come from clients: check the path again.
-        let path = self
-            .roots
-            .check(std::path::Path::new(&ticket.file))
-            .inspect_err(|e| self.metrics.errors.count(e))?;
-        let format =
-            match SourceFormat::try_from(ticket.format).unwrap_or(SourceFormat::Unspecified) {
-                SourceFormat::Unspecified => source::format_of(&path).unwrap_or(SourceFormat::Csv),
-                f => f,
-            };
-        let csv: CsvOptions = ticket.csv.unwrap_or_default();
         let batch_rows = match ticket.batch_rows {
             0 => self.batch_rows,
             n => n as usize,
         };
         let limits = self.limits;
+        let input = self
+            .input(ticket)
+            .await
+            .inspect_err(|e| self.metrics.errors.count(e))?;
         // A small buffer: the reader runs ahead of the network by two batches at most.
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<_, FlightError>>(2);
         let metrics = self.metrics.clone();
@@ -250,16 +326,29 @@ impl FlightService for Extractor {
                 complete &= sent;
                 sent
             };
-            let result = readers::read(&stores, &path, format, &csv, batch_rows, limits, emit);
+            let (name, result) = match input {
+                Input::File { path, format, csv } => {
+                    let result =
+                        readers::read(&stores, &path, format, &csv, batch_rows, limits, emit);
+                    if result.is_ok()
+                        && complete
+                        && let Ok(bytes) = readers::size_of(&stores, &path)
+                    {
+                        metrics.bytes_read.inc_by(bytes);
+                    }
+                    (path.display().to_string(), result)
+                }
+                Input::Postgres(copy) => {
+                    let name = copy.name().to_string();
+                    (name, copy.read(batch_rows, limits, emit))
+                }
+            };
             if result.is_ok() && complete {
                 metrics.files_read.inc();
-                if let Ok(bytes) = readers::size_of(&stores, &path) {
-                    metrics.bytes_read.inc_by(bytes);
-                }
             }
             if let Err(e) = result {
                 metrics.errors.count(&e);
-                warn!(file = %path.display(), error = %e, "read failed");
+                warn!(file = %name, error = %e, "read failed");
                 let _ = tx.blocking_send(Err(FlightError::Tonic(Box::new(e.into()))));
             }
         });

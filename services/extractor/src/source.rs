@@ -17,37 +17,45 @@ use quarry_core::{Error, ErrorKind, Result};
 use quarry_proto::{SkippedFile, SourceFormat};
 
 use crate::objects::{self, ObjectRoots, ObjectUrl, Stores};
+use crate::postgres::{self, PgRoots, PgSource};
 use crate::readers::compression;
 
-/// The directories the extractor may read, canonicalised, and the object
-/// prefixes (`s3://bucket/prefix/`) it may read.
+/// The directories the extractor may read, canonicalised, the object
+/// prefixes (`s3://bucket/prefix/`) and the PostgreSQL databases
+/// (`postgresql://host:5432/db`) it may read.
 #[derive(Debug, Clone)]
 pub struct DataRoots {
     dirs: Vec<PathBuf>,
     objects: ObjectRoots,
+    databases: PgRoots,
 }
 
 impl DataRoots {
     pub fn new(roots: &[PathBuf]) -> Result<Self> {
-        let (urls, dirs): (Vec<_>, Vec<_>) = roots
+        let (databases, roots): (Vec<String>, Vec<_>) = roots
             .iter()
-            .partition(|r| objects::is_url(&r.to_string_lossy()));
+            .map(|r| r.to_string_lossy().into_owned())
+            .partition(|r| postgres::is_source(r));
+        let (urls, dirs): (Vec<_>, Vec<_>) = roots.iter().partition(|r| objects::is_url(r));
         let dirs = dirs
             .iter()
             .map(|r| {
-                r.canonicalize().map_err(|e| {
-                    Error::config(format!(
-                        "extractor.data_roots: cannot use {}: {e}",
-                        r.display()
-                    ))
+                Path::new(r).canonicalize().map_err(|e| {
+                    Error::config(format!("extractor.data_roots: cannot use {r}: {e}"))
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let urls: Vec<String> = urls.iter().map(|u| u.to_string_lossy().into()).collect();
+        let urls: Vec<String> = urls.into_iter().cloned().collect();
         Ok(Self {
             dirs,
             objects: ObjectRoots::new(&urls)?,
+            databases: PgRoots::new(&databases)?,
         })
+    }
+
+    /// Refuses a PostgreSQL source whose database is not a root.
+    pub fn check_postgres(&self, source: &PgSource) -> Result<()> {
+        self.databases.check(source, || self.describe())
     }
 
     fn contains(&self, p: &Path) -> bool {
@@ -95,6 +103,7 @@ impl DataRoots {
             .iter()
             .map(|p| p.display().to_string())
             .chain(self.objects.describe())
+            .chain(self.databases.describe())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -238,6 +247,7 @@ fn format_name(f: SourceFormat) -> &'static str {
         SourceFormat::Csv => "CSV",
         SourceFormat::Parquet => "Parquet",
         SourceFormat::Ndjson => "NDJSON",
+        SourceFormat::Postgres => "PostgreSQL",
         SourceFormat::Unspecified => "a known format",
     }
 }

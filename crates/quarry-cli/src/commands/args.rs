@@ -268,6 +268,10 @@ pub(crate) struct RunArgs {
     /// warehouse from the raw trades (elt); default from config: etl.
     #[arg(long, value_enum)]
     pub(crate) mode: Option<ModeArg>,
+    /// A PostgreSQL source with a cursor column: read everything again
+    /// instead of the rows past the last committed cursor.
+    #[arg(long)]
+    pub(crate) full_refresh: bool,
     /// No progress display.
     #[arg(long, short)]
     pub(crate) quiet: bool,

@@ -100,6 +100,7 @@ pub(crate) async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()
             dedup: args.dedup.then_some(true),
             load_raw_trades: args.no_raw_trades.then_some(false),
             mode: mode.map(|m| wire_mode(m) as i32),
+            full_refresh: args.full_refresh.then_some(true),
         }),
     };
 
@@ -178,7 +179,10 @@ async fn services(
                 .extractor
                 .data_roots
                 .retain(|r| r.to_string_lossy().contains("://") || r.exists());
-            if source.contains("://") {
+            if quarry_core::run::is_postgres_source(source) {
+                // The source's database is the root (its table or query is not part of one).
+                config.extractor.data_roots.push(source.into());
+            } else if source.contains("://") {
                 config.extractor.data_roots.push(object_root(source).into());
             } else {
                 let root = source_root(source);

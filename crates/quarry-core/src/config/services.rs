@@ -27,6 +27,9 @@ pub struct ExtractorConfig {
     /// On SIGTERM/SIGINT: seconds open streams may take to finish before
     /// they are cut (the run reading them then fails and is aborted).
     pub shutdown_grace_secs: u64,
+    /// The environment variable holding the password of PostgreSQL sources
+    /// (never part of the source URL, which runs record).
+    pub postgres_password_env: String,
 }
 
 impl Default for ExtractorConfig {
@@ -39,6 +42,7 @@ impl Default for ExtractorConfig {
             max_record_bytes: 1 << 20,
             max_field_bytes: 64 << 10,
             shutdown_grace_secs: 60,
+            postgres_password_env: "PGPASSWORD".into(),
         }
     }
 }

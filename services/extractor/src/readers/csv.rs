@@ -267,3 +267,57 @@ pub(super) fn read_csv(
         }
     })
 }
+
+/// Reads headerless CSV records that hold the seven input columns in order,
+/// as a PostgreSQL `COPY … (FORMAT csv)` sends them, named `name` in
+/// messages; `source_row` counts the records from 1. A failing stream (the
+/// server or the connection) is a transient backend error.
+pub(super) fn read_columns(
+    input: impl std::io::Read,
+    name: &str,
+    batch_rows: usize,
+    emit: CheckedEmit<'_>,
+) -> Result<()> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(input);
+    let mut b = BatchBuilder::new(batch_rows);
+    let mut rec = csv::ByteRecord::new();
+    let mut row = 0u64;
+    flushing(&mut b, emit, |b, emit| {
+        loop {
+            match rdr.read_byte_record(&mut rec) {
+                Ok(true) => row += 1,
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    return Err(Error::backend(
+                        format!("{name}: reading row {} failed: {e}", row + 1),
+                        true,
+                    ));
+                }
+            }
+            if rec.len() != INPUT_COLUMNS.len() {
+                return Err(Error::internal(format!(
+                    "{name} row {row}: COPY sent {} fields, expected {}",
+                    rec.len(),
+                    INPUT_COLUMNS.len()
+                )));
+            }
+            for (k, col) in b.cols.iter_mut().enumerate() {
+                let text = std::str::from_utf8(&rec[k]).map_err(|_| {
+                    Error::input(format!(
+                        "{name} row {row}: column {} is not UTF-8 text",
+                        INPUT_COLUMNS[k]
+                    ))
+                })?;
+                col.append_value(text);
+            }
+            b.rows.append_value(row);
+            b.len += 1;
+            if b.len == batch_rows && !emit(b.finish()?)? {
+                return Ok(());
+            }
+        }
+    })
+}

@@ -22,7 +22,7 @@ pub mod compression;
 mod csv;
 mod ndjson;
 mod parquet;
-mod shared;
+pub(crate) mod shared;
 
 use std::path::Path;
 
@@ -33,7 +33,7 @@ use quarry_proto::{CsvOptions, FilePlan, SourceFormat};
 
 use crate::objects::Stores;
 
-use self::csv::{csv_reader, read_csv};
+use self::csv::{csv_reader, read_columns, read_csv};
 use self::ndjson::{ndjson_plan, read_ndjson};
 use self::parquet::{parquet_builder, read_parquet};
 use self::shared::BatchBuilder;
@@ -79,6 +79,7 @@ pub fn plan(
         }
         SourceFormat::Parquet => parquet_builder(stores, path)?.1.extra,
         SourceFormat::Ndjson => ndjson_plan(stores, path, limits)?.extra,
+        SourceFormat::Postgres => return Err(not_a_file(path)),
     };
     let size_bytes = size_of(stores, path).unwrap_or(0);
     Ok(FilePlan {
@@ -124,7 +125,32 @@ pub fn read(
         }
         SourceFormat::Parquet => read_parquet(stores, path, batch_rows, &mut checked),
         SourceFormat::Ndjson => read_ndjson(stores, path, batch_rows, limits, &mut checked),
+        SourceFormat::Postgres => Err(not_a_file(path)),
     }
+}
+
+fn not_a_file(path: &Path) -> Error {
+    Error::input(format!(
+        "{}: the format POSTGRES is for postgresql:// sources",
+        path.display()
+    ))
+}
+
+/// Reads the rows of a PostgreSQL COPY stream (see `crate::postgres`),
+/// named `name` in messages, with the same field-size check as files.
+pub fn read_copy(
+    input: impl std::io::Read,
+    name: &str,
+    batch_rows: usize,
+    limits: Limits,
+    emit: Emit<'_>,
+) -> Result<()> {
+    let path = Path::new(name);
+    let mut checked = |batch: RecordBatch| -> Result<bool> {
+        check_field_sizes(&batch, path, "row", limits.max_field_bytes)?;
+        Ok(emit(batch))
+    };
+    read_columns(input, name, batch_rows, &mut checked)
 }
 
 /// Runs a reader that fills `b` and emits full batches; then emits the last,

@@ -13,12 +13,12 @@ use quarry_core::{Error, Result};
 use crate::objects::Stores;
 
 /// Where each input column sits in a file, and what else the file has.
-pub(super) struct Mapping {
-    pub(super) index: [usize; 7],
-    pub(super) extra: Vec<String>,
+pub(crate) struct Mapping {
+    pub(crate) index: [usize; 7],
+    pub(crate) extra: Vec<String>,
 }
 
-pub(super) fn map_columns(file: &Path, names: &[String]) -> Result<Mapping> {
+pub(crate) fn map_columns(file: &Path, names: &[String]) -> Result<Mapping> {
     let mut index = [usize::MAX; 7];
     let mut extra = Vec::new();
     for (i, name) in names.iter().enumerate() {

@@ -122,6 +122,8 @@ struct Measures {
     commit_ms: u64,
     files: Vec<FileFacts>,
     skipped_files: Vec<(String, String)>,
+    /// The cursor range a PostgreSQL source was read over.
+    cursor: Option<quarry_proto::SourceCursor>,
 }
 
 impl Measures {
@@ -148,6 +150,8 @@ pub struct Options {
     pub dedup: bool,
     pub load_raw_trades: bool,
     pub mode: RunMode,
+    /// Ignore the stored cursor of a PostgreSQL source.
+    pub full_refresh: bool,
 }
 
 impl Options {
@@ -171,6 +175,7 @@ impl Options {
             dedup: o.dedup.unwrap_or(config.dedup),
             load_raw_trades: o.load_raw_trades.unwrap_or(config.load_raw_trades),
             mode,
+            full_refresh: o.full_refresh.unwrap_or(false),
         };
         if options.mode == RunMode::Elt && !options.load_raw_trades {
             return Err(Error::input(
@@ -189,6 +194,7 @@ struct Run {
     dedup: bool,
     load_raw_trades: bool,
     mode: RunMode,
+    full_refresh: bool,
     counters: Arc<Counters>,
     metrics: Arc<Metrics>,
     security: Security,
@@ -226,6 +232,7 @@ pub async fn drive(
         dedup: options.dedup,
         load_raw_trades: options.load_raw_trades,
         mode: options.mode,
+        full_refresh: options.full_refresh,
         config,
         req,
         run_id,
@@ -291,6 +298,14 @@ impl Run {
             rows_staged: &m.rows_staged,
             profile: &m.profile,
             checks: &m.checks,
+            cursor: m.cursor.as_ref().map(|c| {
+                let text = |v: &str| (!v.is_empty()).then(|| v.to_string());
+                serde_json::json!({
+                    "column": c.column,
+                    "after": text(&c.after),
+                    "through": text(&c.through),
+                })
+            }),
         })
         .to_string()
     }
@@ -306,7 +321,8 @@ impl Run {
         let loader_channel = self.loader_channel().await?;
         let mut loader = loader_client(loader_channel.clone(), &self.security);
         self.begin(&mut loader).await?;
-        let (extractor, plan, tickets) = self.plan(events).await?;
+        let cursor_after = self.last_cursor(&mut loader).await?;
+        let (extractor, plan, tickets) = self.plan(events, cursor_after).await?;
         let streamed = self.stream(&loader_channel, extractor, &tickets).await?;
         self.aggregate(&loader_channel, &mut loader, streamed)
             .await?;

@@ -1,0 +1,451 @@
+//! PostgreSQL sources through the real `quarry` binary, against the
+//! PostgreSQL server scripts/test.sh starts: a text table gives what the
+//! sample file gives; a typed table is read by UTC day, incrementally past
+//! a cursor committed with the run, exactly (numeric(38,18)), by a role that
+//! may only SELECT, and with bounded memory at 1M rows.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cli::{one_line_error, quarry_ok, run_within};
+use common::{Env, fixtures};
+use futures::SinkExt;
+use serde_json::Value;
+
+const READER_PASSWORD: &str = "reader-secret";
+
+/// A database of its own on the stand-in, and a login role that may only
+/// read its tables.
+struct Pg {
+    rt: tokio::runtime::Runtime,
+    admin: tokio_postgres::Client,
+    server: String,
+    db: String,
+    reader: String,
+}
+
+async fn connect(url: &str, password: &str) -> tokio_postgres::Client {
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.password(password);
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+impl Pg {
+    fn new(tag: &str) -> Self {
+        let url = quarry_testkit::standin("QUARRY_TEST_POSTGRES_URL");
+        let password = quarry_testkit::standin("QUARRY_TEST_POSTGRES_PASSWORD");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = format!("quarry_{tag}_{}", std::process::id());
+        let reader = format!("reader_{tag}_{}", std::process::id());
+        let server = url.rsplit_once('/').unwrap().0.to_string();
+        let admin = rt.block_on(async {
+            let c = connect(&url, &password).await;
+            // One statement per call: CREATE DATABASE cannot run in a transaction.
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {db}"),
+                format!("CREATE DATABASE {db}"),
+                format!("DROP ROLE IF EXISTS {reader}"),
+                format!("CREATE ROLE {reader} LOGIN PASSWORD '{READER_PASSWORD}'"),
+            ] {
+                c.batch_execute(&sql).await.unwrap();
+            }
+            let admin = connect(&format!("{server}/{db}"), &password).await;
+            // Tables the tests create are readable by the reader, and nothing more.
+            admin
+                .batch_execute(&format!(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {reader};"
+                ))
+                .await
+                .unwrap();
+            admin
+        });
+        Self {
+            rt,
+            admin,
+            server,
+            db,
+            reader,
+        }
+    }
+
+    fn exec(&self, sql: &str) {
+        self.rt
+            .block_on(self.admin.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    fn copy_in(&self, sql: &str, data: &[u8]) {
+        self.rt.block_on(async {
+            let sink = self.admin.copy_in(sql).await.unwrap();
+            futures::pin_mut!(sink);
+            sink.send(bytes::Bytes::copy_from_slice(data))
+                .await
+                .unwrap();
+            sink.close().await.unwrap();
+        });
+    }
+
+    /// The source URL of `params` (`table=…&cursor_column=…`), as the reader.
+    fn source(&self, params: &str) -> String {
+        let server = self.server.replace("postgresql://quarry@", "");
+        format!("postgresql://{}@{server}/{}?{params}", self.reader, self.db)
+    }
+
+    /// Runs `quarry ARGS` in `env` with the reader's password in PGPASSWORD.
+    fn run(&self, env: &Env, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+        let mut all = vec![("PGPASSWORD", READER_PASSWORD)];
+        all.extend_from_slice(vars);
+        run_within(env.dir.path(), args, &all, Duration::from_secs(300))
+    }
+
+    fn run_ok(&self, env: &Env, args: &[&str], vars: &[(&str, &str)]) {
+        let out = self.run(env, args, vars);
+        assert!(
+            out.status.success(),
+            "quarry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn quality(env: &Env) -> Value {
+    let text = std::fs::read_to_string(env.dir.path().join("output/quality_report.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The files (splits) a run read, by their fragment.
+fn splits(report: &Value) -> Vec<String> {
+    report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let name = f["file"].as_str().unwrap();
+            name.split_once('#').unwrap().1.to_string()
+        })
+        .collect()
+}
+
+fn reports(env: &Env) -> Vec<String> {
+    ["top_bronze_by_volume.csv", "top_bronze_by_pnl.csv"]
+        .iter()
+        .map(|f| std::fs::read_to_string(env.dir.path().join("output").join(f)).unwrap())
+        .collect()
+}
+
+/// Every table of `env`, with the rejected rows' source and row left out.
+fn tables(env: &Env) -> Vec<String> {
+    env.snapshot()
+        .into_iter()
+        .map(|r| {
+            let cols: Vec<&str> = r.split('|').collect();
+            if cols[0].contains("\"trades_rejected\"") {
+                cols[..9].join("|")
+            } else {
+                r
+            }
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the PostgreSQL stand-in: scripts/test.sh runs it"]
+fn a_text_table_gives_the_tables_and_reports_of_the_sample_file() {
+    let plain = Env::new();
+    plain.copy_fixture();
+    quarry_ok(
+        plain.dir.path(),
+        &["run", "-q", "--source", "data/trades_sample.csv"],
+    );
+
+    let pg = Pg::new("text");
+    pg.exec(
+        "CREATE TABLE raw_trades (\"Timestamp\" text, user_id text, client_type text, symbol text,
+         side text, quantity text, price text, note text)",
+    );
+    let sample = std::fs::read(fixtures().join("trades_sample.csv")).unwrap();
+    pg.copy_in(
+        "COPY raw_trades (\"Timestamp\", user_id, client_type, symbol, side, quantity, price) \
+         FROM STDIN (FORMAT csv, HEADER true)",
+        &sample,
+    );
+    let env = Env::new();
+    let source = pg.source("table=public.raw_trades");
+    pg.run_ok(&env, &["run", "-q", "--source", &source], &[]);
+
+    let (got, want) = (tables(&env), tables(&plain));
+    let diff: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+    let missing: Vec<_> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
+    assert!(
+        diff.is_empty() && missing.is_empty() && got.len() == want.len(),
+        "extra {diff:?}, missing {missing:?}"
+    );
+    assert_eq!(reports(&env), reports(&plain));
+    let q = quality(&env);
+    // A text timestamp cannot be cut into days in SQL: one split.
+    assert_eq!(splits(&q), ["rows=all"]);
+    assert_eq!(q["columns"]["extra"], serde_json::json!(["note"]));
+    let labels = env.count(&format!(
+        "SELECT count(*) FROM trades_rejected WHERE source_file = '{source}#rows=all'"
+    ));
+    assert_eq!(labels, env.count("SELECT count(*) FROM trades_rejected"));
+    assert!(labels > 0);
+}
+
+/// Typed trades over `days` days from 2024-03-04 (a Monday), `per_day` rows
+/// each, with ids from `first_id`.
+fn typed_rows(first_id: i64, days: i64, per_day: i64, day0: i64) -> String {
+    format!(
+        "INSERT INTO trades (id, \"timestamp\", user_id, client_type, symbol, side, quantity, price)
+         SELECT {first_id} + g,
+                timestamptz '2024-03-04 00:00:00+00' + ({day0} + g / {per_day}) * interval '1 day'
+                    + (g % {per_day}) * (86399 / {per_day}) * interval '1 second',
+                (3001 + g % 7)::text,
+                (ARRAY['gold','silver','bronze'])[1 + g % 3],
+                (ARRAY['AAPL','MSFT','TSLA'])[1 + (g + g / 3) % 3],
+                CASE WHEN g % 2 = 0 THEN 'buy' ELSE 'sell' END,
+                (1 + g % 13) + (g % 100) / 100.0,
+                (100 + g % 50) + (g % 10000) / 10000.0
+         FROM generate_series(0, {days} * {per_day} - 1) AS g;"
+    )
+}
+
+const TYPED: &str = "CREATE TABLE trades (
+    id bigint PRIMARY KEY,
+    \"timestamp\" timestamptz,
+    user_id text,
+    client_type text,
+    symbol text,
+    side text,
+    quantity numeric(38,18),
+    price numeric(38,18),
+    updated_at timestamptz NOT NULL DEFAULT now());
+    CREATE INDEX ON trades (\"timestamp\");";
+
+/// Every table, with the label of the split of rows without a day reduced
+/// to `none` (it names the cursor range of an incremental read).
+fn tables_by_day(env: &Env) -> Vec<String> {
+    env.snapshot()
+        .into_iter()
+        .map(|r| match r.find("#trade_date=none") {
+            Some(i) => {
+                let end = r[i..].find('|').map_or(r.len(), |j| i + j);
+                format!("{}#trade_date=none{}", &r[..i], &r[end..])
+            }
+            None => r,
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the PostgreSQL stand-in: scripts/test.sh runs it"]
+fn a_typed_table_is_read_by_day_and_incrementally_past_the_committed_cursor() {
+    let pg = Pg::new("incr");
+    pg.exec(TYPED);
+    pg.exec(&typed_rows(1, 10, 40, 0));
+    let source = pg.source("table=trades&cursor_column=id");
+    let env = Env::new();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut all = vec!["run", "-q", "--source", &source];
+        all.extend_from_slice(args);
+        pg.run_ok(&env, &all, vars);
+        quality(&env)
+    };
+
+    // A first run reads every day, and records the cursor it read through.
+    let q = run(&[], &[]);
+    let days: Vec<String> = (4..14)
+        .map(|d| format!("trade_date=2024-03-{d:02}"))
+        .chain(["trade_date=none".to_string()])
+        .collect();
+    assert_eq!(splits(&q), days);
+    assert_eq!(
+        q["cursor"],
+        serde_json::json!({"column": "id", "after": null, "through": "400"})
+    );
+    assert_eq!(env.count("SELECT count(*) FROM trades"), 400);
+
+    // New rows on an existing day and on a new one, a row without a
+    // timestamp, and numeric(38,18) values: a large exact one and one with
+    // more decimal places than Quarry keeps (rejected with its digits).
+    pg.exec(&typed_rows(1000, 1, 5, 4));
+    pg.exec(&typed_rows(2000, 1, 5, 11));
+    pg.exec(
+        "INSERT INTO trades (id, \"timestamp\", user_id, client_type, symbol, side, quantity, price) VALUES
+         (3000, NULL, '3001', 'gold', 'AAPL', 'buy', 1, 1),
+         (3001, '2024-03-15 10:00:00+02', '9001', 'bronze', 'AAPL', 'sell', 1234567890.12345678, 0.00000001),
+         (3002, '2024-03-15 23:30:00-05', '9001', 'bronze', 'AAPL', 'sell', 0.00000001, 1),
+         (3003, '2024-03-15 12:00:00+00', '9002', 'bronze', 'AAPL', 'buy', 0.123456789012345678, 2);",
+    );
+    let q = run(&[], &[]);
+    // Only the changed days are read, whole; 2024-03-15 23:30-05 is the 16th in UTC.
+    assert_eq!(
+        splits(&q),
+        [
+            "trade_date=2024-03-08",
+            "trade_date=2024-03-15",
+            "trade_date=2024-03-16",
+            "trade_date=none&after=400&through=3003",
+        ]
+    );
+    assert_eq!(q["cursor"]["after"], "400");
+    assert_eq!(q["cursor"]["through"], "3003");
+    let rejected: Vec<(String, String)> = env
+        .conn()
+        .prepare("SELECT quantity, reason FROM trades_rejected ORDER BY quantity")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(
+        rejected,
+        [
+            (
+                "0.123456789012345678".to_string(),
+                "quantity_invalid".to_string()
+            ),
+            // The text of the numeric(38,18) value, as PostgreSQL prints it.
+            ("1.000000000000000000".into(), "timestamp_missing".into()),
+        ]
+    );
+    // Exact sums of numeric(38,18) values, in the report files.
+    let by_volume = &reports(&env)[0];
+    assert!(
+        by_volume.contains("\n9001,1234567890.12345679\n"),
+        "{by_volume}"
+    );
+
+    // The same warehouse as one full read of the final table.
+    let full = Env::new();
+    pg.run_ok(
+        &full,
+        &["run", "-q", "--source", &source, "--full-refresh"],
+        &[],
+    );
+    assert_eq!(tables_by_day(&env), tables_by_day(&full));
+    assert_eq!(reports(&env), reports(&full));
+
+    // Nothing new: no split is read, the warehouse stays as it is.
+    let before = env.snapshot();
+    let q = run(&[], &[]);
+    assert_eq!(splits(&q), Vec::<String>::new());
+    assert_eq!(q["cursor"]["after"], "3003");
+    assert_eq!(env.snapshot(), before);
+
+    // A run that fails after reading (the validity check stops it before
+    // its commit) leaves the cursor where it was: the next run reads the
+    // same rows again, and nothing is skipped.
+    pg.exec(
+        "INSERT INTO trades (id, \"timestamp\", user_id, client_type, symbol, side, quantity, price)
+         SELECT 4000 + g, '2024-03-20 09:00:00+00', '3001', 'gold', 'AAPL', 'hold', 1, 1
+         FROM generate_series(1, 20) AS g;",
+    );
+    let out = pg.run(&env, &["run", "-q", "--source", &source], &[]);
+    one_line_error(&out, &["validity"]);
+    assert_eq!(env.snapshot(), before);
+    let q = run(
+        &[],
+        &[("QUARRY_TRANSFORMER__QUALITY__VALIDITY__SEVERITY", "warn")],
+    );
+    assert_eq!(q["cursor"]["after"], "3003");
+    assert_eq!(q["cursor"]["through"], "4020");
+    assert_eq!(
+        env.count("SELECT count(*) FROM trades_rejected WHERE reason = 'side_invalid'"),
+        20
+    );
+}
+
+#[test]
+#[ignore = "needs the PostgreSQL stand-in: scripts/test.sh runs it"]
+fn bad_credentials_privileges_and_columns_fail_in_one_line_and_change_nothing() {
+    let pg = Pg::new("errors");
+    pg.exec(TYPED);
+    pg.exec(&typed_rows(1, 2, 10, 0));
+    pg.exec("CREATE TABLE secret (LIKE trades); REVOKE SELECT ON secret FROM PUBLIC;");
+    pg.exec(&format!("REVOKE SELECT ON secret FROM {}", pg.reader));
+    pg.exec("CREATE TABLE no_price AS SELECT id, \"timestamp\", user_id, client_type, symbol, side, quantity FROM trades");
+    let env = Env::new();
+    let fail = |source: &str, vars: &[(&str, &str)], needles: &[&str]| {
+        let out = pg.run(&env, &["run", "-q", "--source", source], vars);
+        let line = one_line_error(&out, needles);
+        assert!(!line.contains(READER_PASSWORD), "{line}");
+    };
+    let good = pg.source("table=trades");
+    fail(
+        &good,
+        &[("PGPASSWORD", "wrong")],
+        &["password authentication failed", &pg.reader],
+    );
+    fail(
+        &pg.source("table=secret"),
+        &[],
+        &["permission denied", "secret"],
+    );
+    fail(
+        &pg.source("table=no_price"),
+        &[],
+        &["missing required column price"],
+    );
+    fail(
+        &pg.source("table=nowhere"),
+        &[],
+        &["no table or view nowhere"],
+    );
+    fail(
+        &pg.source("table=trades&cursor_column=symbol"),
+        &[],
+        &["cursor column symbol is text"],
+    );
+    let with_password = good.replace(
+        &format!("{}@", pg.reader),
+        &format!("{}:{READER_PASSWORD}@", pg.reader),
+    );
+    fail(
+        &with_password,
+        &[],
+        &["password in the source URL is refused"],
+    );
+    assert!(!env.db.exists() || env.count("SELECT count(*) FROM trades") == 0);
+}
+
+#[test]
+#[ignore = "needs the PostgreSQL stand-in: scripts/test.sh runs it"]
+fn a_million_row_table_is_read_with_bounded_memory() {
+    let pg = Pg::new("big");
+    pg.exec(TYPED);
+    pg.exec(&typed_rows(1, 50, 20_000, 0));
+    let env = Env::new();
+    let source = pg.source("table=trades");
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(env!("CARGO_BIN_EXE_quarry"))
+        .env_remove("QUARRY_CONFIG")
+        .args(["run", "-q", "--no-raw-trades", "--source", &source])
+        .env("PGPASSWORD", READER_PASSWORD)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let peak_kib: u64 = stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let q = quality(&env);
+    assert_eq!(q["rows_in"], 1_000_000);
+    assert_eq!(splits(&q).len(), 51);
+    // The table's seven text columns alone are over 60 MB; the run holds a
+    // few batches per split and the weekly groups.
+    assert!(peak_kib < 400 * 1024, "peak RSS {peak_kib} KiB");
+}
