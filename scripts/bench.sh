@@ -4,6 +4,9 @@
 # The cost of a daily run into a warehouse of 1M and 10M trades (SQLite and
 # the ClickHouse stand-in), and the full-file run beside an earlier build:
 #   scripts/bench.sh daily [--bases 1000000 10000000] [--reps 3] [--baseline DIR]
+# What a source costs: the plain file beside its .csv.gz, that object in S3
+# (moto) and a PostgreSQL table of the same rows:
+#   scripts/bench.sh sources [--rows 10000000] [--reps 3]
 # Builds the release binaries, creates the peers' virtualenv (cached), generates
 # the inputs (cached), checks that all tools agree, then times them.
 # QUARRY_BENCH_PROFILE=dev uses the debug build (the test suite's tiny smoke run).
@@ -28,6 +31,17 @@ if [ "${1:-}" = daily ]; then
     fi
     "$VENV/bin/python" scripts/bench/daily.py --bin "$BIN" --data "$CACHE/bench" \
         --clickhouse-url "$QUARRY_TEST_CLICKHOUSE_URL" "$@"
+    exit
+fi
+if [ "${1:-}" = sources ]; then
+    shift
+    # moto and a PostgreSQL server of their own, stopped when this script exits.
+    . scripts/standins.sh
+    start_s3
+    start_postgres
+    "$VENV/bin/python" scripts/bench/sources.py --bin "$BIN" --data "$CACHE/bench" \
+        --s3-endpoint "$QUARRY_TEST_S3_ENDPOINT" --postgres-url "$QUARRY_TEST_POSTGRES_URL" \
+        --postgres-password "$QUARRY_TEST_POSTGRES_PASSWORD" "$@"
     exit
 fi
 exec "$VENV/bin/python" scripts/bench/bench.py --bin "$BIN" --data "$CACHE/bench" "$@"

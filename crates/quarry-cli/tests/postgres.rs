@@ -1,6 +1,6 @@
 //! PostgreSQL sources through the real `quarry` binary, against the
 //! PostgreSQL server scripts/test.sh starts: a text table gives what the
-//! sample file gives; a typed table is read by UTC day, incrementally past
+//! sample file gives; a typed table is read by UTC week, incrementally past
 //! a cursor committed with the run, exactly (numeric(38,18)), by a role that
 //! may only SELECT, and with bounded memory at 1M rows.
 
@@ -228,15 +228,15 @@ const TYPED: &str = "CREATE TABLE trades (
     updated_at timestamptz NOT NULL DEFAULT now());
     CREATE INDEX ON trades (\"timestamp\");";
 
-/// Every table, with the label of the split of rows without a day reduced
+/// Every table, with the label of the split of rows without a week reduced
 /// to `none` (it names the cursor range of an incremental read).
-fn tables_by_day(env: &Env) -> Vec<String> {
+fn tables_by_week(env: &Env) -> Vec<String> {
     env.snapshot()
         .into_iter()
-        .map(|r| match r.find("#trade_date=none") {
+        .map(|r| match r.find("#week=none") {
             Some(i) => {
                 let end = r[i..].find('|').map_or(r.len(), |j| i + j);
-                format!("{}#trade_date=none{}", &r[..i], &r[end..])
+                format!("{}#week=none{}", &r[..i], &r[end..])
             }
             None => r,
         })
@@ -245,10 +245,11 @@ fn tables_by_day(env: &Env) -> Vec<String> {
 
 #[test]
 #[ignore = "needs the PostgreSQL stand-in: scripts/test.sh runs it"]
-fn a_typed_table_is_read_by_day_and_incrementally_past_the_committed_cursor() {
+fn a_typed_table_is_read_by_week_and_incrementally_past_the_committed_cursor() {
     let pg = Pg::new("incr");
     pg.exec(TYPED);
-    pg.exec(&typed_rows(1, 10, 40, 0));
+    // Three weeks: 2024-03-04 to 2024-03-24.
+    pg.exec(&typed_rows(1, 21, 20, 0));
     let source = pg.source("table=trades&cursor_column=id");
     let env = Env::new();
     let run = |args: &[&str], vars: &[(&str, &str)]| {
@@ -258,24 +259,28 @@ fn a_typed_table_is_read_by_day_and_incrementally_past_the_committed_cursor() {
         quality(&env)
     };
 
-    // A first run reads every day, and records the cursor it read through.
+    // A first run reads every week, and records the cursor it read through.
     let q = run(&[], &[]);
-    let days: Vec<String> = (4..14)
-        .map(|d| format!("trade_date=2024-03-{d:02}"))
-        .chain(["trade_date=none".to_string()])
-        .collect();
-    assert_eq!(splits(&q), days);
+    assert_eq!(
+        splits(&q),
+        [
+            "week=2024-03-04",
+            "week=2024-03-11",
+            "week=2024-03-18",
+            "week=none"
+        ]
+    );
     assert_eq!(
         q["cursor"],
-        serde_json::json!({"column": "id", "after": null, "through": "400"})
+        serde_json::json!({"column": "id", "after": null, "through": "420"})
     );
-    assert_eq!(env.count("SELECT count(*) FROM trades"), 400);
+    assert_eq!(env.count("SELECT count(*) FROM trades"), 420);
 
-    // New rows on an existing day and on a new one, a row without a
+    // New rows in two existing weeks and in a new one, a row without a
     // timestamp, and numeric(38,18) values: a large exact one and one with
     // more decimal places than Quarry keeps (rejected with its digits).
     pg.exec(&typed_rows(1000, 1, 5, 4));
-    pg.exec(&typed_rows(2000, 1, 5, 11));
+    pg.exec(&typed_rows(2000, 1, 5, 21));
     pg.exec(
         "INSERT INTO trades (id, \"timestamp\", user_id, client_type, symbol, side, quantity, price) VALUES
          (3000, NULL, '3001', 'gold', 'AAPL', 'buy', 1, 1),
@@ -284,17 +289,17 @@ fn a_typed_table_is_read_by_day_and_incrementally_past_the_committed_cursor() {
          (3003, '2024-03-15 12:00:00+00', '9002', 'bronze', 'AAPL', 'buy', 0.123456789012345678, 2);",
     );
     let q = run(&[], &[]);
-    // Only the changed days are read, whole; 2024-03-15 23:30-05 is the 16th in UTC.
+    // Only the changed weeks are read, whole: not the week of 2024-03-18.
     assert_eq!(
         splits(&q),
         [
-            "trade_date=2024-03-08",
-            "trade_date=2024-03-15",
-            "trade_date=2024-03-16",
-            "trade_date=none&after=400&through=3003",
+            "week=2024-03-04",
+            "week=2024-03-11",
+            "week=2024-03-25",
+            "week=none&after=420&through=3003",
         ]
     );
-    assert_eq!(q["cursor"]["after"], "400");
+    assert_eq!(q["cursor"]["after"], "420");
     assert_eq!(q["cursor"]["through"], "3003");
     let rejected: Vec<(String, String)> = env
         .conn()
@@ -329,7 +334,7 @@ fn a_typed_table_is_read_by_day_and_incrementally_past_the_committed_cursor() {
         &["run", "-q", "--source", &source, "--full-refresh"],
         &[],
     );
-    assert_eq!(tables_by_day(&env), tables_by_day(&full));
+    assert_eq!(tables_by_week(&env), tables_by_week(&full));
     assert_eq!(reports(&env), reports(&full));
 
     // Nothing new: no split is read, the warehouse stays as it is.
@@ -339,12 +344,12 @@ fn a_typed_table_is_read_by_day_and_incrementally_past_the_committed_cursor() {
     assert_eq!(q["cursor"]["after"], "3003");
     assert_eq!(env.snapshot(), before);
 
-    // A run that fails after reading (the validity check stops it before
-    // its commit) leaves the cursor where it was: the next run reads the
+    // A run that fails after reading (a new week of invalid rows only: the
+    // validity check stops it before its commit) leaves the cursor where it was: the next run reads the
     // same rows again, and nothing is skipped.
     pg.exec(
         "INSERT INTO trades (id, \"timestamp\", user_id, client_type, symbol, side, quantity, price)
-         SELECT 4000 + g, '2024-03-20 09:00:00+00', '3001', 'gold', 'AAPL', 'hold', 1, 1
+         SELECT 4000 + g, '2024-04-01 09:00:00+00', '3001', 'gold', 'AAPL', 'hold', 1, 1
          FROM generate_series(1, 20) AS g;",
     );
     let out = pg.run(&env, &["run", "-q", "--source", &source], &[]);
@@ -444,8 +449,55 @@ fn a_million_row_table_is_read_with_bounded_memory() {
         .unwrap();
     let q = quality(&env);
     assert_eq!(q["rows_in"], 1_000_000);
-    assert_eq!(splits(&q).len(), 51);
-    // The table's seven text columns alone are over 60 MB; the run holds a
-    // few batches per split and the weekly groups.
-    assert!(peak_kib < 400 * 1024, "peak RSS {peak_kib} KiB");
+    // 50 days from a Monday: 8 weeks, and the split of rows without one.
+    assert_eq!(splits(&q).len(), 9);
+    // The table is 95 MB as CSV text; a run that streams it holds a few
+    // batches per split and the weekly groups (about 65 MB measured).
+    assert!(peak_kib < 128 * 1024, "peak RSS {peak_kib} KiB");
+}
+
+#[test]
+#[ignore = "needs the PostgreSQL stand-in: scripts/test.sh runs it"]
+fn served_services_read_only_the_databases_in_the_extractors_roots() {
+    let pg = Pg::new("served");
+    pg.exec(TYPED);
+    pg.exec(&typed_rows(1, 3, 10, 0));
+    let env = Env::new();
+    let server = pg.server.replace("postgresql://quarry@", "");
+    let roots = format!(
+        "[{:?}, \"postgresql://{server}/{}\"]",
+        env.data.display().to_string(),
+        pg.db
+    );
+    let stack = common::procs::Stack::start(
+        &env,
+        &[
+            ("QUARRY_EXTRACTOR__DATA_ROOTS", roots.as_str()),
+            ("PGPASSWORD", READER_PASSWORD),
+        ],
+    );
+    let (transformer, loader) = (stack.transformer.url(), stack.loader.url());
+    let source = pg.source("table=trades&cursor_column=id");
+    let args = [
+        "run",
+        "-q",
+        "--transformer",
+        &transformer,
+        "--loader",
+        &loader,
+        "--source",
+    ];
+    let out = pg.run(&env, &[&args[..], &[source.as_str()]].concat(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.count("SELECT count(*) FROM trades"), 30);
+    // Another database of the same server is outside the roots.
+    let other = source.replace(&format!("/{}?", pg.db), "/postgres?");
+    let out = pg.run(&env, &[&args[..], &[other.as_str()]].concat(), &[]);
+    one_line_error(&out, &["outside the extractor's data roots", "/postgres"]);
+    assert_eq!(env.count("SELECT count(*) FROM trades"), 30);
+    stack.stop();
 }

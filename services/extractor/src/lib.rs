@@ -47,6 +47,7 @@ pub struct Extractor {
     metrics: Arc<metrics::Metrics>,
     security: Security,
     postgres_password_env: String,
+    postgres_pool: Arc<postgres::Pool>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -66,6 +67,7 @@ impl Extractor {
             metrics: Arc::new(metrics::Metrics::new()),
             security: Security::default(),
             postgres_password_env: config.postgres_password_env.clone(),
+            postgres_pool: Arc::default(),
         })
     }
 
@@ -117,7 +119,7 @@ impl Extractor {
         .map_err(|e| Error::internal(format!("planning task failed: {e}")).with_source(e))?
     }
 
-    /// Plans a PostgreSQL source: one split per UTC day (see `postgres`).
+    /// Plans a PostgreSQL source: one split per UTC week (see `postgres`).
     async fn plan_postgres(
         &self,
         cmd: ExtractCommand,
@@ -128,6 +130,7 @@ impl Extractor {
             &src,
             cmd.cursor_after.as_deref(),
             &self.postgres_password_env,
+            &self.postgres_pool,
         )
         .await?;
         if !planned.extra.is_empty() {
@@ -243,7 +246,12 @@ impl Extractor {
         if postgres::is_source(&ticket.file) {
             self.roots
                 .check_postgres(&postgres::PgSource::parse(&ticket.file)?)?;
-            let copy = postgres::read(&ticket.file, &self.postgres_password_env).await?;
+            let copy = postgres::read(
+                &ticket.file,
+                &self.postgres_password_env,
+                self.postgres_pool.clone(),
+            )
+            .await?;
             return Ok(Input::Postgres(copy));
         }
         let path = self.roots.check(std::path::Path::new(&ticket.file))?;

@@ -1,28 +1,33 @@
 //! Reading one split: `COPY (SELECT …) TO STDOUT (FORMAT csv)`, streamed.
 
+use std::sync::Arc;
+
 use futures::TryStreamExt;
 use quarry_core::Result;
 use tokio_postgres::Client;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::PgSource;
-use super::plan::{connect, describe, pg_error};
+use super::plan::{Pool, describe, pg_error};
 use crate::readers::{self, Emit, Limits};
 
 /// A split's COPY stream, opened; [`Copy::read`] then parses it.
 pub struct Copy {
     name: String,
     input: Box<dyn std::io::Read + Send>,
-    // The stream needs its connection: kept until the read ends.
-    _client: Client,
+    // The stream needs its connection, which goes back to the pool once the
+    // stream has been read to its end.
+    client: Client,
+    src: PgSource,
+    pool: Arc<Pool>,
 }
 
 /// Opens the COPY stream of the split a ticket names. The ticket was
 /// checked against the roots by the caller.
-pub async fn read(ticket: &str, password_env: &str) -> Result<Copy> {
+pub async fn read(ticket: &str, password_env: &str, pool: Arc<Pool>) -> Result<Copy> {
     let src = PgSource::parse(ticket)?;
     let split = PgSource::split_of(ticket)?;
-    let client = connect(&src, password_env).await?;
+    let client = pool.get(&src, password_env).await?;
     let d = describe(&client, &src).await?;
     let sql = format!(
         "COPY (SELECT {} FROM {} WHERE {}{}) TO STDOUT (FORMAT csv)",
@@ -39,7 +44,9 @@ pub async fn read(ticket: &str, password_env: &str) -> Result<Copy> {
     Ok(Copy {
         name: src.split_url(&split),
         input: Box::new(SyncIoBridge::new(StreamReader::new(bytes))),
-        _client: client,
+        client,
+        src,
+        pool,
     })
 }
 
@@ -52,6 +59,15 @@ impl Copy {
     /// Parses the stream into batches; blocking (call it off the runtime's
     /// worker threads, e.g. in `spawn_blocking`).
     pub fn read(self, batch_rows: usize, limits: Limits, emit: Emit<'_>) -> Result<()> {
-        readers::read_copy(self.input, &self.name, batch_rows, limits, emit)
+        let mut complete = true;
+        let mut counted = |batch| {
+            complete &= emit(batch);
+            complete
+        };
+        readers::read_copy(self.input, &self.name, batch_rows, limits, &mut counted)?;
+        if complete {
+            self.pool.put(&self.src, self.client);
+        }
+        Ok(())
     }
 }

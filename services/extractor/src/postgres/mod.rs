@@ -4,38 +4,40 @@
 //! How a source is read (`plan.rs`, `copy.rs`):
 //! - **Plan.** One connection describes the relation (`SELECT * … LIMIT 0`),
 //!   maps its columns to the input columns by name as for files, and lists the
-//!   UTC days its rows fall on. Each day is one split, so one Flight endpoint;
-//!   rows whose timestamp is NULL or infinite form one more split. A day is
-//!   always read whole: it reaches the warehouse complete within one run, which
-//!   is what the partition overwrite needs.
+//!   weeks (Monday to Sunday, UTC: the weeks Quarry aggregates by) its rows
+//!   fall in. Each week is one split, so one Flight endpoint; rows whose
+//!   timestamp is NULL or infinite form one more split. A week is always read
+//!   whole: its days reach the warehouse complete within one run, which is
+//!   what the partition overwrite needs.
 //! - **Incremental.** With a cursor column the plan also reads the highest
-//!   cursor value (`through`) and lists only the days of the rows whose cursor
-//!   is in (`after`, `through`]: the days that changed since the last committed
-//!   run, read whole again. The transformer passes `after` (the `through` of the
+//!   cursor value (`through`) and lists only the weeks of the rows whose
+//!   cursor is in (`after`, `through`]: the weeks that changed since the last
+//!   committed run, read whole again. The transformer passes `after` (the `through` of the
 //!   last succeeded run of the same source) and records the new range in the
 //!   run's quality report, which the loader commits in the same transaction as
 //!   the run's data: a failed run leaves the cursor where it was.
 //! - **Read.** A split is `COPY (SELECT <the seven columns as text> … WHERE
-//!   <its day>) TO STDOUT (FORMAT csv)`, streamed and parsed into the same text
+//!   <its week>) TO STDOUT (FORMAT csv)`, streamed and parsed into the same text
 //!   batches as a CSV file, so the values take the files' validation path:
 //!   numeric as its exact digits, timestamptz converted to UTC first.
 //!
 //! A split's name (its ticket, and `source_file` of its rejected rows) is the
-//! source URL with the split as fragment: `…#trade_date=2024-05-01`. Reading a
-//! day again replaces that day's rejected rows, like reading a file again.
+//! source URL with the split as fragment: `…#week=2024-04-29`. Reading a
+//! week again replaces that week's rejected rows, like reading a file again.
 //! A timestamp column that is not `timestamp`/`timestamptz` cannot be cut into
-//! days in SQL: such a source is one split (`#rows=all`) and cannot be read
-//! incrementally.
+//! weeks in SQL: such a source is one split (`#rows=all`) and cannot be read
+//! incrementally. Connections are pooled (`Pool`): a table of a few years is
+//! a few hundred splits.
 
 mod copy;
 mod plan;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use quarry_core::{Error, Result};
 use url::Url;
 
 pub use copy::{Copy, read};
-pub use plan::{Planned, plan};
+pub use plan::{Planned, Pool, plan};
 
 pub use quarry_core::run::is_postgres_source as is_source;
 
@@ -62,15 +64,15 @@ pub struct PgSource {
 /// One split of a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Split {
-    /// The rows of one UTC day.
-    Day(NaiveDate),
+    /// The rows of one week (Monday to Sunday, UTC), by its Monday.
+    Week(NaiveDate),
     /// The rows whose timestamp is NULL or infinite; for an incremental read
     /// only those whose cursor is in (after, through].
-    NoDay {
+    NoWeek {
         after: Option<String>,
         through: Option<String>,
     },
-    /// Every row (the timestamp column has no type to cut days by).
+    /// Every row (the timestamp column has no type to cut weeks by).
     All,
 }
 
@@ -171,11 +173,11 @@ impl PgSource {
     /// The name of one split: the URL with the split as fragment.
     pub fn split_url(&self, split: &Split) -> String {
         let fragment = match split {
-            Split::Day(d) => format!("trade_date={d}"),
+            Split::Week(d) => format!("week={d}"),
             Split::All => "rows=all".into(),
-            Split::NoDay { after, through } => {
+            Split::NoWeek { after, through } => {
                 let mut f = url::form_urlencoded::Serializer::new(String::new());
-                f.append_pair("trade_date", "none");
+                f.append_pair("week", "none");
                 if let Some(a) = after {
                     f.append_pair("after", a);
                 }
@@ -188,7 +190,7 @@ impl PgSource {
         format!("{}#{fragment}", self.url())
     }
 
-    /// The split a ticket names (`…#trade_date=2024-05-01`).
+    /// The split a ticket names (`…#week=2024-04-29`).
     pub fn split_of(ticket: &str) -> Result<Split> {
         let bad = || {
             Error::input(format!(
@@ -204,17 +206,24 @@ impl PgSource {
             .into_owned()
             .collect();
         let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        match (pairs.first().map(|(k, _)| k.as_str()), get("trade_date")) {
+        match (pairs.first().map(|(k, _)| k.as_str()), get("week")) {
             (Some("rows"), _) if get("rows").as_deref() == Some("all") => Ok(Split::All),
-            (Some("trade_date"), Some(d)) if d == "none" => Ok(Split::NoDay {
+            (Some("week"), Some(d)) if d == "none" => Ok(Split::NoWeek {
                 after: get("after"),
                 through: get("through"),
             }),
-            (Some("trade_date"), Some(d)) => NaiveDate::parse_from_str(&d, "%Y-%m-%d")
-                .map(Split::Day)
-                .map_err(|_| bad()),
+            (Some("week"), Some(d)) => NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+                .ok()
+                .filter(|d| d.weekday() == chrono::Weekday::Mon)
+                .map(Split::Week)
+                .ok_or_else(bad),
             _ => Err(bad()),
         }
+    }
+
+    /// `user@host:port/db`: who logs in where.
+    fn login(&self) -> String {
+        format!("{}@{}", self.user, self.server())
     }
 
     /// `host:port/db`, for messages.
@@ -315,12 +324,14 @@ mod tests {
         );
         assert_eq!(s.relation, Relation::Table("public.trades".into()));
         assert_eq!(s.cursor_column.as_deref(), Some("updated_at"));
-        let day = Split::Day(NaiveDate::from_ymd_opt(2024, 5, 1).unwrap());
-        let name = s.split_url(&day);
-        assert!(name.ends_with("#trade_date=2024-05-01"), "{name}");
+        let week = Split::Week(NaiveDate::from_ymd_opt(2024, 4, 29).unwrap());
+        let name = s.split_url(&week);
+        assert!(name.ends_with("#week=2024-04-29"), "{name}");
         assert_eq!(PgSource::parse(&name).unwrap(), s);
-        assert_eq!(PgSource::split_of(&name).unwrap(), day);
-        let rest = Split::NoDay {
+        assert_eq!(PgSource::split_of(&name).unwrap(), week);
+        // Weeks start on Mondays.
+        assert!(PgSource::split_of(&name.replace("04-29", "04-30")).is_err());
+        let rest = Split::NoWeek {
             after: Some("2024-05-01 10:00:00+00".into()),
             through: Some("2024-05-02 00:00:00+00".into()),
         };

@@ -1,6 +1,8 @@
 //! Connecting, describing a relation, and cutting it into splits.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::NaiveDate;
@@ -15,9 +17,52 @@ use crate::readers::shared::map_columns;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Idle connections kept per server, database and user.
+const IDLE_PER_USER: usize = 4;
+
+/// Idle connections, reused by the next plan or split of the same server,
+/// database and user: a split is one COPY, and a new connection (a server
+/// process and a SCRAM exchange) for each of a few hundred splits would
+/// cost more than reading them. Only a connection whose last request
+/// completed comes back.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<Client>>>,
+}
+
+impl Pool {
+    pub(super) async fn get(&self, src: &PgSource, password_env: &str) -> Result<Client> {
+        let key = src.login();
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .expect("pool lock")
+                .get_mut(&key)
+                .and_then(Vec::pop);
+            match idle {
+                Some(c) if !c.is_closed() => return Ok(c),
+                Some(_) => continue,
+                None => return connect(src, password_env).await,
+            }
+        }
+    }
+
+    pub(super) fn put(&self, src: &PgSource, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.entry(src.login()).or_default();
+        if list.len() < IDLE_PER_USER {
+            list.push(client);
+        }
+    }
+}
+
 /// Opens a session in UTC with ISO dates, so cursor values and timestamps
 /// come back as text that reads the same on the next connection.
-pub(super) async fn connect(src: &PgSource, password_env: &str) -> Result<Client> {
+async fn connect(src: &PgSource, password_env: &str) -> Result<Client> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&src.host)
@@ -72,12 +117,12 @@ pub(super) fn pg_error(src: &PgSource, what: &str, e: tokio_postgres::Error) -> 
     }
 }
 
-/// How the timestamp column can be cut into UTC days.
+/// How the timestamp column can be cut into UTC weeks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Stamp {
     Tz,
     Naive,
-    /// Text or anything else: no days in SQL.
+    /// Text or anything else: no weeks in SQL.
     Untyped,
 }
 
@@ -123,8 +168,8 @@ impl Described {
         let ts = self.ts();
         match split {
             Split::All => "TRUE".into(),
-            Split::Day(d) => {
-                let next = d.succ_opt().unwrap_or(*d);
+            Split::Week(d) => {
+                let next = *d + chrono::Days::new(7);
                 let (from, to) = match self.stamp {
                     Stamp::Tz => (
                         format!("'{d} 00:00:00+00'::timestamptz"),
@@ -134,7 +179,7 @@ impl Described {
                 };
                 format!("{ts} >= {from} AND {ts} < {to}")
             }
-            Split::NoDay { after, through } => {
+            Split::NoWeek { after, through } => {
                 let mut c = format!("({ts} IS NULL OR NOT isfinite({ts}))");
                 c.push_str(&self.cursor_range(after.as_deref(), through.as_deref()));
                 c
@@ -247,7 +292,7 @@ pub(super) async fn describe(client: &Client, src: &PgSource) -> Result<Describe
             }
             if stamp == Stamp::Untyped {
                 return Err(Error::input(format!(
-                    "{name}: an incremental read re-reads whole UTC days, so its {} column must be timestamp or timestamptz (it is {})",
+                    "{name}: an incremental read re-reads whole UTC weeks, so its {} column must be timestamp or timestamptz (it is {})",
                     INPUT_COLUMNS[0],
                     stmt.columns()[mapping.index[0]].type_()
                 )));
@@ -272,11 +317,22 @@ pub struct Planned {
     pub cursor: Option<SourceCursor>,
 }
 
-/// Plans a source: one split per UTC day of its rows (of the changed rows'
-/// days, past `after`), and one for rows without a day.
-pub async fn plan(src: &PgSource, after: Option<&str>, password_env: &str) -> Result<Planned> {
-    let client = connect(src, password_env).await?;
-    let d = describe(&client, src).await?;
+/// Plans a source: one split per UTC week of its rows (of the changed rows'
+/// weeks, past `after`), and one for rows without a week.
+pub async fn plan(
+    src: &PgSource,
+    after: Option<&str>,
+    password_env: &str,
+    pool: &Pool,
+) -> Result<Planned> {
+    let client = pool.get(src, password_env).await?;
+    let planned = plan_on(&client, src, after).await?;
+    pool.put(src, client);
+    Ok(planned)
+}
+
+async fn plan_on(client: &Client, src: &PgSource, after: Option<&str>) -> Result<Planned> {
+    let d = describe(client, src).await?;
     if d.stamp == Stamp::Untyped {
         return Ok(Planned {
             splits: vec![Split::All],
@@ -309,38 +365,40 @@ pub async fn plan(src: &PgSource, after: Option<&str>, password_env: &str) -> Re
         });
     }
     let ts = d.ts();
-    let day = match d.stamp {
-        Stamp::Tz => format!("({ts} AT TIME ZONE 'UTC')::date"),
-        _ => format!("{ts}::date"),
+    // ISO weeks: date_trunc('week', …) is the Monday.
+    let week = match d.stamp {
+        Stamp::Tz => format!("date_trunc('week', {ts} AT TIME ZONE 'UTC')::date"),
+        _ => format!("date_trunc('week', {ts})::date"),
     };
-    // A full read takes every day; an incremental one the days of the rows
+    // A full read takes every week; an incremental one the weeks of the rows
     // past the cursor (and not past `through`, the bound this run records).
     let range = if after.is_some() {
         d.cursor_range(after.as_deref(), through.as_deref())
     } else {
         String::new()
     };
-    let days = client
+    let weeks = client
         .query(
             &format!(
-                "SELECT DISTINCT {day}::text FROM {} WHERE isfinite({ts}){range} ORDER BY 1",
+                "SELECT DISTINCT {week}::text FROM {} WHERE isfinite({ts}){range} ORDER BY 1",
                 d.from
             ),
             &[],
         )
         .await
-        .map_err(|e| pg_error(src, "cannot list the days of the source", e))?;
-    let mut splits = days
+        .map_err(|e| pg_error(src, "cannot list the weeks of the source", e))?;
+    let mut splits = weeks
         .iter()
         .map(|r| {
             let text: String = r.get(0);
             NaiveDate::parse_from_str(&text, "%Y-%m-%d")
-                .map(Split::Day)
-                .map_err(|_| Error::internal(format!("PostgreSQL returned the day {text:?}")))
+                .map(Split::Week)
+                .map_err(|_| Error::internal(format!("PostgreSQL returned the week {text:?}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    // A full read takes them all; an incremental one those past the cursor.
-    splits.push(Split::NoDay {
+    // Rows without a week: a full read takes them all; an incremental one
+    // those past the cursor.
+    splits.push(Split::NoWeek {
         through: after.as_ref().and(through),
         after,
     });
