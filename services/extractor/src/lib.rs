@@ -236,7 +236,7 @@ enum Input {
         format: SourceFormat,
         csv: CsvOptions,
     },
-    Postgres(postgres::Copy),
+    Postgres(Box<postgres::Copy>),
 }
 
 impl Extractor {
@@ -252,7 +252,7 @@ impl Extractor {
                 self.postgres_pool.clone(),
             )
             .await?;
-            return Ok(Input::Postgres(copy));
+            return Ok(Input::Postgres(Box::new(copy)));
         }
         let path = self.roots.check(std::path::Path::new(&ticket.file))?;
         let format =
