@@ -1,6 +1,7 @@
 //! The extractor: resolves sources into files and serves their rows as Arrow
 //! record batches over Flight (`GetFlightInfo` → one endpoint per file,
-//! `DoGet(ticket)` → the batches of one file). Only paths and object URLs
+//! `DoGet(ticket)` → the batches of one file). Only paths, object URLs and
+//! PostgreSQL databases (one split per week of a table, see `postgres`)
 //! under the configured data roots are served.
 
 mod metrics;
