@@ -72,3 +72,35 @@ pub fn one_line_error(out: &Output, needles: &[&str]) -> String {
     }
     err
 }
+
+/// Peak resident memory (KiB) of `quarry ARGS`, measured by /usr/bin/time.
+pub fn peak_kib(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> (Output, u64) {
+    let mut cmd = std::process::Command::new("/usr/bin/time");
+    cmd.args(["-f", "peak_kib=%M", env!("CARGO_BIN_EXE_quarry")])
+        .args(args)
+        .envs(vars.iter().copied())
+        .env_remove("QUARRY_CONFIG")
+        .current_dir(dir);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let kib = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_kib="))
+        .unwrap_or_else(|| panic!("no peak memory in: {err}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // Leave the command's own stderr, without time's lines.
+    let own: String = err
+        .lines()
+        .filter(|l| !l.starts_with("peak_kib=") && !l.starts_with("Command exited"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (
+        Output {
+            stderr: own.into_bytes(),
+            ..out
+        },
+        kib,
+    )
+}

@@ -2,43 +2,10 @@
 //! memory; an input ten times bigger costs far less than ten times the
 //! memory.
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::common::cli::{fails, one_line_error, run_within};
+use crate::common::cli::{fails, one_line_error, peak_kib, run_within};
 use crate::common::{HEADER, user_dir};
-
-/// Peak resident memory (KiB) of `quarry ARGS`, measured by /usr/bin/time.
-fn peak_kib(dir: &Path, args: &[&str]) -> (Output, u64) {
-    let mut cmd = Command::new("/usr/bin/time");
-    cmd.args(["-f", "peak_kib=%M", env!("CARGO_BIN_EXE_quarry")])
-        .args(args)
-        .env_remove("QUARRY_CONFIG")
-        .current_dir(dir);
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let kib = err
-        .lines()
-        .find_map(|l| l.strip_prefix("peak_kib="))
-        .unwrap_or_else(|| panic!("no peak memory in: {err}"))
-        .trim()
-        .parse()
-        .unwrap();
-    // Leave the command's own stderr, without time's lines.
-    let own: String = err
-        .lines()
-        .filter(|l| !l.starts_with("peak_kib=") && !l.starts_with("Command exited"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    (
-        Output {
-            stderr: own.into_bytes(),
-            ..out
-        },
-        kib,
-    )
-}
 
 #[test]
 fn huge_records_headers_and_fields_fail_in_bounded_memory() {
@@ -49,7 +16,11 @@ fn huge_records_headers_and_fields_fail_in_bounded_memory() {
     line.resize(line.len() + (128 << 20), b'a');
     std::fs::write(d.join("endless.csv"), &line).unwrap();
     drop(line);
-    let (out, kib) = peak_kib(dir.path(), &["run", "-q", "--source", "data/endless.csv"]);
+    let (out, kib) = peak_kib(
+        dir.path(),
+        &[],
+        &["run", "-q", "--source", "data/endless.csv"],
+    );
     one_line_error(
         &out,
         &[
@@ -127,6 +98,7 @@ fn memory_stays_bounded_as_the_input_grows() {
         assert!(out.status.success());
         let (out, kib) = peak_kib(
             dir.path(),
+            &[],
             &["run", "-q", "--no-raw-trades", "--source", &file],
         );
         assert!(
