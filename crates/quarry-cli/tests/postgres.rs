@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cli::{one_line_error, quarry_ok, run_within};
+use common::cli::{one_line_error, peak_kib, quarry_ok, run_within};
 use common::{Env, fixtures};
 use futures::SinkExt;
 use serde_json::Value;
@@ -196,6 +196,28 @@ fn a_text_table_gives_the_tables_and_reports_of_the_sample_file() {
     ));
     assert_eq!(labels, env.count("SELECT count(*) FROM trades_rejected"));
     assert!(labels > 0);
+
+    // The same rows named by [source.postgres] keys (here from the
+    // environment) instead of --source, with a query to encode.
+    let keyed = Env::new();
+    let url = pg.source("").trim_end_matches('?').to_string();
+    let query = "SELECT * FROM raw_trades WHERE note IS NULL OR note <> '&#?'";
+    pg.run_ok(
+        &keyed,
+        &["run", "-q"],
+        &[
+            ("QUARRY_SOURCE__POSTGRES__URL", &url),
+            ("QUARRY_SOURCE__POSTGRES__QUERY", query),
+        ],
+    );
+    assert_eq!(tables(&keyed), want);
+    assert_eq!(reports(&keyed), reports(&plain));
+    assert!(
+        quality(&keyed)["source"]
+            .as_str()
+            .unwrap()
+            .contains("query=SELECT")
+    );
 }
 
 /// Typed trades over `days` days from 2024-03-04 (a Monday), `per_day` rows
@@ -446,33 +468,22 @@ fn a_million_row_table_is_read_with_bounded_memory() {
     });
     let file = env.write("trades.csv", &csv);
     let peak_of = |source: &str, db: &str| -> u64 {
-        let out = std::process::Command::new("/usr/bin/time")
-            .args(["-f", "%M"])
-            .arg(env!("CARGO_BIN_EXE_quarry"))
-            .env_remove("QUARRY_CONFIG")
-            .args([
-                "run",
-                "-q",
-                "--no-raw-trades",
-                "--sqlite",
-                db,
-                "--source",
-                source,
-            ])
-            .env("PGPASSWORD", READER_PASSWORD)
-            .current_dir(env.dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        stderr
-            .trim()
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        let args = [
+            "run",
+            "-q",
+            "--no-raw-trades",
+            "--sqlite",
+            db,
+            "--source",
+            source,
+        ];
+        let (out, kib) = peak_kib(env.dir.path(), &[("PGPASSWORD", READER_PASSWORD)], &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        kib
     };
     let file_peak = peak_of(&file.display().to_string(), "file.db");
     let pg_peak = peak_of(&pg.source("table=trades"), "pg.db");

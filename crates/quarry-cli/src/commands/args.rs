@@ -233,7 +233,9 @@ impl From<WarehouseArg> for WarehouseKind {
 
 #[derive(clap::Args)]
 pub(crate) struct RunArgs {
-    /// File, directory or glob to read (default from config: data/trades.csv).
+    /// What to read: a file, directory or glob, an s3:// or gs:// URL, or a
+    /// postgresql:// table or query (default from config: [source.postgres]
+    /// when its url is set, else run.source, data/trades.csv).
     #[arg(long)]
     pub(crate) source: Option<String>,
     /// Input format; by default taken from each file's extension.

@@ -58,9 +58,11 @@ fn wire_mode(mode: RunMode) -> quarry_proto::RunMode {
 /// Checks the arguments, starts the services of an embedded run, runs the
 /// pipeline and reports on it; on a signal, says how the run ended.
 pub(crate) async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()> {
+    // --source, else [source.postgres] when its url is set, else run.source.
     let source = args
         .source
         .clone()
+        .or_else(|| config.source.postgres.source())
         .unwrap_or_else(|| config.run.source.clone());
     let output = args
         .output

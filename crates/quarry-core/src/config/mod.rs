@@ -10,6 +10,7 @@
 //! asks every section.
 
 mod services;
+mod source;
 #[cfg(test)]
 mod tests;
 mod warehouse;
@@ -25,6 +26,7 @@ pub use services::{
     ArchiverConfig, CheckConfig, ExtractorConfig, LoaderConfig, QualityConfig, Severity,
     TransformerConfig,
 };
+pub use source::{PostgresSourceConfig, SourceConfig};
 pub use warehouse::{
     BigQueryConfig, ClickHouseConfig, SnowflakeConfig, SqliteConfig, WarehouseConfig,
     WarehouseKind, is_identifier, is_project_id,
@@ -39,6 +41,7 @@ pub struct Config {
     pub warehouse: WarehouseConfig,
     pub archiver: ArchiverConfig,
     pub storage: StorageConfig,
+    pub source: SourceConfig,
     pub run: RunConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
@@ -289,6 +292,7 @@ impl Config {
         self.tls.validate()?;
         self.auth.validate()?;
         self.client.validate()?;
+        self.source.validate()?;
         self.run.validate()
     }
 }
