@@ -301,8 +301,59 @@ fn objects_in_s3_give_the_tables_and_reports_of_local_files() {
 
 #[test]
 #[ignore = "needs the S3 stand-in (moto): scripts/test.sh runs it"]
-fn a_served_extractor_refuses_objects_outside_its_roots() {
+fn served_services_read_only_the_objects_in_the_extractors_roots() {
     let bucket = Bucket::new("roots");
+    let sample = std::fs::read(fixtures().join("trades_sample.csv")).unwrap();
+    bucket.put("landing/t.csv", &sample);
+    bucket.put("secret/t.csv", &sample);
+    let env = Env::new();
+    let roots = format!("[\"s3://{}/landing/\"]", bucket.name);
+    let mut vars = bucket.vars();
+    vars.push(("QUARRY_EXTRACTOR__DATA_ROOTS", roots));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stack = common::procs::Stack::start(&env, &vars);
+    let (transformer, loader) = (stack.transformer.url(), stack.loader.url());
+    let run = |source: String| {
+        let args = [
+            "run",
+            "-q",
+            "--transformer",
+            &transformer,
+            "--loader",
+            &loader,
+            "--source",
+            &source,
+        ];
+        bucket.run(&env, &args)
+    };
+    let out = run(format!("s3://{}/landing/", bucket.name));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loaded = env.snapshot();
+    let outside = "outside the extractor's data roots";
+    for (source, why) in [
+        (format!("s3://{}/secret/t.csv", bucket.name), outside),
+        (format!("s3://{}/*/t.csv", bucket.name), outside),
+        (format!("s3://{}/landing2/t.csv", bucket.name), outside),
+        (format!("s3://{}/", bucket.name), outside),
+        (
+            format!("s3://{}/landing/../secret/t.csv", bucket.name),
+            "a key may not contain . or .. segments",
+        ),
+    ] {
+        one_line_error(&run(source.clone()), &[why, &source]);
+    }
+    assert_eq!(env.snapshot(), loaded);
+    stack.stop();
+}
+
+#[test]
+#[ignore = "needs the S3 stand-in (moto): scripts/test.sh runs it"]
+fn objects_outside_the_roots_are_permission_denied() {
+    let bucket = Bucket::new("denied");
     bucket.put("landing/t.csv", b"x");
     bucket.put("secret/t.csv", b"x");
     let env = Env::new();
