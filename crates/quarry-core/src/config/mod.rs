@@ -9,6 +9,7 @@
 //! Each section checks its own values (`validate`); [`Config::validate`]
 //! asks every section.
 
+mod lineage;
 mod services;
 mod source;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub use lineage::{LineageConfig, LineageTransport};
 pub use services::{
     ArchiverConfig, CheckConfig, ExtractorConfig, LoaderConfig, QualityConfig, Severity,
     TransformerConfig,
@@ -43,6 +45,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub source: SourceConfig,
     pub run: RunConfig,
+    pub lineage: LineageConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub client: ClientConfig,
@@ -293,6 +296,7 @@ impl Config {
         self.auth.validate()?;
         self.client.validate()?;
         self.source.validate()?;
+        self.lineage.validate()?;
         self.run.validate()
     }
 }
