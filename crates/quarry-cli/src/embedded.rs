@@ -110,7 +110,9 @@ impl Cluster {
             let listener = grpc::bind("127.0.0.1:0").await?;
             transformer_url = Some(url(&listener)?);
             front.tasks.push(tokio::spawn(
-                Transformer::new(tcfg).serve(listener, front.shutdown()),
+                Transformer::new(tcfg)
+                    .with_lineage(&config.lineage)
+                    .serve(listener, front.shutdown()),
             ));
         }
         Ok(Self {

@@ -80,7 +80,11 @@ impl LoaderService for Loader {
                 },
             );
             info!(source = %req.source, "run begun");
-            Ok::<_, Error>(Response::new(BeginRunResponse {}))
+            let (dataset_namespace, dataset_prefix) = self.datasets.as_ref().clone();
+            Ok::<_, Error>(Response::new(BeginRunResponse {
+                dataset_namespace,
+                dataset_prefix,
+            }))
         }
         .instrument(span)
         .await

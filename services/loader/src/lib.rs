@@ -66,6 +66,9 @@ pub struct Loader {
     metrics_listen: String,
     metrics: Arc<metrics::Metrics>,
     security: Security,
+    /// The warehouse's OpenLineage namespace and table-name prefix, told to
+    /// the transformer at the start of each run.
+    datasets: Arc<(String, String)>,
 }
 
 impl Loader {
@@ -83,6 +86,7 @@ impl Loader {
             metrics_listen: config.metrics_listen.clone(),
             metrics: Arc::new(metrics::Metrics::new()),
             security: Security::default(),
+            datasets: Arc::new(("warehouse".into(), String::new())),
         };
         loader.spawn_reaper(Duration::from_secs(config.run_idle_timeout_secs));
         loader.spawn_heartbeat(Duration::from_secs(config.heartbeat_secs));
@@ -116,7 +120,8 @@ impl Loader {
     pub async fn open(config: &LoaderConfig, warehouse: &WarehouseConfig) -> Result<Self> {
         let wh = quarry_warehouse::open(warehouse)?;
         wh.check_connectivity().await?;
-        let loader = Self::new(wh, config);
+        let mut loader = Self::new(wh, config);
+        loader.datasets = Arc::new(warehouse.lineage_names());
         // Not fatal: the loader works without it, and tries again before
         // every run it begins.
         match loader.recover_interrupted().await {

@@ -15,9 +15,11 @@ mod run;
 
 use std::sync::Arc;
 
-use quarry_core::config::TransformerConfig;
+use quarry_core::Config;
+use quarry_core::config::{LineageConfig, TransformerConfig};
 use quarry_core::grpc::Security;
 use quarry_core::{Result, grpc};
+use quarry_lineage::Emitter;
 use quarry_proto::transformer_service_server::{TransformerService, TransformerServiceServer};
 use quarry_proto::{RunEvent, RunRequest};
 use std::time::Duration;
@@ -38,6 +40,9 @@ pub struct Transformer {
     abort_runs: CancellationToken,
     metrics: Arc<metrics::Metrics>,
     security: Security,
+    lineage_config: LineageConfig,
+    /// Started by `serve` (it needs the runtime); off until then.
+    lineage: Arc<Emitter>,
 }
 
 impl Transformer {
@@ -48,7 +53,15 @@ impl Transformer {
             abort_runs: CancellationToken::new(),
             metrics: Arc::new(metrics::Metrics::new()),
             security: Security::default(),
+            lineage_config: LineageConfig::default(),
+            lineage: Arc::new(Emitter::off()),
         }
+    }
+
+    /// Emit the OpenLineage events of runs as `config` says.
+    pub fn with_lineage(mut self, config: &LineageConfig) -> Self {
+        self.lineage_config = config.clone();
+        self
     }
 
     /// Serve with TLS and the bearer-token check of `security`.
@@ -69,7 +82,7 @@ impl Transformer {
 impl Transformer {
     /// Serves on `listener` until `shutdown` resolves.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
@@ -95,6 +108,10 @@ impl Transformer {
             self.metrics.registry.clone(),
         )
         .await?;
+        self.lineage = Arc::new(Emitter::start(
+            &self.lineage_config,
+            &self.metrics.registry,
+        )?);
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         let abort_runs = self.abort_runs.clone();
         let served = grpc::serve_with_grace(
@@ -119,19 +136,21 @@ impl Transformer {
                 let _ = tokio::time::timeout(grpc::SHUTDOWN_FINAL_WAIT, self.runs.wait()).await;
             }
         }
+        self.lineage.close().await;
         served
     }
 }
 
-/// Serves the transformer on `listener` until `shutdown` resolves.
+/// Serves the transformer of `config` on `listener` until `shutdown` resolves.
 pub async fn serve(
-    config: &TransformerConfig,
+    config: &Config,
     security: &Security,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    Transformer::new(config.clone())
+    Transformer::new(config.transformer.clone())
         .with_security(security.clone())
+        .with_lineage(&config.lineage)
         .serve(listener, shutdown)
         .await
 }
@@ -185,6 +204,7 @@ impl TransformerService for Transformer {
             security: self.security.clone(),
             shutdown: self.abort_runs.clone(),
             metrics: self.metrics.clone(),
+            lineage: self.lineage.clone(),
         };
         self.runs
             .spawn(run::drive(context, req, options, run_id, tx).instrument(span));

@@ -8,13 +8,7 @@ async fn main() -> std::process::ExitCode {
         "quarry-transformer",
         |config| &config.transformer.listen,
         |config, security, listener| async move {
-            quarry_transformer::serve(
-                &config.transformer,
-                &security,
-                listener,
-                grpc::shutdown_signal(),
-            )
-            .await
+            quarry_transformer::serve(&config, &security, listener, grpc::shutdown_signal()).await
         },
     )
     .await

@@ -19,7 +19,7 @@ pub(crate) async fn serve(config: &Config, service: Service) -> anyhow::Result<(
         }
         Service::Transformer => {
             let l = grpc::bind(&config.transformer.listen).await?;
-            quarry_transformer::serve(&config.transformer, &sec, l, grpc::shutdown_signal()).await?
+            quarry_transformer::serve(config, &sec, l, grpc::shutdown_signal()).await?
         }
         Service::Loader => {
             let l = grpc::bind(&config.loader.listen).await?;

@@ -191,6 +191,47 @@ fn not_identifier(key: &str, value: &str) -> Error {
 }
 
 impl WarehouseConfig {
+    /// The selected warehouse's tables as OpenLineage datasets: the
+    /// namespace, and the prefix of each table's name (following
+    /// OpenLineage's naming of each system).
+    pub fn lineage_names(&self) -> (String, String) {
+        match self.kind {
+            WarehouseKind::Sqlite => {
+                let path = std::path::absolute(&self.sqlite.path)
+                    .unwrap_or_else(|_| self.sqlite.path.clone());
+                (format!("sqlite://{}", path.display()), String::new())
+            }
+            WarehouseKind::Clickhouse => {
+                let host = self
+                    .clickhouse
+                    .url
+                    .split_once("://")
+                    .map_or(self.clickhouse.url.as_str(), |(_, rest)| {
+                        rest.trim_end_matches('/')
+                    });
+                (
+                    format!("clickhouse://{host}"),
+                    format!("{}.", self.clickhouse.database),
+                )
+            }
+            WarehouseKind::Bigquery => (
+                "bigquery".into(),
+                format!("{}.{}.", self.bigquery.project, self.bigquery.dataset),
+            ),
+            WarehouseKind::Snowflake => (
+                format!(
+                    "snowflake://{}",
+                    self.snowflake.account.to_ascii_lowercase()
+                ),
+                format!(
+                    "{}.{}.",
+                    self.snowflake.database.to_ascii_uppercase(),
+                    self.snowflake.schema.to_ascii_uppercase()
+                ),
+            ),
+        }
+    }
+
     /// Every backend's settings must be well-formed (a later run may select
     /// another); the selected one must also be complete.
     pub(super) fn validate(&self) -> Result<()> {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use quarry_core::dates::date_text;
 use quarry_core::grpc::AuthChannel;
 use quarry_core::{Error, Result, RunMode};
+use quarry_lineage::EventType;
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::{AbortRequest, CommitRequest, ExtractPlan, RunEvent, RunSummary, run_event};
 use tonic::Status;
@@ -97,6 +98,7 @@ impl Run {
                     rows_in = summary.stats.as_ref().map(|s| s.rows_in),
                     "run succeeded"
                 );
+                self.emit_lineage(EventType::Complete, None);
                 let _ = events.send(Ok(self.counters.progress(self.started))).await;
                 let _ = events
                     .send(Ok(RunEvent {
@@ -110,6 +112,7 @@ impl Run {
                 self.metrics.errors.count(&e);
                 self.abort(&e).await;
                 let message = format!("run {} failed ({}): {}", self.run_id, e.category(), e);
+                self.emit_lineage(EventType::Fail, Some(&message));
                 let _ = events
                     .send(Err(Status::from(e.with_message(message))))
                     .await;

@@ -7,18 +7,20 @@
 //!   while their rows stream to the loader;
 //! - `aggregate`: the aggregate rows are loaded and the quality checks run;
 //! - `finish`: the commit, the abort that replaces it on any error, and the
-//!   last event to the client.
+//!   last event to the client;
+//! - `lineage`: the run's OpenLineage events (START, COMPLETE or FAIL).
 //!
 //! This file holds what the phases share: the run itself, its live counters
 //! and its measures.
 
 mod aggregate;
 mod finish;
+mod lineage;
 mod plan;
 mod stream;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,7 @@ use chrono::{DateTime, Utc};
 use quarry_core::config::TransformerConfig;
 use quarry_core::grpc::{AuthChannel, Security};
 use quarry_core::{Error, Result, RunMode, grpc};
+use quarry_lineage::Emitter;
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::{Progress, RunEvent, RunRequest, RunStats, RunSummary, run_event};
 use quarry_transform::BatchStats;
@@ -121,6 +124,8 @@ struct Measures {
     load_ms: u64,
     commit_ms: u64,
     files: Vec<FileFacts>,
+    /// Input rows read, per split.
+    rows_by_file: BTreeMap<String, u64>,
     skipped_files: Vec<(String, String)>,
     /// The cursor range a PostgreSQL source was read over.
     cursor: Option<quarry_proto::SourceCursor>,
@@ -201,6 +206,11 @@ struct Run {
     measures: Arc<Mutex<Measures>>,
     started: Instant,
     started_at: DateTime<Utc>,
+    lineage: Arc<Emitter>,
+    /// The warehouse's OpenLineage namespace and table prefix (the loader's).
+    datasets: Mutex<(String, String)>,
+    /// Whether START has been emitted.
+    lineage_started: AtomicBool,
 }
 
 /// What a run gets from its service.
@@ -210,6 +220,7 @@ pub struct Context {
     /// Cancelled when the service stops and its grace period is over.
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
+    pub lineage: Arc<Emitter>,
 }
 
 /// Runs the pipeline and reports on `events`; the stream ends with the
@@ -226,6 +237,7 @@ pub async fn drive(
         security,
         shutdown,
         metrics,
+        lineage,
     } = context;
     metrics.runs_started.inc();
     let run = Run {
@@ -242,6 +254,9 @@ pub async fn drive(
         measures: Arc::new(Mutex::new(Measures::default())),
         started: Instant::now(),
         started_at: Utc::now(),
+        lineage,
+        datasets: Mutex::new(("warehouse".into(), String::new())),
+        lineage_started: AtomicBool::new(false),
     };
     run.counters.set_stage("planning");
     let ticker = {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use quarry_core::grpc::AuthChannel;
 use quarry_core::run::is_postgres_source;
 use quarry_core::{Error, Result, RunStatus, flight, grpc};
+use quarry_lineage::EventType;
 use quarry_proto::loader_service_client::LoaderServiceClient;
 use quarry_proto::{
     BeginRunRequest, ExtractCommand, ExtractPlan, ExtractTicket, ListRunsRequest, RunEvent,
@@ -32,14 +33,20 @@ impl Run {
             "full_refresh": self.full_refresh,
         })
         .to_string();
-        loader
+        let begun = loader
             .begin_run(BeginRunRequest {
                 run_id: self.run_id.clone(),
                 source: self.req.source.clone(),
                 options_json,
             })
             .await
-            .map_err(|s| Error::from_status(&s))?;
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        if !begun.dataset_namespace.is_empty() {
+            *self.datasets.lock().expect("datasets lock") =
+                (begun.dataset_namespace, begun.dataset_prefix);
+        }
+        self.emit_lineage(EventType::Start, None);
         Ok(())
     }
 

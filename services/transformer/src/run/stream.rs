@@ -158,6 +158,7 @@ impl Run {
                 m.extract += t.elapsed();
                 m.transform += busy;
                 m.stats.merge(&stats);
+                *m.rows_by_file.entry(file.to_string()).or_default() += stats.rows_in;
             }
             let c = &self.counters;
             c.rows_read.fetch_add(stats.rows_in, Ordering::Relaxed);
