@@ -226,9 +226,12 @@ async fn clickhouse_and_a_local_directory() {
 #[test]
 fn the_archive_commands() {
     let dir = common::user_dir();
+    let lineage = dir.path().join("lineage.ndjson");
     let quarry = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .env_remove("QUARRY_CONFIG")
+            .env("QUARRY_LINEAGE__TRANSPORT", "file")
+            .env("QUARRY_LINEAGE__PATH", &lineage)
             .args(args)
             .current_dir(dir.path())
             .output()
@@ -297,6 +300,68 @@ fn the_archive_commands() {
     let (code, _, err) = quarry(&["archive", "run", "--table", "agg_trades_weekly"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("is not archived"), "{err}");
+
+    // Lineage: the run, the archive run and the restore each emitted START
+    // and COMPLETE, the refused archive run START and FAIL; the dry run and
+    // the arguments refused by the command line nothing.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&lineage)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["job"]["name"].as_str().unwrap(),
+                e["eventType"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "trades_pipeline START",
+            "trades_pipeline COMPLETE",
+            "archive START",
+            "archive COMPLETE",
+            "restore START",
+            "restore COMPLETE",
+            "archive START",
+            "archive FAIL",
+        ]
+    );
+    let db = dir.path().join("agg_result.db").canonicalize().unwrap();
+    let cold = dir.path().join("cold").canonicalize().unwrap();
+    let (archived, restored) = (&events[3], &events[5]);
+    assert_eq!(
+        archived["inputs"][0]["namespace"],
+        format!("sqlite://{}", db.display())
+    );
+    assert_eq!(archived["inputs"][0]["name"], "trades");
+    assert_eq!(archived["outputs"][0]["namespace"], "file");
+    assert_eq!(
+        archived["outputs"][0]["name"],
+        format!("{}/trades", cold.display())
+    );
+    let rows = |e: &serde_json::Value| {
+        e["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"]
+            .as_u64()
+            .unwrap()
+    };
+    // The sample's trades before 2023-02-13, and those of January back.
+    assert!(
+        rows(archived) > rows(restored) && rows(restored) > 0,
+        "{archived} {restored}"
+    );
+    assert_eq!(restored["outputs"][0]["name"], "trades");
+    assert!(
+        events[7]["run"]["facets"]["errorMessage"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not archived")
+    );
 }
 
 /// Started as a service with `interval_secs`, the archiver moves what is due

@@ -17,12 +17,14 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
+use quarry_core::config::LineageConfig;
 use quarry_core::grpc::Security;
 use quarry_core::{Config, Error, Result, Table, flight, grpc};
+use quarry_lineage::{Dataset, Emitter, EventType, RunEvent};
 use quarry_proto::archiver_service_server::{ArchiverService, ArchiverServiceServer};
 use quarry_proto::{
     ArchiveReport, ArchiveRequest, ColdTicket, ListPartitionsRequest, ListPartitionsResponse,
-    RestoreRequest, StatusRequest, StatusResponse,
+    PartitionMove, RestoreRequest, StatusRequest, StatusResponse,
 };
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -40,6 +42,11 @@ pub struct Archiver {
     last_run: Arc<Mutex<(String, String)>>,
     metrics: Arc<metrics::Metrics>,
     security: Security,
+    lineage_config: LineageConfig,
+    /// Started by `serve` (it needs the runtime); off until then.
+    lineage: Arc<Emitter>,
+    /// The warehouse's OpenLineage namespace and table prefix.
+    warehouse_datasets: (String, String),
 }
 
 const SERVICE_NAMES: [&str; 2] = [
@@ -53,11 +60,10 @@ impl Archiver {
         let warehouse = quarry_warehouse::open(&config.warehouse)?;
         warehouse.check_connectivity().await?;
         let cold = quarry_storage::open(&config.archiver.cold_root, &config.storage.s3)?;
-        Ok(Self::new(Tier::new(
-            warehouse,
-            cold,
-            config.archiver.clone(),
-        )))
+        let mut archiver = Self::new(Tier::new(warehouse, cold, config.archiver.clone()));
+        archiver.lineage_config = config.lineage.clone();
+        archiver.warehouse_datasets = config.warehouse.lineage_names();
+        Ok(archiver)
     }
 
     pub fn new(tier: Tier) -> Self {
@@ -66,6 +72,9 @@ impl Archiver {
             last_run: Arc::default(),
             metrics: Arc::new(metrics::Metrics::new()),
             security: Security::default(),
+            lineage_config: LineageConfig::default(),
+            lineage: Arc::new(Emitter::off()),
+            warehouse_datasets: ("warehouse".into(), String::new()),
         }
     }
 
@@ -93,7 +102,16 @@ impl Archiver {
             "" => None,
             s => Some(tier::parse_day("as_of", s)?),
         };
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let job = Job::Archive(&req.table);
+        if !req.dry_run {
+            self.emit(&run_id, job, EventType::Start, Ok(&[]));
+        }
         let result = self.tier.archive(&req.table, as_of, req.dry_run).await;
+        if !req.dry_run {
+            let outcome = result.as_ref().map(|(_, moves)| moves.as_slice());
+            self.emit(&run_id, job, EventType::Complete, outcome);
+        }
         match &result {
             Ok((_, moves)) => self.metrics.count_moves(moves),
             Err(e) => self.metrics.errors.count(e),
@@ -126,12 +144,66 @@ impl Archiver {
         });
     }
 
+    /// Emits an OpenLineage event of an archive or restore run: START, or
+    /// its end (COMPLETE, or FAIL with `outcome`'s error), the rows moved
+    /// written to the side they went to.
+    fn emit(
+        &self,
+        run_id: &str,
+        job: Job,
+        kind: EventType,
+        outcome: std::result::Result<&[PartitionMove], &Error>,
+    ) {
+        let (name, table) = match job {
+            Job::Archive(t) => ("archive", t),
+            Job::Restore(t) => ("restore", t),
+        };
+        let table = if table.is_empty() { "trades" } else { table };
+        let kind = if outcome.is_err() {
+            EventType::Fail
+        } else {
+            kind
+        };
+        let mut event = RunEvent::new(kind, run_id, self.lineage.namespace(), name);
+        let (ns, prefix) = &self.warehouse_datasets;
+        let hot = Dataset::new(ns.clone(), format!("{prefix}{table}"));
+        let (cold_ns, cold_root) = quarry_lineage::dataset_of(self.tier.cold_root());
+        let cold = Dataset::new(
+            cold_ns,
+            format!("{}/{table}", cold_root.trim_end_matches('/')),
+        );
+        let (input, mut output) = match job {
+            Job::Archive(_) => (hot, cold),
+            Job::Restore(_) => (cold, hot),
+        };
+        match outcome {
+            Err(e) => event = event.with_error(&e.to_string()),
+            Ok(moves) if kind == EventType::Complete => {
+                let moved = ["archived", "finished", "restored"];
+                let rows = moves
+                    .iter()
+                    .filter(|m| moved.contains(&m.outcome.as_str()))
+                    .map(|m| m.rows)
+                    .sum();
+                output = output.with_rows_written(rows);
+            }
+            Ok(_) => {}
+        }
+        event.inputs.push(input);
+        event.outputs.push(output);
+        self.lineage.emit(&event);
+    }
+
     /// Serves on `listener` until `shutdown` resolves.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
+        self.lineage = Arc::new(Emitter::start(
+            &self.lineage_config,
+            &self.metrics.registry,
+        )?);
         let c = self.tier.config();
         info!(addr = ?listener.local_addr().ok(), cold = %self.tier.cold_root(),
               hot_days = c.hot_days, interval_secs = c.interval_secs, "archiver listening");
@@ -158,6 +230,7 @@ impl Archiver {
             &self.security,
         )
         .await;
+        self.lineage.close().await;
         served.and(warehouse.close().await)
     }
 }
@@ -192,6 +265,13 @@ pub async fn serve(
         .await
 }
 
+/// The jobs of the archiver, with the table they move.
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    Archive(&'a str),
+    Restore(&'a str),
+}
+
 #[tonic::async_trait]
 impl ArchiverService for Archiver {
     async fn archive(
@@ -213,11 +293,17 @@ impl ArchiverService for Archiver {
         if from > to {
             return Err(Error::input(format!("from {from} is after to {to}")).into());
         }
-        let moves = self
-            .tier
-            .restore(&req.table, from, to)
-            .await
-            .inspect_err(|e| self.metrics.errors.count(e))?;
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let job = Job::Restore(&req.table);
+        self.emit(&run_id, job, EventType::Start, Ok(&[]));
+        let result = self.tier.restore(&req.table, from, to).await;
+        self.emit(
+            &run_id,
+            job,
+            EventType::Complete,
+            result.as_ref().map(Vec::as_slice),
+        );
+        let moves = result.inspect_err(|e| self.metrics.errors.count(e))?;
         self.metrics.count_moves(&moves);
         Ok(Response::new(ArchiveReport {
             moves,
