@@ -363,7 +363,7 @@ fn objects_outside_the_roots_are_permission_denied() {
     config.storage.s3.allow_http = true;
     config.storage.s3.virtual_hosted_style = false;
     let roots = quarry_extractor::source::DataRoots::new(&config.extractor.data_roots).unwrap();
-    let stores = quarry_extractor::objects::Stores::new(config.storage.s3.clone());
+    let stores = quarry_extractor::objects::Stores::new(config.storage.clone());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let resolve = |source: String| {
         let (roots, stores) = (roots.clone(), &stores);

@@ -8,7 +8,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use quarry_core::config::S3Config;
+use quarry_core::config::StorageConfig;
 use quarry_core::{Error, Result};
 
 pub use object_store;
@@ -36,7 +36,8 @@ impl Location {
 
 /// Opens `root`: a directory (created if missing), `file:///abs/dir`,
 /// `s3://bucket[/prefix]` or `gs://bucket[/prefix]`.
-pub fn open(root: &str, s3: &S3Config) -> Result<Location> {
+pub fn open(root: &str, storage: &StorageConfig) -> Result<Location> {
+    let s3 = &storage.s3;
     let display = root.to_string();
     let bad = |e: object_store::Error| Error::config(format!("object store {root}: {e}"));
     let (scheme, rest) = match root.split_once("://") {
@@ -84,12 +85,12 @@ pub fn open(root: &str, s3: &S3Config) -> Result<Location> {
                 }
                 Arc::new(b.build().map_err(bad)?)
             } else {
-                Arc::new(
-                    GoogleCloudStorageBuilder::from_env()
-                        .with_url(url)
-                        .build()
-                        .map_err(bad)?,
-                )
+                let mut b = GoogleCloudStorageBuilder::from_env().with_url(url);
+                let key = &storage.gcs.service_account_path;
+                if !key.as_os_str().is_empty() {
+                    b = b.with_service_account_path(key.display().to_string());
+                }
+                Arc::new(b.build().map_err(bad)?)
             };
             let prefix = Path::parse(prefix.trim_matches('/')).map_err(|e| {
                 Error::config(format!("object store {root}: bad prefix {prefix:?}: {e}"))
@@ -158,18 +159,36 @@ mod tests {
     fn roots_are_parsed_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("cold");
-        let loc = open(root.to_str().unwrap(), &S3Config::default()).unwrap();
+        let loc = open(root.to_str().unwrap(), &StorageConfig::default()).unwrap();
         assert!(root.is_dir(), "a local root is created");
         assert_eq!(loc.path(&["trades", "x"]).as_ref(), "trades/x");
 
-        let loc = open("s3://bucket/some/prefix/", &S3Config::default()).unwrap();
+        let loc = open("s3://bucket/some/prefix/", &StorageConfig::default()).unwrap();
         assert_eq!(loc.path(&["trades"]).as_ref(), "some/prefix/trades");
 
-        let err = |root: &str| match open(root, &S3Config::default()) {
+        let err = |root: &str| match open(root, &StorageConfig::default()) {
             Ok(_) => panic!("{root} opened"),
             Err(e) => e.to_string(),
         };
         assert!(err("s3://").contains("no bucket"));
         assert!(err("ftp://x/y").contains("unsupported scheme ftp"));
+    }
+
+    #[test]
+    fn a_gcs_key_file_from_the_config_is_read_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = StorageConfig::default();
+        storage.gcs.service_account_path = dir.path().join("missing.json");
+        let e = match open("gs://bucket/cold", &storage) {
+            Ok(_) => panic!("opened without its key file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.starts_with("object store gs://bucket/cold:"), "{e}");
+        assert!(e.contains("missing.json"), "{e}");
+
+        let key = dir.path().join("not-a-key.json");
+        std::fs::write(&key, "{}").unwrap();
+        storage.gcs.service_account_path = key;
+        assert!(open("gs://bucket/cold", &storage).is_err());
     }
 }

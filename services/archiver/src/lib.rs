@@ -59,7 +59,7 @@ impl Archiver {
     pub async fn open(config: &Config) -> Result<Self> {
         let warehouse = quarry_warehouse::open(&config.warehouse)?;
         warehouse.check_connectivity().await?;
-        let cold = quarry_storage::open(&config.archiver.cold_root, &config.storage.s3)?;
+        let cold = quarry_storage::open(&config.archiver.cold_root, &config.storage)?;
         let mut archiver = Self::new(Tier::new(warehouse, cold, config.archiver.clone()));
         archiver.lineage_config = config.lineage.clone();
         archiver.warehouse_datasets = config.warehouse.lineage_names();

@@ -60,7 +60,7 @@ impl Extractor {
         let config = &config.extractor;
         Ok(Self {
             roots: Arc::new(DataRoots::new(&config.data_roots)?),
-            stores: Arc::new(objects::Stores::new(storage.s3.clone())),
+            stores: Arc::new(objects::Stores::new(storage.clone())),
             batch_rows: config.batch_rows,
             limits: readers::Limits::of(config),
             shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_secs),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use quarry_core::config::S3Config;
+use quarry_core::config::StorageConfig;
 use quarry_core::{Error, Result};
 use quarry_storage::RangeReader;
 use quarry_storage::object_store::path::Path as Key;
@@ -128,18 +128,18 @@ impl ObjectRoots {
     }
 }
 
-/// One store per bucket, opened on first use with `[storage.s3]` and the
+/// One store per bucket, opened on first use with `[storage]` and the
 /// standard credential environment.
 #[derive(Default)]
 pub struct Stores {
-    s3: S3Config,
+    storage: StorageConfig,
     open: Mutex<HashMap<(String, String), Arc<dyn ObjectStore>>>,
 }
 
 impl Stores {
-    pub fn new(s3: S3Config) -> Self {
+    pub fn new(storage: StorageConfig) -> Self {
         Self {
-            s3,
+            storage,
             open: Mutex::default(),
         }
     }
@@ -150,7 +150,8 @@ impl Stores {
         if let Some(s) = open.get(&key) {
             return Ok(s.clone());
         }
-        let location = quarry_storage::open(&format!("{}://{}", url.scheme, url.bucket), &self.s3)?;
+        let location =
+            quarry_storage::open(&format!("{}://{}", url.scheme, url.bucket), &self.storage)?;
         open.insert(key, location.store.clone());
         Ok(location.store)
     }

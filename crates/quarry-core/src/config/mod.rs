@@ -163,14 +163,24 @@ impl AuthConfig {
     }
 }
 
-/// Object-store settings shared by every `s3://` URL. Credentials come from
-/// the standard AWS environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-/// `AWS_SESSION_TOKEN`, web identity, instance metadata); `gs://` from
-/// `GOOGLE_APPLICATION_CREDENTIALS` / `GOOGLE_SERVICE_ACCOUNT`.
+/// Object-store settings shared by every `s3://` and `gs://` URL (sources
+/// and the cold tier). Credentials come from the standard environments:
+/// AWS (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+/// web identity, instance metadata) and Google (`GOOGLE_SERVICE_ACCOUNT`,
+/// `GOOGLE_APPLICATION_CREDENTIALS`, the metadata server), or for `gs://`
+/// from the key file named in `[storage.gcs]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub s3: S3Config,
+    pub gcs: GcsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcsConfig {
+    /// A service account's JSON key file; empty: the Google environment.
+    pub service_account_path: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
