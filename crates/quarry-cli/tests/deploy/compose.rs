@@ -264,6 +264,18 @@ fn check_compose_service(
         strings(&svc["ports"]).contains(&format!("127.0.0.1:{port}:{port}")),
         "{ctx}: port {port} published on the host's loopback"
     );
+    // On SIGTERM the service waits shutdown_grace_secs, then a little more:
+    // Docker must not kill it before (its default is 10 s).
+    let (_, grace) = crate::k8s::metrics_and_grace(&config, name);
+    let stop = s(&svc["stop_grace_period"]);
+    let kill_after: u64 = stop
+        .strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{ctx}: stop_grace_period {stop:?} is not like 300s"));
+    assert!(
+        grace + quarry_core::grpc::SHUTDOWN_FINAL_WAIT.as_secs() + 10 <= kill_after,
+        "{ctx}: shutdown_grace_secs {grace} does not fit in stop_grace_period {stop}"
+    );
     config
 }
 

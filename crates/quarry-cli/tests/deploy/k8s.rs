@@ -290,7 +290,7 @@ fn check_deployment(r: &Rendered, service: &str, port: u16, claims: &[&str]) -> 
 }
 
 /// The metrics address and shutdown grace period `config` gives `service`.
-fn metrics_and_grace<'a>(config: &'a Config, service: &str) -> (&'a String, u64) {
+pub(crate) fn metrics_and_grace<'a>(config: &'a Config, service: &str) -> (&'a String, u64) {
     match service {
         "extractor" => (
             &config.extractor.metrics_listen,
