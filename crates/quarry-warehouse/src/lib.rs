@@ -82,7 +82,9 @@ pub trait Warehouse: Send + Sync + 'static {
     }
 
     /// Stages one batch of `table` (in `table.schema()`) into an open run.
-    /// Returns the number of rows staged.
+    /// Returns the number of rows staged. A backend may still be writing
+    /// the batch when this returns; a failure then fails a later write of
+    /// the run or its commit, never silently.
     async fn write(
         &self,
         run_id: &str,

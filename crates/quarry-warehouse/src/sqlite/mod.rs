@@ -22,6 +22,7 @@ mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -33,8 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     PartitionInfo, RunCommit, RunFailure, RunRecord, RunStart, TopUser, TopUsersQuery, Warehouse,
-    WeeklyTotal, WriteMode, rank_top_users,
+    WeeklyTotal, WriteMode, check_batch, rank_top_users,
 };
+use encode::Staged;
 use read::{exact_sum, read_partition};
 use schema::{
     BACKFILL_DAYS_SQL, BUSY_TIMEOUT, RUN_COLUMNS, SCHEMA_SQL, check_foreign, db_err,
@@ -45,6 +47,9 @@ use writer::{Command, Writer};
 pub struct SqliteWarehouse {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
+    /// Per run and table, the answer of the write still being inserted
+    /// (none after the stream's first write, which is awaited).
+    in_flight: Mutex<HashMap<(String, Table), Option<oneshot::Receiver<Result<u64>>>>>,
 }
 
 impl SqliteWarehouse {
@@ -105,17 +110,30 @@ impl SqliteWarehouse {
         Ok(Self {
             path: path.to_path_buf(),
             commands: tx,
+            in_flight: Mutex::default(),
         })
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| Error::internal("the SQLite writer thread has stopped"))?;
-        rx.await
-            .map_err(|_| Error::internal("the SQLite writer thread dropped a request"))?
+        self.commands.send(make(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| dropped())?
+    }
+
+    fn keep_in_flight(&self, key: (String, Table), reply: Option<oneshot::Receiver<Result<u64>>>) {
+        self.in_flight
+            .lock()
+            .expect("in-flight writes")
+            .insert(key, reply);
+    }
+
+    /// The writes of a run that ends: the writer runs commands in order, so
+    /// its commit or abort sees them all (a failed one fails the commit).
+    fn forget_writes(&self, run_id: &str) {
+        self.in_flight
+            .lock()
+            .expect("in-flight writes")
+            .retain(|(run, _), _| run != run_id);
     }
 
     /// Runs a read on its own read-only connection (WAL: it sees the last commit).
@@ -137,6 +155,14 @@ impl SqliteWarehouse {
         .await
         .map_err(|e| Error::internal(format!("SQLite reader panicked: {e}")).with_source(e))?
     }
+}
+
+fn stopped() -> Error {
+    Error::internal("the SQLite writer thread has stopped")
+}
+
+fn dropped() -> Error {
+    Error::internal("the SQLite writer thread dropped a request")
 }
 
 #[async_trait]
@@ -176,6 +202,11 @@ impl Warehouse for SqliteWarehouse {
         Ok(just_started || self.call(Command::OtherWriter).await?)
     }
 
+    /// The batch's values are built here, on a blocking task, while the
+    /// writer thread inserts the stream's previous batch: one write per run
+    /// and table stays in flight, and this call answers once the write
+    /// before it is done (its failure is returned here). The last write's
+    /// failure is returned by the run's commit.
     async fn write(
         &self,
         run_id: &str,
@@ -183,22 +214,51 @@ impl Warehouse for SqliteWarehouse {
         mode: WriteMode,
         batch: RecordBatch,
     ) -> Result<u64> {
-        let run_id = run_id.to_string();
-        self.call(|reply| Command::Write {
-            run_id,
-            table,
-            mode,
-            batch,
-            reply,
-        })
-        .await
+        check_batch(table, &batch)?;
+        let rows = batch.num_rows() as u64;
+        let staged = tokio::task::spawn_blocking(move || Staged::encode(table, batch))
+            .await
+            .map_err(|e| Error::internal(format!("encoding a {table} batch panicked: {e}")))?;
+        let (reply, done) = oneshot::channel();
+        self.commands
+            .send(Command::Write {
+                run_id: run_id.to_string(),
+                mode,
+                rows: staged,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        let key = (run_id.to_string(), table);
+        let before = self
+            .in_flight
+            .lock()
+            .expect("in-flight writes")
+            .remove(&key);
+        match before {
+            // The first write of a stream is awaited itself: a run that is
+            // not open fails the stream at once.
+            None => {
+                done.await.map_err(|_| dropped())??;
+                self.keep_in_flight(key, None);
+            }
+            Some(before) => {
+                self.keep_in_flight(key, Some(done));
+                if let Some(before) = before {
+                    before.await.map_err(|_| dropped())??;
+                }
+            }
+        }
+        Ok(rows)
     }
 
     async fn commit(&self, commit: RunCommit) -> Result<BTreeMap<String, u64>> {
+        self.forget_writes(&commit.run_id);
         self.call(|r| Command::Commit(commit, r)).await
     }
 
     async fn abort(&self, failure: RunFailure) -> Result<()> {
+        self.forget_writes(&failure.run_id);
         self.call(|r| Command::Abort(failure, r)).await
     }
 

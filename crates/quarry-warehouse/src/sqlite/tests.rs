@@ -6,7 +6,7 @@ use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int64Array, StringArr
 use quarry_core::ErrorCategory;
 use quarry_core::schema::{PNL_TYPE, VOLUME_TYPE};
 
-use super::encode::{DateTexts, timestamp_text};
+use super::encode::{NANOS_PER_DAY, timestamp_text};
 use super::*;
 use crate::RunStats;
 
@@ -64,16 +64,19 @@ async fn agg_rows(wh: &SqliteWarehouse) -> Vec<(String, String, f64)> {
 
 #[test]
 fn timestamps_are_written_as_sortable_utc_text() {
-    let mut dates = DateTexts::default();
-    let mut out = String::new();
+    let mut out = Vec::new();
     for (nanos, want) in [
-        (0, "1970-01-01 00:00:00"),
+        (0i64, "1970-01-01 00:00:00"),
         (1_672_617_845_123_000_000, "2023-01-02 00:04:05.123"),
         (-1, "1969-12-31 23:59:59.999999999"),
+        (100_000_000, "1970-01-01 00:00:00.1"),
+        (1_000_000_005, "1970-01-01 00:00:01.000000005"),
         (1_704_153_599_000_000_000, "2024-01-01 23:59:59"),
     ] {
-        timestamp_text(nanos, &mut dates, &mut out);
-        assert_eq!(out, want);
+        out.clear();
+        let day = quarry_core::dates::date_text(nanos.div_euclid(NANOS_PER_DAY) as i32);
+        timestamp_text(nanos, &day, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), want);
     }
 }
 
@@ -187,6 +190,55 @@ async fn abort_leaves_nothing_and_records_the_failure() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("does not match"), "{e}");
+}
+
+/// A write is answered before its rows are in (the next batch is encoded
+/// meanwhile): its failure must still fail the run and commit nothing.
+#[tokio::test]
+async fn a_write_that_fails_after_its_answer_fails_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let wh = SqliteWarehouse::open(&path).unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON agg_trades_weekly WHEN NEW.user_id = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'user bad is refused'); END",
+        )
+        .unwrap();
+    wh.begin_run(start("r1")).await.unwrap();
+    let mut failures = Vec::new();
+    for user in ["a", "bad"] {
+        let written = wh
+            .write(
+                "r1",
+                Table::AggTradesWeekly,
+                WriteMode::Replace,
+                agg_batch(0, user, 1),
+            )
+            .await;
+        failures.extend(written.err());
+    }
+    let e = wh.commit(commit("r1")).await.unwrap_err();
+    assert!(e.to_string().contains("user bad is refused"), "{e}");
+    assert!(failures.is_empty() || failures[0].to_string().contains("refused"));
+    assert!(agg_rows(&wh).await.is_empty());
+    assert_eq!(
+        wh.get_run("r1").await.unwrap().unwrap().status.as_str(),
+        "failed"
+    );
+    // The writer is free for the next run.
+    wh.begin_run(start("r2")).await.unwrap();
+    wh.write(
+        "r2",
+        Table::AggTradesWeekly,
+        WriteMode::Replace,
+        agg_batch(0, "a", 1),
+    )
+    .await
+    .unwrap();
+    wh.commit(commit("r2")).await.unwrap();
+    assert_eq!(agg_rows(&wh).await.len(), 1);
 }
 
 #[tokio::test]

@@ -7,27 +7,28 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
 use quarry_core::dates::{date_text, parse_date, week_start};
 use quarry_core::decimal::{PNL_SCALE, SCALE};
 use quarry_core::{Error, ErrorCategory, Result, Table};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::encode::{insert_agg, insert_rejected, insert_trades};
+use super::encode::Staged;
 use super::schema::{BUSY_TIMEOUT, RUN_COLUMNS, db_err, partition_index, run_record};
 use crate::weeks::{LoadedDay, WeekPlan, WeekState};
-use crate::{RunCommit, RunFailure, RunRecord, RunStart, RunStats, WriteMode, check_batch};
+use crate::{RunCommit, RunFailure, RunRecord, RunStart, RunStats, WriteMode};
 
 /// What the backend asks of its writer thread; each carries its reply.
 pub(super) enum Command {
     Ping(oneshot::Sender<Result<()>>),
     Begin(RunStart, oneshot::Sender<Result<()>>),
+    /// Answered once the rows are inserted; the caller may have moved on
+    /// (see `SqliteWarehouse::write`), so a failure is also kept for the
+    /// run's commit.
     Write {
         run_id: String,
-        table: Table,
         mode: WriteMode,
-        batch: RecordBatch,
+        rows: Staged,
         reply: oneshot::Sender<Result<u64>>,
     },
     Commit(RunCommit, oneshot::Sender<Result<BTreeMap<String, u64>>>),
@@ -52,6 +53,9 @@ struct ActiveRun {
     /// range on (partition, rowid) without looking at the run's own rows.
     max_rowid: BTreeMap<Table, i64>,
     rows: BTreeMap<Table, u64>,
+    /// The first write that failed: the commit fails with it, and later
+    /// writes are refused.
+    failed: Option<Error>,
 }
 
 pub(super) struct Writer {
@@ -79,12 +83,11 @@ impl Writer {
                 }
                 Command::Write {
                     run_id,
-                    table,
                     mode,
-                    batch,
+                    rows,
                     reply,
                 } => {
-                    let _ = reply.send(self.write(&run_id, table, mode, &batch));
+                    let _ = reply.send(self.write(&run_id, mode, &rows));
                 }
                 Command::Commit(c, reply) => {
                     let _ = reply.send(self.commit(c));
@@ -174,35 +177,37 @@ impl Writer {
             weeks: BTreeSet::new(),
             rejected_replace: true,
             rows: BTreeMap::new(),
+            failed: None,
         });
         Ok(())
     }
 
-    fn write(
-        &mut self,
-        run_id: &str,
-        table: Table,
-        mode: WriteMode,
-        batch: &RecordBatch,
-    ) -> Result<u64> {
+    fn write(&mut self, run_id: &str, mode: WriteMode, rows: &Staged) -> Result<u64> {
         self.active(run_id)?;
-        check_batch(table, batch)?;
-        let replace = mode != WriteMode::Append;
         let conn = &self.conn;
         let run = self.run.as_mut().expect("checked above");
-        let n = batch.num_rows();
-        match table {
-            Table::Trades => {
-                insert_trades(conn, run_id, batch, replace.then_some(&mut run.trade_dates))?
-            }
+        if let Some(failed) = &run.failed {
+            return Err(
+                failed.with_message(format!("run {run_id}: an earlier write failed: {failed}"))
+            );
+        }
+        let table = rows.table();
+        let replace = mode != WriteMode::Append;
+        let partitions = match table {
+            Table::Trades => replace.then_some(&mut run.trade_dates),
             Table::TradesRejected => {
                 run.rejected_replace &= replace;
-                insert_rejected(conn, run_id, batch)?
+                None
             }
-            Table::AggTradesWeekly => insert_agg(conn, batch, replace.then_some(&mut run.weeks))?,
+            Table::AggTradesWeekly => replace.then_some(&mut run.weeks),
+        };
+        if let Err(e) = rows.insert(conn, run_id, partitions) {
+            run.failed = Some(e.with_message(format!("{table}: {e}")));
+            return Err(e);
         }
-        *run.rows.entry(table).or_default() += n as u64;
-        Ok(n as u64)
+        let n = rows.num_rows() as u64;
+        *run.rows.entry(table).or_default() += n;
+        Ok(n)
     }
 
     fn commit(&mut self, c: RunCommit) -> Result<BTreeMap<String, u64>> {
@@ -227,6 +232,12 @@ impl Writer {
         run: &mut ActiveRun,
         c: &RunCommit,
     ) -> Result<BTreeMap<String, u64>> {
+        if let Some(failed) = &run.failed {
+            return Err(failed.with_message(format!(
+                "run {}: a write failed, nothing is committed: {failed}",
+                c.run_id
+            )));
+        }
         let started = Instant::now();
         let conn = &self.conn;
         for t in Table::ALL {
