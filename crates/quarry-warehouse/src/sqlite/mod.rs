@@ -44,12 +44,15 @@ use schema::{
 };
 use writer::{Command, Writer};
 
+/// The writer's answer to one write: the rows inserted.
+type WriteAnswer = oneshot::Receiver<Result<u64>>;
+
 pub struct SqliteWarehouse {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
     /// Per run and table, the answer of the write still being inserted
     /// (none after the stream's first write, which is awaited).
-    in_flight: Mutex<HashMap<(String, Table), Option<oneshot::Receiver<Result<u64>>>>>,
+    in_flight: Mutex<HashMap<(String, Table), Option<WriteAnswer>>>,
 }
 
 impl SqliteWarehouse {
@@ -120,7 +123,7 @@ impl SqliteWarehouse {
         rx.await.map_err(|_| dropped())?
     }
 
-    fn keep_in_flight(&self, key: (String, Table), reply: Option<oneshot::Receiver<Result<u64>>>) {
+    fn keep_in_flight(&self, key: (String, Table), reply: Option<WriteAnswer>) {
         self.in_flight
             .lock()
             .expect("in-flight writes")
