@@ -220,6 +220,7 @@ fn check_cluster(r: &Rendered, namespace: &str) -> BTreeMap<&'static str, Config
     check_transformer_targets(r, &configs["transformer"]);
     let root = check_extractor_data(r, &configs["extractor"]);
     check_cron_job(r, &ports, root);
+    super::network::check(r, namespace);
 
     // Loader and archiver open the same warehouse.
     let (l, a) = (&configs["loader"].warehouse, &configs["archiver"].warehouse);

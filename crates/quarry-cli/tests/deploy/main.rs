@@ -14,12 +14,13 @@
 //!
 //! A module per file or family of files: `dockerfile`, `compose`,
 //! `workflow` and `k8s` (with `manifests`, the rendering and reading of
-//! Kubernetes manifests).
+//! Kubernetes manifests, and `network`, their NetworkPolicies evaluated).
 
 mod compose;
 mod dockerfile;
 mod k8s;
 mod manifests;
+mod network;
 mod workflow;
 
 use std::collections::BTreeMap;

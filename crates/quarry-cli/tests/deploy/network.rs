@@ -1,0 +1,286 @@
+//! The rendered NetworkPolicies, evaluated the way a cluster's network
+//! plugin does: a pod selected by a policy of a direction is isolated in
+//! that direction, and a connection passes when the source's egress and the
+//! destination's ingress both allow it. Checked: every Quarry pod is
+//! isolated both ways; exactly the pipeline's flows reach each service's
+//! gRPC port; Prometheus (namespace `monitoring`) and nobody else reaches
+//! the metrics ports; every pod resolves names; only the services that talk
+//! to storage, sources or the warehouse leave the cluster, on their ports.
+
+use std::collections::BTreeMap;
+
+use serde_norway::Value;
+
+use super::manifests::{Rendered, pod_spec};
+use super::s;
+
+/// One end of a connection.
+#[derive(Clone, Copy)]
+enum Peer<'a> {
+    /// A pod of one of the rendered workloads, in their namespace.
+    Pod(&'a Value),
+    /// A pod in another namespace: that namespace's name and the pod's labels.
+    Elsewhere(&'a str, &'a [(&'a str, &'a str)]),
+    /// An address outside the cluster.
+    Outside,
+}
+
+/// The labels of a workload's pods.
+fn pod_labels(workload: &Value) -> &Value {
+    match s(&workload["kind"]) {
+        "CronJob" => &workload["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
+        _ => &workload["spec"]["template"]["metadata"]["labels"],
+    }
+}
+
+/// Whether a label selector (`matchLabels` only) selects `labels`.
+fn selects(selector: &Value, labels: &dyn Fn(&str) -> Option<String>) -> bool {
+    assert!(
+        selector["matchExpressions"].is_null(),
+        "the check reads matchLabels only: {selector:?}"
+    );
+    selector["matchLabels"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels(s(k)).as_deref() == Some(s(v)))
+}
+
+fn labels_of(peer: Peer<'_>) -> impl Fn(&str) -> Option<String> + '_ {
+    move |key: &str| match peer {
+        Peer::Pod(w) => pod_labels(w)[key].as_str().map(str::to_string),
+        Peer::Elsewhere(_, labels) => labels
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string()),
+        Peer::Outside => None,
+    }
+}
+
+/// Whether one entry of a rule's `from` or `to` covers `peer`.
+fn covers(entry: &Value, peer: Peer<'_>, namespace: &str) -> bool {
+    if !entry["ipBlock"].is_null() {
+        return matches!(peer, Peer::Outside);
+    }
+    let peer_ns = match peer {
+        Peer::Pod(_) => namespace,
+        Peer::Elsewhere(ns, _) => ns,
+        Peer::Outside => return false,
+    };
+    let (ns_sel, pod_sel) = (&entry["namespaceSelector"], &entry["podSelector"]);
+    let ns_ok = if ns_sel.is_null() {
+        peer_ns == namespace
+    } else {
+        // Kubernetes labels every namespace with its name.
+        selects(ns_sel, &|k: &str| {
+            (k == "kubernetes.io/metadata.name").then(|| peer_ns.to_string())
+        })
+    };
+    ns_ok && (pod_sel.is_null() || selects(pod_sel, &labels_of(peer)))
+}
+
+/// Whether a rule's `ports` admit `port`/`protocol` at `dest` (a named
+/// port is looked up among the destination pod's container ports).
+fn admits(ports: &Value, port: u16, protocol: &str, dest: Peer<'_>) -> bool {
+    let Some(ports) = ports.as_sequence().filter(|p| !p.is_empty()) else {
+        return true;
+    };
+    ports.iter().any(|p| {
+        let proto = p["protocol"].as_str().unwrap_or("TCP");
+        let number = match &p["port"] {
+            Value::Number(n) => n.as_u64().map(|n| n as u16),
+            Value::String(name) => match dest {
+                Peer::Pod(w) => named_port(w, name),
+                _ => None,
+            },
+            Value::Null => Some(port),
+            other => panic!("port {other:?}"),
+        };
+        proto == protocol && number == Some(port)
+    })
+}
+
+/// The number of the container port called `name` in a workload's pod.
+fn named_port(workload: &Value, name: &str) -> Option<u16> {
+    pod_spec(workload)["containers"]
+        .as_sequence()?
+        .iter()
+        .flat_map(|c| c["ports"].as_sequence().into_iter().flatten())
+        .find(|p| p["name"].as_str() == Some(name))
+        .and_then(|p| p["containerPort"].as_u64())
+        .map(|n| n as u16)
+}
+
+struct Policies<'a> {
+    all: Vec<&'a Value>,
+    namespace: &'a str,
+}
+
+impl<'a> Policies<'a> {
+    /// The policies of `direction` ("Ingress" or "Egress") selecting `pod`.
+    fn of(&self, pod: &Value, direction: &str) -> Vec<&'a Value> {
+        self.all
+            .iter()
+            .copied()
+            .filter(|p| {
+                let types: Vec<&str> = match p["spec"]["policyTypes"].as_sequence() {
+                    Some(t) => t.iter().map(s).collect(),
+                    None if p["spec"]["egress"].is_null() => vec!["Ingress"],
+                    None => vec!["Ingress", "Egress"],
+                };
+                types.contains(&direction)
+                    && selects(&p["spec"]["podSelector"], &labels_of(Peer::Pod(pod)))
+            })
+            .collect()
+    }
+
+    /// Whether `side` lets the connection through in `direction`: not
+    /// isolated, or one rule covers the other end and the port.
+    fn lets(
+        &self,
+        side: &Value,
+        direction: &str,
+        other: Peer<'_>,
+        port: u16,
+        protocol: &str,
+        dest: Peer<'_>,
+    ) -> bool {
+        let (rules, peers) = match direction {
+            "Ingress" => ("ingress", "from"),
+            _ => ("egress", "to"),
+        };
+        let policies = self.of(side, direction);
+        policies.is_empty()
+            || policies.iter().any(|p| {
+                p["spec"][rules]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|rule| {
+                        let peer_ok = match rule[peers].as_sequence() {
+                            Some(entries) if !entries.is_empty() => {
+                                entries.iter().any(|e| covers(e, other, self.namespace))
+                            }
+                            _ => true,
+                        };
+                        peer_ok && admits(&rule["ports"], port, protocol, dest)
+                    })
+            })
+    }
+
+    /// Whether a connection from `src` to `dst` on `port` passes.
+    fn allowed(&self, src: Peer<'_>, dst: Peer<'_>, port: u16, protocol: &str) -> bool {
+        let out = match src {
+            Peer::Pod(w) => self.lets(w, "Egress", dst, port, protocol, dst),
+            _ => true,
+        };
+        let inn = match dst {
+            Peer::Pod(w) => self.lets(w, "Ingress", src, port, protocol, dst),
+            _ => true,
+        };
+        out && inn
+    }
+}
+
+/// The connections each workload's pods may open to the others' gRPC port.
+const FLOWS: [(&str, &str); 5] = [
+    ("quarry-run", "quarry-transformer"),
+    ("quarry-run", "quarry-loader"),
+    ("quarry-run", "quarry-archiver"),
+    ("quarry-transformer", "quarry-extractor"),
+    ("quarry-transformer", "quarry-loader"),
+];
+
+/// The ports each workload may reach outside the cluster: object storage
+/// and PostgreSQL sources, the warehouse, the cold tier.
+fn outside_ports(workload: &str) -> &'static [u16] {
+    match workload {
+        "quarry-extractor" => &[443, 5432, 9000],
+        "quarry-loader" => &[443, 8123, 8443],
+        "quarry-archiver" => &[443, 8123, 8443, 9000],
+        _ => &[],
+    }
+}
+
+pub fn check(r: &Rendered, namespace: &str) {
+    let policies = Policies {
+        all: r.all("NetworkPolicy"),
+        namespace,
+    };
+    let workloads: BTreeMap<&str, &Value> = r
+        .all("Deployment")
+        .into_iter()
+        .chain(r.all("CronJob"))
+        .map(|w| (s(&w["metadata"]["name"]), w))
+        .collect();
+    assert!(workloads.contains_key("quarry-run"), "{workloads:?}");
+    let prometheus = Peer::Elsewhere("monitoring", &[("app.kubernetes.io/name", "prometheus")]);
+    let stranger = Peer::Elsewhere("default", &[("app.kubernetes.io/name", "prometheus")]);
+    let dns = Peer::Elsewhere("kube-system", &[("k8s-app", "kube-dns")]);
+    for (name, w) in &workloads {
+        for direction in ["Ingress", "Egress"] {
+            assert!(
+                !policies.of(w, direction).is_empty(),
+                "{name}: no NetworkPolicy isolates its {direction}"
+            );
+        }
+        for protocol in ["UDP", "TCP"] {
+            assert!(
+                policies.allowed(Peer::Pod(w), dns, 53, protocol),
+                "{name} cannot resolve names (DNS {protocol}/53)"
+            );
+        }
+        for port in [80, 443, 5432, 8123, 8443, 9000] {
+            assert_eq!(
+                policies.allowed(Peer::Pod(w), Peer::Outside, port, "TCP"),
+                outside_ports(name).contains(&port),
+                "{name} -> outside :{port}"
+            );
+        }
+        for (to, dst) in &workloads {
+            for port_name in ["grpc", "metrics"] {
+                let Some(port) = named_port(dst, port_name) else {
+                    continue;
+                };
+                let expected = port_name == "grpc" && FLOWS.contains(&(*name, *to));
+                assert_eq!(
+                    policies.allowed(Peer::Pod(w), Peer::Pod(dst), port, "TCP"),
+                    expected,
+                    "{name} -> {to}:{port_name} ({port})"
+                );
+            }
+        }
+        if let Some(metrics) = named_port(w, "metrics") {
+            let dst = Peer::Pod(w);
+            assert!(
+                policies.allowed(prometheus, dst, metrics, "TCP"),
+                "{name}: Prometheus cannot scrape :{metrics}"
+            );
+            assert!(
+                !policies.allowed(stranger, dst, metrics, "TCP"),
+                "{name}: another namespace reaches :{metrics}"
+            );
+            let grpc = named_port(w, "grpc").expect("a service has a grpc port");
+            assert!(
+                !policies.allowed(prometheus, dst, grpc, "TCP"),
+                "{name}: the monitoring namespace reaches gRPC :{grpc}"
+            );
+        }
+    }
+    // Every port a Service offers is reachable by whom it is for.
+    for svc in r.all("Service") {
+        let name = s(&svc["metadata"]["name"]);
+        let w = workloads[name];
+        for p in svc["spec"]["ports"].as_sequence().unwrap() {
+            let target = match &p["targetPort"] {
+                Value::String(n) => named_port(w, n).unwrap_or_else(|| panic!("{name}: port {n}")),
+                Value::Number(n) => n.as_u64().unwrap() as u16,
+                _ => p["port"].as_u64().unwrap() as u16,
+            };
+            let reached = FLOWS.iter().filter(|(_, to)| *to == name).any(|(from, _)| {
+                policies.allowed(Peer::Pod(workloads[from]), Peer::Pod(w), target, "TCP")
+            }) || policies.allowed(prometheus, Peer::Pod(w), target, "TCP");
+            assert!(reached, "Service {name} port {target}: nobody may reach it");
+        }
+    }
+}
