@@ -93,6 +93,37 @@ async fn services_over_tls_require_the_token() {
         assert_eq!(status, "SERVING", "{}", svc.name);
     }
 
+    // The probe of a pod with TLS on (deploy/k8s/overlays/prod): `quarry
+    // ping https://localhost:PORT`, configured like the service it probes.
+    let probe = |port: u16| {
+        let s = |p: &Path| p.display().to_string();
+        quarry()
+            .args([
+                "ping",
+                &format!("https://localhost:{port}"),
+                "--timeout",
+                "2",
+            ])
+            .env("QUARRY_TLS__ENABLED", "true")
+            .env("QUARRY_TLS__CA_PATH", s(&pki.ca))
+            .env("QUARRY_TLS__CERT_PATH", s(&pki.cert))
+            .env("QUARRY_TLS__KEY_PATH", s(&pki.key))
+            .env("QUARRY_AUTH__ENABLED", "true")
+            .env("QUARRY_AUTH__TOKEN_FILE", env.dir.path().join("token"))
+            .output()
+            .unwrap()
+    };
+    for svc in [&stack.extractor, &stack.transformer, &stack.loader] {
+        let out = probe(svc.port);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            svc.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    }
+
     // No token, or a wrong one: UNAUTHENTICATED, on every service.
     for sec in [&no_token, &wrong] {
         assert_refused_on_every_service(&stack, &sample, sec).await;

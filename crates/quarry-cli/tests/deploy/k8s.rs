@@ -12,7 +12,8 @@ use quarry_core::config::WarehouseKind;
 use serde_norway::Value;
 
 use super::manifests::{
-    Rendered, container, container_config, pod_spec, quantity_mib, render, volume_at,
+    Rendered, container, container_config, container_env, pod_spec, quantity_mib, render,
+    secret_file, volume_at,
 };
 use super::{UID, default_ports, host_port, listen_of, port_of, s, strings};
 
@@ -135,6 +136,8 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
         .expect("archiver envFrom secretRef");
     assert_eq!(secret.get("name").map(s), Some("quarry-object-store"));
     assert_eq!(secret.get("optional").and_then(Value::as_bool), Some(false));
+
+    check_auth_and_tls(&r, &configs);
 
     // More than one of each stateless service.
     assert!(
@@ -279,15 +282,124 @@ fn check_deployment(r: &Rendered, service: &str, port: u16, claims: &[&str]) -> 
     );
     check_metrics_and_shutdown(&ctx, deploy, c, &config, service);
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert_eq!(
-            c[probe]["grpc"]["port"].as_u64(),
-            Some(u64::from(port)),
-            "{ctx}: {probe} is a gRPC health probe on the service port"
+        check_probe(
+            &format!("{ctx}: {probe}"),
+            &c[probe],
+            port,
+            config.tls.enabled,
         );
     }
     check_selectors(r, &name, &ctx, deploy, cport, port);
     check_strategy_and_claims(&ctx, deploy, claims);
     config
+}
+
+/// A probe of the service on `port`: the kubelet's native gRPC probe, or
+/// with TLS on (which that probe cannot speak) `quarry ping
+/// https://localhost:PORT` with its own timeout under the probe's.
+fn check_probe(ctx: &str, probe: &Value, port: u16, tls: bool) {
+    if !tls {
+        assert_eq!(
+            probe["grpc"]["port"].as_u64(),
+            Some(u64::from(port)),
+            "{ctx}: a gRPC health probe on the service port"
+        );
+        return;
+    }
+    assert!(probe["grpc"].is_null(), "{ctx}: a gRPC probe under TLS");
+    let cmd = strings(&probe["exec"]["command"]);
+    assert_eq!(
+        cmd[..3],
+        ["quarry", "ping", &format!("https://localhost:{port}")],
+        "{ctx}"
+    );
+    let ping_timeout: u64 = cmd
+        .iter()
+        .position(|a| a == "--timeout")
+        .map(|i| cmd[i + 1].parse().unwrap())
+        .unwrap_or(5);
+    // Kubernetes' default probe timeout is 1 s.
+    let timeout = probe["timeoutSeconds"].as_u64().unwrap_or(1);
+    assert!(
+        ping_timeout < timeout,
+        "{ctx}: ping --timeout {ping_timeout} is not under timeoutSeconds {timeout}"
+    );
+}
+
+/// Prod: every service requires the token and speaks TLS only, and the run
+/// sends the token and trusts the CA; the token and the key material come
+/// from required Secrets, under the key names cert-manager writes. The run
+/// gets the CA, not the services' key.
+fn check_auth_and_tls(r: &Rendered, configs: &BTreeMap<&'static str, Config>) {
+    let mut workloads: Vec<(&Value, &str)> = configs
+        .keys()
+        .map(|svc| (r.get("Deployment", &format!("quarry-{svc}")), *svc))
+        .collect();
+    workloads.push((r.get("CronJob", "quarry-run"), "run"));
+    for (w, name) in workloads {
+        let c = container(w, name);
+        let config = container_config(r, w, c);
+        assert!(
+            config.auth.enabled && config.tls.enabled,
+            "{name}: auth and TLS on"
+        );
+        let env = container_env(r, c);
+        let var = |k: &str| -> String {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let from_secret = |k: &str| secret_file(w, c, &var(k));
+        let expect = |secret: &str, key: &str| Some((secret.to_string(), key.to_string()));
+        assert_eq!(
+            from_secret("QUARRY_AUTH__TOKEN_FILE"),
+            expect("quarry-auth", "token"),
+            "{name}"
+        );
+        assert_eq!(
+            from_secret("QUARRY_TLS__CA_PATH"),
+            expect("quarry-tls", "ca.crt"),
+            "{name}"
+        );
+        for (k, key) in [
+            ("QUARRY_TLS__CERT_PATH", "tls.crt"),
+            ("QUARRY_TLS__KEY_PATH", "tls.key"),
+        ] {
+            if name == "run" {
+                assert_eq!(var(k), "", "the run holds no server key: {k}");
+            } else {
+                assert_eq!(from_secret(k), expect("quarry-tls", key), "{name}: {k}");
+            }
+        }
+        for v in pod_spec(w)["volumes"].as_sequence().unwrap() {
+            if let Some(secret) = v["secret"].as_mapping() {
+                let secret_name = secret.get("secretName").map(s).unwrap();
+                if ["quarry-auth", "quarry-tls"].contains(&secret_name) {
+                    assert_eq!(
+                        secret.get("optional").and_then(Value::as_bool),
+                        Some(false),
+                        "{name}: {secret_name} is required"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Scheme of a URL a client of `config` uses: https exactly when TLS is on.
+fn check_scheme(ctx: &str, url: &str, config: &Config) {
+    let scheme = if config.tls.enabled {
+        "https://"
+    } else {
+        "http://"
+    };
+    assert!(
+        url.starts_with(scheme),
+        "{ctx}: {url} (TLS {})",
+        config.tls.enabled
+    );
 }
 
 /// The metrics address and shutdown grace period `config` gives `service`.
@@ -433,6 +545,7 @@ fn check_autoscalers(r: &Rendered) {
 fn check_transformer_targets(r: &Rendered, transformer: &Config) {
     let t = &transformer.transformer;
     for (url, target) in [(&t.extractor_url, "extractor"), (&t.loader_url, "loader")] {
+        check_scheme("transformer", url, transformer);
         let (host, port) = host_port(url);
         let svc = r.get("Service", &host);
         assert_eq!(
@@ -466,7 +579,7 @@ fn check_cron_job(r: &Rendered, ports: &BTreeMap<&str, u16>, root: &str) {
     assert!(cron["spec"]["schedule"].is_string());
     let c = container(cron, "run");
     check_hardened("CronJob quarry-run", cron, c);
-    container_config(r, cron, c);
+    let config = container_config(r, cron, c);
     let cmd = strings(&c["command"]);
     assert_eq!(cmd[..2], ["quarry", "run"]);
     let arg = |flag: &str| {
@@ -477,6 +590,7 @@ fn check_cron_job(r: &Rendered, ports: &BTreeMap<&str, u16>, root: &str) {
         cmd[i + 1].clone()
     };
     for (flag, target) in [("--transformer", "transformer"), ("--loader", "loader")] {
+        check_scheme("CronJob", &arg(flag), &config);
         assert_eq!(
             host_port(&arg(flag)),
             (format!("quarry-{target}"), ports[target])

@@ -101,11 +101,12 @@ fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
-/// `http://host:port` -> (host, port).
+/// `http://host:port` or `https://host:port` -> (host, port).
 fn host_port(url: &str) -> (String, u16) {
     let rest = url
         .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("{url}: expected http://host:port"));
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or_else(|| panic!("{url}: expected http(s)://host:port"));
     let (host, port) = rest.trim_end_matches('/').rsplit_once(':').unwrap();
     (host.to_string(), port.parse().unwrap())
 }

@@ -95,10 +95,30 @@ pub fn volume_at<'a>(workload: &'a Value, c: &Value, path: &str) -> Option<(&'a 
     Some((volume, mount["readOnly"].as_bool().unwrap_or(false)))
 }
 
-/// The configuration a container sees: the mounted quarry.toml, then the
-/// variables of its ConfigMaps and plain `env` values (Secret values are
-/// not known here and keep the file's settings).
-pub fn container_config(r: &Rendered, workload: &Value, c: &Value) -> Config {
+/// The Secret and key a file at `path` of container `c` comes from, when it
+/// lies in a mounted Secret volume that projects that key.
+pub fn secret_file(workload: &Value, c: &Value, path: &str) -> Option<(String, String)> {
+    let (volume, _) = volume_at(workload, c, path)?;
+    let secret = volume["secret"].as_mapping()?;
+    let mount = c["volumeMounts"]
+        .as_sequence()?
+        .iter()
+        .find(|m| m["name"] == volume["name"])?;
+    let rel = Path::new(path)
+        .strip_prefix(s(&mount["mountPath"]))
+        .ok()?
+        .to_str()?;
+    let key = match secret.get("items").and_then(Value::as_sequence) {
+        Some(items) => s(&items.iter().find(|i| i["path"].as_str() == Some(rel))?["key"]),
+        None => rel,
+    };
+    let name = s(secret.get("secretName")?).to_string();
+    Some((name, key.to_string()))
+}
+
+/// The environment of a container from its ConfigMaps and plain `env`
+/// values, in order (a later value wins).
+pub fn container_env(r: &Rendered, c: &Value) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     for from in c["envFrom"].as_sequence().into_iter().flatten() {
         if let Some(name) = from["configMapRef"]["name"].as_str() {
@@ -113,12 +133,31 @@ pub fn container_config(r: &Rendered, workload: &Value, c: &Value) -> Config {
             env.push((s(&e["name"]).to_string(), v.to_string()));
         }
     }
+    env
+}
+
+/// The configuration a container sees: the mounted quarry.toml, then the
+/// variables of its ConfigMaps and plain `env` values (Secret values are
+/// not known here and keep the file's settings). A path to a file a mounted
+/// Secret provides is replaced by an empty stand-in file, so the settings
+/// that must name existing files (TLS) load.
+pub fn container_config(r: &Rendered, workload: &Value, c: &Value) -> Config {
+    let mut env = container_env(r, c);
     let config_path = env
         .iter()
         .rev()
         .find(|(k, _)| k == "QUARRY_CONFIG")
         .map(|(_, v)| v.clone())
         .expect("QUARRY_CONFIG");
+    let secrets = tempfile::tempdir().unwrap();
+    for (_, v) in env.iter_mut() {
+        if v.starts_with('/') && secret_file(workload, c, v).is_some() {
+            let stand_in = secrets.path().join(v.trim_start_matches('/'));
+            std::fs::create_dir_all(stand_in.parent().unwrap()).unwrap();
+            std::fs::write(&stand_in, "").unwrap();
+            *v = stand_in.to_str().unwrap().to_string();
+        }
+    }
     let (volume, _) = volume_at(workload, c, &config_path).expect("config file mounted");
     let cm = r.get("ConfigMap", s(&volume["configMap"]["name"]));
     let file = Path::new(&config_path)
