@@ -139,12 +139,25 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
 
     check_auth_and_tls(&r, &configs);
 
-    // More than one of each stateless service.
+    // More than one of each stateless service; the loaders never on one node.
+    let loader = r.get("Deployment", "quarry-loader");
+    assert!(loader["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let spread = pod_spec(loader)["topologySpreadConstraints"]
+        .as_sequence()
+        .expect("loader topologySpreadConstraints");
+    let loader_labels = &loader["spec"]["template"]["metadata"]["labels"];
     assert!(
-        r.get("Deployment", "quarry-loader")["spec"]["replicas"]
-            .as_u64()
-            .unwrap()
-            >= 2
+        spread.iter().any(|c| {
+            s(&c["topologyKey"]) == "kubernetes.io/hostname"
+                && s(&c["whenUnsatisfiable"]) == "DoNotSchedule"
+                && c["maxSkew"].as_u64() == Some(1)
+                && c["labelSelector"]["matchLabels"]
+                    .as_mapping()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| loader_labels[s(k)] == *v)
+        }),
+        "the loaders are spread over nodes: {spread:?}"
     );
     for service in ["extractor", "transformer"] {
         let hpa = r.get("HorizontalPodAutoscaler", &format!("quarry-{service}"));
@@ -488,6 +501,25 @@ fn check_selectors(r: &Rendered, name: &str, ctx: &str, deploy: &Value, cport: &
         Some(u64::from(port))
     );
     assert_eq!(s(&svc["spec"]["ports"][0]["targetPort"]), s(&cport["name"]));
+    // The metrics port too, under the container port's name.
+    let metrics = svc["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("metrics"))
+        .unwrap_or_else(|| panic!("Service {name}: no metrics port"));
+    assert_eq!(s(&metrics["targetPort"]), "metrics", "Service {name}");
+    let container_metrics = pod_spec(deploy)["containers"][0]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("metrics"))
+        .and_then(|p| p["containerPort"].as_u64());
+    assert_eq!(
+        metrics["port"].as_u64(),
+        container_metrics,
+        "Service {name}"
+    );
     let pdb = r.get("PodDisruptionBudget", name);
     assert!(
         selects(&pdb["spec"]["selector"]["matchLabels"]),
