@@ -15,7 +15,7 @@ use super::manifests::{
     Rendered, container, container_config, container_env, pod_spec, quantity_mib, render,
     secret_file, volume_at,
 };
-use super::{UID, default_ports, host_port, listen_of, port_of, s, strings};
+use super::{UID, default_ports, host_port, listen_of, port_of, read, s, strings};
 
 #[test]
 #[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
@@ -26,8 +26,9 @@ fn k8s_base_renders_and_validates() {
 #[test]
 #[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
 fn k8s_dev_overlay_sqlite_on_volumes() {
-    let r = render("deploy/k8s/overlays/dev");
-    let configs = check_cluster(&r, "quarry-dev");
+    let dir = "deploy/k8s/overlays/dev";
+    let r = render(dir);
+    let configs = check_cluster(&r, dir, "quarry-dev");
     let loader_cfg = &configs["loader"];
     assert_eq!(loader_cfg.warehouse.kind, WarehouseKind::Sqlite);
 
@@ -87,8 +88,9 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
 #[test]
 #[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
 fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
-    let r = render("deploy/k8s/overlays/prod");
-    let configs = check_cluster(&r, "quarry");
+    let dir = "deploy/k8s/overlays/prod";
+    let r = render(dir);
+    let configs = check_cluster(&r, dir, "quarry");
     assert_eq!(configs["loader"].warehouse.kind, WarehouseKind::Clickhouse);
     assert_eq!(
         configs["archiver"].warehouse.kind,
@@ -220,8 +222,8 @@ fn check_hardened(ctx: &str, workload: &Value, c: &Value) {
 }
 
 /// Everything both overlays must satisfy; returns the configuration of each service.
-fn check_cluster(r: &Rendered, namespace: &str) -> BTreeMap<&'static str, Config> {
-    check_namespace(r, namespace);
+fn check_cluster(r: &Rendered, dir: &str, namespace: &str) -> BTreeMap<&'static str, Config> {
+    check_namespace(r, dir, namespace);
     let claims: Vec<&str> = r
         .all("PersistentVolumeClaim")
         .iter()
@@ -244,18 +246,22 @@ fn check_cluster(r: &Rendered, namespace: &str) -> BTreeMap<&'static str, Config
     configs
 }
 
-/// Every document is in `namespace` (but the Namespace itself) and labelled
-/// part of Quarry; the namespace enforces the restricted pod security.
-fn check_namespace(r: &Rendered, namespace: &str) {
+/// Every document is in `namespace` and labelled part of Quarry. The
+/// Namespace is not among them (deleting the overlay must not delete it and
+/// the Secrets made in it): the overlay's namespace.yaml, applied on its
+/// own, creates it and enforces the restricted pod security.
+fn check_namespace(r: &Rendered, dir: &str, namespace: &str) {
     for d in &r.docs {
         let kind = s(&d["kind"]);
-        if kind != "Namespace" {
-            assert_eq!(
-                d["metadata"]["namespace"].as_str(),
-                Some(namespace),
-                "{kind} namespace"
-            );
-        }
+        assert_ne!(
+            kind, "Namespace",
+            "the overlay creates (and deletes) its namespace"
+        );
+        assert_eq!(
+            d["metadata"]["namespace"].as_str(),
+            Some(namespace),
+            "{kind} namespace"
+        );
         assert_eq!(
             d["metadata"]["labels"]["app.kubernetes.io/part-of"].as_str(),
             Some("quarry"),
@@ -263,7 +269,9 @@ fn check_namespace(r: &Rendered, namespace: &str) {
             d["metadata"]["name"]
         );
     }
-    let ns = r.get("Namespace", namespace);
+    let ns: Value = serde_norway::from_str(&read(&format!("{dir}/namespace.yaml"))).unwrap();
+    assert_eq!(s(&ns["kind"]), "Namespace");
+    assert_eq!(s(&ns["metadata"]["name"]), namespace);
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str(),
         Some("restricted")
