@@ -15,7 +15,7 @@ use super::manifests::{
     Rendered, container, container_config, container_env, pod_spec, quantity_mib, render,
     secret_file, volume_at,
 };
-use super::{UID, default_ports, host_port, listen_of, port_of, read, s, strings};
+use super::{UID, default_ports, host_port, listen_of, port_of, read, repo, s, strings};
 
 #[test]
 #[ignore = "needs kubectl and kubernetes-validate: scripts/test.sh runs it"]
@@ -29,6 +29,7 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
     let dir = "deploy/k8s/overlays/dev";
     let r = render(dir);
     let configs = check_cluster(&r, dir, "quarry-dev");
+    check_gcp_key_is_opt_in(&r, dir);
     let loader_cfg = &configs["loader"];
     assert_eq!(loader_cfg.warehouse.kind, WarehouseKind::Sqlite);
 
@@ -140,6 +141,7 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
     assert_eq!(secret.get("optional").and_then(Value::as_bool), Some(false));
 
     check_auth_and_tls(&r, &configs);
+    check_gcp_key_is_opt_in(&r, dir);
 
     // More than one of each stateless service; the loaders never on one node.
     let loader = r.get("Deployment", "quarry-loader");
@@ -407,6 +409,59 @@ fn check_auth_and_tls(r: &Rendered, configs: &BTreeMap<&'static str, Config>) {
             }
         }
     }
+}
+
+/// No container of the overlay names a Google key file; with the gcp-key
+/// component added, the loader and the archiver (only) get
+/// `GOOGLE_APPLICATION_CREDENTIALS` pointing at `key.json` of the required
+/// Secret quarry-bigquery.
+fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
+    const VAR: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+    let keyed = |r: &Rendered| -> Vec<String> {
+        let mut names = Vec::new();
+        for w in r.all("Deployment").into_iter().chain(r.all("CronJob")) {
+            for c in pod_spec(w)["containers"].as_sequence().unwrap() {
+                let env = container_env(r, c);
+                if let Some((_, path)) = env.iter().rev().find(|(k, _)| k == VAR) {
+                    let from = secret_file(w, c, path);
+                    assert_eq!(
+                        from,
+                        Some(("quarry-bigquery".to_string(), "key.json".to_string())),
+                        "{VAR} = {path}"
+                    );
+                    names.push(s(&w["metadata"]["name"]).to_string());
+                }
+            }
+        }
+        names
+    };
+    assert_eq!(
+        keyed(r),
+        Vec::<String>::new(),
+        "{VAR} without the gcp-key component"
+    );
+    // A kustomization of the overlay plus the component, in a temporary
+    // directory; kustomize takes only relative paths.
+    let tmp = tempfile::tempdir().unwrap();
+    let up = "../".repeat(tmp.path().components().count() - 1);
+    let rel = |p: &str| {
+        format!(
+            "{up}{}",
+            repo().join(p).display().to_string().trim_start_matches('/')
+        )
+    };
+    std::fs::write(
+        tmp.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{}]\ncomponents: [{}]\n",
+            rel(dir),
+            rel("deploy/k8s/components/gcp-key")
+        ),
+    )
+    .unwrap();
+    let with_key = render(tmp.path().to_str().unwrap());
+    assert_eq!(keyed(&with_key), ["quarry-archiver", "quarry-loader"]);
 }
 
 /// Scheme of a URL a client of `config` uses: https exactly when TLS is on.
