@@ -34,31 +34,82 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
             .filter_map(|st| st["uses"].as_str().map(str::to_string))
             .collect()
     };
-    for job in ["fmt", "clippy", "test", "image"] {
-        assert!(jobs.contains_key(job), "job {job}");
-        assert!(uses(job).contains(&"actions/checkout@v4".to_string()));
-    }
-    let rust_image = format!("rust:{}-bookworm", workspace_rust_version());
-    for job in ["fmt", "clippy", "test"] {
-        assert_eq!(
-            s(&wf["jobs"][job]["container"]),
-            rust_image,
-            "{job}: toolchain"
+    // fmt and clippy run once, inside scripts/test.sh.
+    assert_eq!(
+        jobs.keys().map(s).collect::<Vec<_>>(),
+        ["test", "image"],
+        "jobs"
+    );
+    for job in ["test", "image"] {
+        assert!(
+            !runs(job).contains("cargo fmt") && !runs(job).contains("cargo clippy"),
+            "{job}: fmt and clippy run in scripts/test.sh"
+        );
+        // Every action pinned to a commit, and no checkout keeps its token.
+        for st in steps(job) {
+            let Some(action) = st["uses"].as_str() else {
+                continue;
+            };
+            let (_, rev) = action.split_once('@').unwrap();
+            assert!(
+                rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()),
+                "{job}: {action} is not pinned to a commit"
+            );
+            if action.starts_with("actions/checkout@") {
+                assert_eq!(
+                    st["with"]["persist-credentials"].as_bool(),
+                    Some(false),
+                    "{job}: checkout keeps its credentials"
+                );
+            }
+        }
+        assert!(
+            uses(job).iter().any(|u| u.starts_with("actions/checkout@")),
+            "{job}: checkout"
         );
     }
-    assert!(runs("fmt").contains("cargo fmt --all --check"));
-    assert!(
-        runs("clippy").contains("cargo clippy --workspace --all-targets --locked -- -D warnings")
-    );
+    let rust_image = format!("rust:{}-bookworm", workspace_rust_version());
+    assert_eq!(s(&wf["jobs"]["test"]["container"]), rust_image, "toolchain");
     assert!(runs("test").lines().any(|l| l.trim() == "scripts/test.sh"));
+    let test_sh = read("scripts/test.sh");
+    assert!(test_sh.contains("cargo fmt --all --check"));
+    assert!(test_sh.contains("cargo clippy --workspace --all-targets --locked -- -D warnings"));
     // The README's test command, unchanged.
     assert!(read(".ci/run").contains("exec scripts/test.sh"));
-    for job in ["clippy", "test"] {
+    assert!(
+        uses("test")
+            .iter()
+            .any(|u| u.starts_with("Swatinem/rust-cache@")),
+        "test: cargo cache"
+    );
+    // Inside a container job, `github.workspace` is the runner's path: a
+    // target directory named by it is never where rust-cache looks.
+    let target = s(&wf["jobs"]["test"]["env"]["CARGO_TARGET_DIR"]);
+    assert!(
+        !target.starts_with('/') && !target.contains("${{"),
+        "CARGO_TARGET_DIR {target}: relative to the checkout"
+    );
+    let cached = steps("test")
+        .into_iter()
+        .find(|st| {
+            st["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/cache@"))
+        })
+        .expect("virtualenv cache");
+    let cached = s(&cached["with"]["path"]).to_string();
+    for venv in [
+        "venv",
+        "venv-s3",
+        "venv-bigquery",
+        "venv-snowflake",
+        "bench-venv",
+    ] {
         assert!(
-            uses(job)
-                .iter()
-                .any(|u| u.starts_with("Swatinem/rust-cache@")),
-            "{job}: cargo cache"
+            cached
+                .lines()
+                .any(|l| l.trim().ends_with(&format!("/{venv}"))),
+            "{venv} is not cached"
         );
     }
     let build = steps("image")
@@ -71,11 +122,51 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
         .expect("image build step");
     assert_eq!(s(&build["with"]["file"]), "deploy/docker/Dockerfile");
     assert!(runs("image").contains("docker compose up --no-build --exit-code-from run"));
-    let upload = steps("image")
-        .into_iter()
-        .find(|st| st["uses"].as_str() == Some("actions/upload-artifact@v4"))
-        .expect("artifact upload");
-    let paths: Vec<&str> = s(&upload["with"]["path"]).lines().map(str::trim).collect();
+    // The artifact only once the loader has stopped and checkpointed its WAL.
+    let image = steps("image");
+    let at = |pred: &dyn Fn(&Value) -> bool, what: &str| {
+        image
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("image: no step {what}"))
+    };
+    let down = at(
+        &|st| {
+            st["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("docker compose down"))
+        },
+        "stopping the services",
+    );
+    let wal = at(
+        &|st| {
+            st["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("test ! -s agg_result.db-wal"))
+        },
+        "checking the WAL is empty",
+    );
+    let upload = at(
+        &|st| {
+            st["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/upload-artifact@"))
+        },
+        "uploading the results",
+    );
+    assert!(
+        down < wal && wal < upload,
+        "down {down}, WAL check {wal}, upload {upload}"
+    );
+    let id = s(&image[wal]["id"]);
+    assert!(
+        s(&image[upload]["if"]).contains(&format!("steps.{id}.outcome == 'success'")),
+        "the upload waits for the WAL check"
+    );
+    let paths: Vec<&str> = s(&image[upload]["with"]["path"])
+        .lines()
+        .map(str::trim)
+        .collect();
     assert!(
         paths.contains(&"agg_result.db") && paths.contains(&"output/"),
         "{paths:?}"
