@@ -141,6 +141,18 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
     assert_eq!(secret.get("optional").and_then(Value::as_bool), Some(false));
 
     check_auth_and_tls(&r, &configs);
+    // The image must be set by digest before use: until then every pod names
+    // a placeholder that is no valid image reference (fails at once).
+    for w in r.all("Deployment").into_iter().chain(r.all("CronJob")) {
+        for c in pod_spec(w)["containers"].as_sequence().unwrap() {
+            let image = s(&c["image"]);
+            assert!(image.starts_with("SET-THE-IMAGE/"), "{image}");
+            assert!(
+                image.chars().any(|ch| ch.is_ascii_uppercase()),
+                "{image} is a valid reference"
+            );
+        }
+    }
     check_gcp_key_is_opt_in(&r, dir);
 
     // More than one of each stateless service; the loaders never on one node.

@@ -3,7 +3,7 @@
 
 use serde_norway::Value;
 
-use super::{check_jsonschema, read, s, workspace_rust_version, yaml};
+use super::{check_jsonschema, read, s, strings, workspace_rust_version, yaml};
 
 #[test]
 #[ignore = "needs check-jsonschema (QUARRY_CHECK_JSONSCHEMA): scripts/test.sh runs it"]
@@ -37,10 +37,10 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
     // fmt and clippy run once, inside scripts/test.sh.
     assert_eq!(
         jobs.keys().map(s).collect::<Vec<_>>(),
-        ["test", "image"],
+        ["test", "image", "publish"],
         "jobs"
     );
-    for job in ["test", "image"] {
+    for job in ["test", "image", "publish"] {
         assert!(
             !runs(job).contains("cargo fmt") && !runs(job).contains("cargo clippy"),
             "{job}: fmt and clippy run in scripts/test.sh"
@@ -122,6 +122,33 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
         .expect("image build step");
     assert_eq!(s(&build["with"]["file"]), "deploy/docker/Dockerfile");
     assert!(runs("image").contains("docker compose up --no-build --exit-code-from run"));
+    // The image goes to the registry from main only, after the suite and
+    // the compose run passed, with the one permission it needs, and the
+    // reference by digest is reported.
+    let publish = &wf["jobs"]["publish"];
+    assert!(s(&publish["if"]).contains("github.ref == 'refs/heads/main'"));
+    assert_eq!(strings(&publish["needs"]), ["test", "image"]);
+    assert_eq!(s(&publish["permissions"]["packages"]), "write");
+    let push = steps("publish")
+        .into_iter()
+        .find(|st| {
+            st["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("docker/build-push-action@"))
+        })
+        .expect("publish: image push");
+    assert_eq!(push["with"]["push"].as_bool(), Some(true));
+    assert!(s(&push["with"]["tags"]).contains("${{ github.sha }}"));
+    let id = s(&push["id"]);
+    assert!(
+        runs("publish").contains("GITHUB_STEP_SUMMARY")
+            && steps("publish")
+                .iter()
+                .any(|st| st["env"]["DIGEST"].as_str()
+                    == Some(&format!("${{{{ steps.{id}.outputs.digest }}}}"))),
+        "publish: the digest is reported"
+    );
+
     // The artifact only once the loader has stopped and checkpointed its WAL.
     let image = steps("image");
     let at = |pred: &dyn Fn(&Value) -> bool, what: &str| {
