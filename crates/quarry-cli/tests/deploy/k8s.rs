@@ -30,6 +30,7 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
     let r = render(dir);
     let configs = check_cluster(&r, dir, "quarry-dev");
     check_gcp_key_is_opt_in(&r, dir);
+    check_pod_monitor(&r, dir);
     let loader_cfg = &configs["loader"];
     assert_eq!(loader_cfg.warehouse.kind, WarehouseKind::Sqlite);
 
@@ -154,6 +155,7 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
         }
     }
     check_gcp_key_is_opt_in(&r, dir);
+    check_pod_monitor(&r, dir);
 
     // More than one of each stateless service; the loaders never on one node.
     let loader = r.get("Deployment", "quarry-loader");
@@ -452,15 +454,18 @@ fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
         Vec::<String>::new(),
         "{VAR} without the gcp-key component"
     );
-    // A kustomization of the overlay plus the component, in a temporary
-    // directory; kustomize takes only relative paths.
+    let with_key = render_with_component(dir, "gcp-key");
+    assert_eq!(keyed(&with_key), ["quarry-archiver", "quarry-loader"]);
+}
+
+/// An overlay with one of `deploy/k8s/components` added: a kustomization of
+/// both in a temporary directory (kustomize takes only relative paths).
+fn render_with_component(dir: &str, component: &str) -> Rendered {
     let tmp = tempfile::tempdir().unwrap();
     let up = "../".repeat(tmp.path().components().count() - 1);
     let rel = |p: &str| {
-        format!(
-            "{up}{}",
-            repo().join(p).display().to_string().trim_start_matches('/')
-        )
+        let abs = repo().join(p);
+        format!("{up}{}", abs.display().to_string().trim_start_matches('/'))
     };
     std::fs::write(
         tmp.path().join("kustomization.yaml"),
@@ -468,12 +473,48 @@ fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
              resources: [{}]\ncomponents: [{}]\n",
             rel(dir),
-            rel("deploy/k8s/components/gcp-key")
+            rel(&format!("deploy/k8s/components/{component}"))
         ),
     )
     .unwrap();
-    let with_key = render(tmp.path().to_str().unwrap());
-    assert_eq!(keyed(&with_key), ["quarry-archiver", "quarry-loader"]);
+    render(tmp.path().to_str().unwrap())
+}
+
+/// The PodMonitor is optional (the operator's CRDs may be missing); with
+/// the prometheus-operator component it scrapes the metrics port, by name,
+/// of every service's pods.
+fn check_pod_monitor(r: &Rendered, dir: &str) {
+    assert!(
+        r.all("PodMonitor").is_empty(),
+        "a PodMonitor without the component"
+    );
+    let with = render_with_component(dir, "prometheus-operator");
+    let monitors = with.all("PodMonitor");
+    assert_eq!(monitors.len(), 1, "one PodMonitor");
+    let m = monitors[0];
+    let endpoints = m["spec"]["podMetricsEndpoints"].as_sequence().unwrap();
+    for deploy in with.all("Deployment") {
+        let name = s(&deploy["metadata"]["name"]);
+        let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+        let selected = m["spec"]["selector"]["matchLabels"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels[s(k)] == *v);
+        assert!(selected, "the PodMonitor does not select {name}");
+        let ports: Vec<&str> = pod_spec(deploy)["containers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["ports"].as_sequence().unwrap())
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(
+            endpoints.iter().any(|e| ports.contains(&s(&e["port"]))
+                && e["path"].as_str().unwrap_or("/metrics") == "/metrics"),
+            "{name}: no scraped port among {ports:?}"
+        );
+    }
 }
 
 /// Scheme of a URL a client of `config` uses: https exactly when TLS is on.

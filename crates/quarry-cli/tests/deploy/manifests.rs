@@ -52,8 +52,16 @@ pub fn render(dir: &str) -> Rendered {
         let out = run(Command::new(&kv)
             .args(["--strict", "--quiet", "-k", version])
             .arg(&file));
+        // The validator knows no CRDs: the Prometheus operator's PodMonitor
+        // (an optional component) is read by the tests instead.
+        let findings: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.contains("Couldn't find schema for kind PodMonitor with api version monitoring.coreos.com/v1"))
+            .collect();
         assert!(
-            !out.contains("WARN") && !out.contains("ERROR"),
+            !findings
+                .iter()
+                .any(|l| l.contains("WARN") || l.contains("ERROR")),
             "{dir} against {version}:\n{out}"
         );
     }
