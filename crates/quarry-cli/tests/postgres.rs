@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cli::{one_line_error, peak_kib, quarry_ok, run_within};
+use common::cli::{one_line_error, peak_of_run, quarry_ok, run_within};
 use common::{Env, fixtures};
 use futures::SinkExt;
 use serde_json::Value;
@@ -467,23 +467,13 @@ fn a_million_row_table_is_read_with_bounded_memory() {
         bytes
     });
     let file = env.write("trades.csv", &csv);
-    let peak_of = |source: &str, db: &str| -> u64 {
-        let args = [
-            "run",
-            "-q",
-            "--no-raw-trades",
-            "--sqlite",
-            db,
-            "--source",
+    let peak_of = |source: &str, db: &str| {
+        peak_of_run(
+            env.dir.path(),
+            &[("PGPASSWORD", READER_PASSWORD)],
             source,
-        ];
-        let (out, kib) = peak_kib(env.dir.path(), &[("PGPASSWORD", READER_PASSWORD)], &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        kib
+            db,
+        )
     };
     let file_peak = peak_of(&file.display().to_string(), "file.db");
     let pg_peak = peak_of(&pg.source("table=trades"), "pg.db");

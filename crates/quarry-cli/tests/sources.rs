@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use common::Env;
-use common::cli::{fails, one_line_error, peak_kib, quarry_ok, run_within};
+use common::cli::{fails, one_line_error, peak_of_run, quarry_ok, run_within};
 use common::fixtures;
 
 /// The sample under `env`'s data root as `name`, compressed by `compress`.
@@ -419,24 +419,7 @@ fn a_200_mb_object_is_streamed_in_bounded_memory() {
 
     let vars = bucket.vars();
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let peak_of = |source: &str, db: &str| -> u64 {
-        let args = [
-            "run",
-            "-q",
-            "--no-raw-trades",
-            "--sqlite",
-            db,
-            "--source",
-            source,
-        ];
-        let (out, kib) = peak_kib(env.dir.path(), &vars, &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        kib
-    };
+    let peak_of = |source: &str, db: &str| peak_of_run(env.dir.path(), &vars, source, db);
     let file_peak = peak_of(&file.display().to_string(), "file.db");
     let object_peak = peak_of(&format!("s3://{}/big.csv", bucket.name), "s3.db");
     let groups = |db: &str| {

@@ -73,6 +73,27 @@ pub fn one_line_error(out: &Output, needles: &[&str]) -> String {
     err
 }
 
+/// Peak resident memory (KiB) of a `quarry run -q --no-raw-trades` of
+/// `source` into the SQLite file `db` (in `dir`), which must succeed.
+pub fn peak_of_run(dir: &Path, vars: &[(&str, &str)], source: &str, db: &str) -> u64 {
+    let args = [
+        "run",
+        "-q",
+        "--no-raw-trades",
+        "--sqlite",
+        db,
+        "--source",
+        source,
+    ];
+    let (out, kib) = peak_kib(dir, vars, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kib
+}
+
 /// Peak resident memory (KiB) of `quarry ARGS`, measured by /usr/bin/time.
 pub fn peak_kib(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> (Output, u64) {
     let mut cmd = std::process::Command::new("/usr/bin/time");
