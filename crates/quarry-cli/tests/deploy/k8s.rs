@@ -12,8 +12,8 @@ use quarry_core::config::WarehouseKind;
 use serde_norway::Value;
 
 use super::manifests::{
-    Rendered, container, container_config, container_env, pod_spec, quantity_mib, render,
-    secret_file, volume_at,
+    Rendered, container, container_config, container_env, env_value, pod_labels, pod_spec,
+    quantity_mib, render, secret_file, selects_labels, volume_at,
 };
 use super::{UID, default_ports, host_port, listen_of, port_of, read, repo, s, strings};
 
@@ -64,14 +64,10 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
     let term = &pod_spec(archiver)["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         [0];
     assert_eq!(s(&term["topologyKey"]), "kubernetes.io/hostname");
-    let loader_labels = &loader["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in term["labelSelector"]["matchLabels"].as_mapping().unwrap() {
-        assert_eq!(
-            loader_labels[s(k)].as_str(),
-            Some(s(v)),
-            "archiver affinity selects the loader"
-        );
-    }
+    assert!(
+        selects_labels(&term["labelSelector"]["matchLabels"], pod_labels(loader)),
+        "archiver affinity selects the loader"
+    );
 
     // Cold partitions on their own claim.
     let cold = &configs["archiver"].archiver.cold_root;
@@ -163,17 +159,12 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
     let spread = pod_spec(loader)["topologySpreadConstraints"]
         .as_sequence()
         .expect("loader topologySpreadConstraints");
-    let loader_labels = &loader["spec"]["template"]["metadata"]["labels"];
     assert!(
         spread.iter().any(|c| {
             s(&c["topologyKey"]) == "kubernetes.io/hostname"
                 && s(&c["whenUnsatisfiable"]) == "DoNotSchedule"
                 && c["maxSkew"].as_u64() == Some(1)
-                && c["labelSelector"]["matchLabels"]
-                    .as_mapping()
-                    .unwrap()
-                    .iter()
-                    .all(|(k, v)| loader_labels[s(k)] == *v)
+                && selects_labels(&c["labelSelector"]["matchLabels"], pod_labels(loader))
         }),
         "the loaders are spread over nodes: {spread:?}"
     );
@@ -381,14 +372,8 @@ fn check_auth_and_tls(r: &Rendered, configs: &BTreeMap<&'static str, Config>) {
             "{name}: auth and TLS on"
         );
         let env = container_env(r, c);
-        let var = |k: &str| -> String {
-            env.iter()
-                .rev()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        let from_secret = |k: &str| secret_file(w, c, &var(k));
+        let var = |k: &str| env_value(&env, k).unwrap_or_default();
+        let from_secret = |k: &str| secret_file(w, c, var(k));
         let expect = |secret: &str, key: &str| Some((secret.to_string(), key.to_string()));
         assert_eq!(
             from_secret("QUARRY_AUTH__TOKEN_FILE"),
@@ -436,7 +421,7 @@ fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
         for w in r.all("Deployment").into_iter().chain(r.all("CronJob")) {
             for c in pod_spec(w)["containers"].as_sequence().unwrap() {
                 let env = container_env(r, c);
-                if let Some((_, path)) = env.iter().rev().find(|(k, _)| k == VAR) {
+                if let Some(path) = env_value(&env, VAR) {
                     let from = secret_file(w, c, path);
                     assert_eq!(
                         from,
@@ -495,13 +480,10 @@ fn check_pod_monitor(r: &Rendered, dir: &str) {
     let endpoints = m["spec"]["podMetricsEndpoints"].as_sequence().unwrap();
     for deploy in with.all("Deployment") {
         let name = s(&deploy["metadata"]["name"]);
-        let labels = &deploy["spec"]["template"]["metadata"]["labels"];
-        let selected = m["spec"]["selector"]["matchLabels"]
-            .as_mapping()
-            .unwrap()
-            .iter()
-            .all(|(k, v)| labels[s(k)] == *v);
-        assert!(selected, "the PodMonitor does not select {name}");
+        assert!(
+            selects_labels(&m["spec"]["selector"]["matchLabels"], pod_labels(deploy)),
+            "the PodMonitor does not select {name}"
+        );
         let ports: Vec<&str> = pod_spec(deploy)["containers"]
             .as_sequence()
             .unwrap()
@@ -596,13 +578,7 @@ fn check_metrics_and_shutdown(
 /// Selectors: the Deployment, the Service `name` (on `port`, targeting the
 /// container port `cport`) and the PodDisruptionBudget `name` find the pods.
 fn check_selectors(r: &Rendered, name: &str, ctx: &str, deploy: &Value, cport: &Value, port: u16) {
-    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
-    let selects = |sel: &Value| {
-        sel.as_mapping()
-            .unwrap()
-            .iter()
-            .all(|(k, v)| pod_labels[s(k)].as_str() == Some(s(v)))
-    };
+    let selects = |sel: &Value| selects_labels(sel, pod_labels(deploy));
     assert!(
         selects(&deploy["spec"]["selector"]["matchLabels"]),
         "{ctx}: selector"

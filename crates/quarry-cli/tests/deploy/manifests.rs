@@ -78,6 +78,31 @@ pub fn pod_spec(workload: &Value) -> &Value {
     }
 }
 
+/// The labels of a workload's pods (a Deployment or a CronJob).
+pub fn pod_labels(workload: &Value) -> &Value {
+    match s(&workload["kind"]) {
+        "CronJob" => &workload["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
+        _ => &workload["spec"]["template"]["metadata"]["labels"],
+    }
+}
+
+/// Whether a `matchLabels` map selects pods labelled `labels`.
+pub fn selects_labels(match_labels: &Value, labels: &Value) -> bool {
+    match_labels
+        .as_mapping()
+        .unwrap_or_else(|| panic!("matchLabels {match_labels:?}"))
+        .iter()
+        .all(|(k, v)| labels[s(k)].as_str() == Some(s(v)))
+}
+
+/// The value `env` (as `container_env` gives it) ends up with for `name`.
+pub fn env_value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// The container `name` of a workload's pod.
 pub fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
     pod_spec(workload)["containers"]
@@ -151,12 +176,9 @@ pub fn container_env(r: &Rendered, c: &Value) -> Vec<(String, String)> {
 /// that must name existing files (TLS) load.
 pub fn container_config(r: &Rendered, workload: &Value, c: &Value) -> Config {
     let mut env = container_env(r, c);
-    let config_path = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "QUARRY_CONFIG")
-        .map(|(_, v)| v.clone())
-        .expect("QUARRY_CONFIG");
+    let config_path = env_value(&env, "QUARRY_CONFIG")
+        .expect("QUARRY_CONFIG")
+        .to_string();
     let secrets = tempfile::tempdir().unwrap();
     for (_, v) in env.iter_mut() {
         if v.starts_with('/') && secret_file(workload, c, v).is_some() {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_norway::Value;
 
-use super::manifests::{Rendered, pod_spec};
+use super::manifests::{Rendered, pod_labels, pod_spec};
 use super::s;
 
 /// One end of a connection.
@@ -23,14 +23,6 @@ enum Peer<'a> {
     Elsewhere(&'a str, &'a [(&'a str, &'a str)]),
     /// An address outside the cluster.
     Outside,
-}
-
-/// The labels of a workload's pods.
-fn pod_labels(workload: &Value) -> &Value {
-    match s(&workload["kind"]) {
-        "CronJob" => &workload["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"],
-        _ => &workload["spec"]["template"]["metadata"]["labels"],
-    }
 }
 
 /// Whether a label selector (`matchLabels` only) selects `labels`.

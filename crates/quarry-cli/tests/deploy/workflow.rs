@@ -151,36 +151,16 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
 
     // The artifact only once the loader has stopped and checkpointed its WAL.
     let image = steps("image");
-    let at = |pred: &dyn Fn(&Value) -> bool, what: &str| {
+    // The index of the first step whose `key` ("run" or "uses") contains `text`.
+    let at = |key: &str, text: &str| {
         image
             .iter()
-            .position(pred)
-            .unwrap_or_else(|| panic!("image: no step {what}"))
+            .position(|st| st[key].as_str().is_some_and(|v| v.contains(text)))
+            .unwrap_or_else(|| panic!("image: no step with {key} {text:?}"))
     };
-    let down = at(
-        &|st| {
-            st["run"]
-                .as_str()
-                .is_some_and(|r| r.contains("docker compose down"))
-        },
-        "stopping the services",
-    );
-    let wal = at(
-        &|st| {
-            st["run"]
-                .as_str()
-                .is_some_and(|r| r.contains("test ! -s agg_result.db-wal"))
-        },
-        "checking the WAL is empty",
-    );
-    let upload = at(
-        &|st| {
-            st["uses"]
-                .as_str()
-                .is_some_and(|u| u.starts_with("actions/upload-artifact@"))
-        },
-        "uploading the results",
-    );
+    let down = at("run", "docker compose down");
+    let wal = at("run", "test ! -s agg_result.db-wal");
+    let upload = at("uses", "actions/upload-artifact@");
     assert!(
         down < wal && wal < upload,
         "down {down}, WAL check {wal}, upload {upload}"
