@@ -188,18 +188,43 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
 
 /// Writes `user_id,<metric>` rows.
 pub fn write_top_csv(path: &Path, metric: TopMetric, users: &[TopUser]) -> Result<()> {
-    let io = |e: std::io::Error| Error::config(format!("cannot write {}: {e}", path.display()));
-    let mut w = csv::Writer::from_path(path).map_err(|e| {
-        Error::config(format!("cannot write {}: {e}", path.display())).with_source(e)
-    })?;
-    let csv_err = |e: csv::Error| Error::config(format!("cannot write {}: {e}", path.display()));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| Error::internal(format!("cannot format {}: {e}", path.display()));
     w.write_record(["user_id", metric_name(metric)])
         .map_err(csv_err)?;
     for u in users {
         w.write_record([spreadsheet_safe(&u.user_id).as_ref(), &u.value])
             .map_err(csv_err)?;
     }
-    w.flush().map_err(io)
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::internal(format!("cannot format {}: {e}", path.display())))?;
+    write_replacing(path, &bytes)
+}
+
+/// Writes `path` whole or not at all: into a temporary file beside it, then
+/// renamed over it. A reader never sees half a report, and a report left by
+/// another user (a container's uid, then your own) is replaced whenever the
+/// directory is writable, where truncating it in place would be refused.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let fail = |e: std::io::Error| {
+        Error::config(format!("cannot write {}: {e}", path.display())).with_source(e)
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".quarry-report-");
+    // The mode a plain create gives (0666 less the umask), not the 0600 of a
+    // temporary file: reports are meant to be read by others.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut file = builder.tempfile_in(dir).map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    file.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
 }
 
 /// The files `quarry run` leaves in the output directory.
@@ -226,13 +251,10 @@ pub async fn write_reports(
     write_top_csv(&vol, TopMetric::Volume, &top_by_volume)?;
     write_top_csv(&pnl, TopMetric::Pnl, &top_by_pnl)?;
     let json = quality_report(&record);
-    std::fs::write(
+    write_replacing(
         &quality,
-        serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
-    )
-    .map_err(|e| {
-        Error::config(format!("cannot write {}: {e}", quality.display())).with_source(e)
-    })?;
+        (serde_json::to_string_pretty(&json).unwrap_or_default() + "\n").as_bytes(),
+    )?;
     Ok(Reports {
         top_by_volume,
         top_by_pnl,
@@ -312,4 +334,38 @@ pub fn quality_report(record: &RunRecord) -> serde_json::Value {
             serde_json::json!((finished - newest).num_seconds() as f64 / 3600.0);
     }
     json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report file the current user may not write (as one left by a
+    /// container's uid) is replaced, readable by others, and no temporary
+    /// file stays behind.
+    #[cfg(unix)]
+    #[test]
+    fn reports_are_replaced_whole_and_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("top_bronze_by_volume.csv");
+        std::fs::write(&path, "old\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        write_replacing(&path, b"user_id,total_volume\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "user_id,total_volume\n"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o044,
+            0o044,
+            "readable by group and others: {mode:o}"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["top_bronze_by_volume.csv"]);
+    }
 }

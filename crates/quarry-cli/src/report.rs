@@ -440,15 +440,11 @@ pub fn write(dir: &Path, data: &ReportData, generated_at: &str) -> Result<Vec<Pa
     let mut written = vec![];
     for c in &charts {
         let path = chart_dir.join(c.file);
-        std::fs::write(&path, &c.svg).map_err(|e| {
-            Error::config(format!("cannot write {}: {e}", path.display())).with_source(e)
-        })?;
+        crate::client::write_replacing(&path, c.svg.as_bytes())?;
         written.push(path);
     }
     let page = dir.join("report.html");
-    std::fs::write(&page, html(data, &charts, generated_at)).map_err(|e| {
-        Error::config(format!("cannot write {}: {e}", page.display())).with_source(e)
-    })?;
+    crate::client::write_replacing(&page, html(data, &charts, generated_at).as_bytes())?;
     written.insert(0, page);
     Ok(written)
 }
