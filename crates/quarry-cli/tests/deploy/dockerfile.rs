@@ -1,5 +1,6 @@
 //! deploy/docker/Dockerfile and .dockerignore: clean by hadolint, every
-//! binary built on the workspace's toolchain into an unprivileged runtime.
+//! binary built on the workspace's toolchain into an unprivileged runtime,
+//! the dependencies in a layer of their own.
 
 use std::process::Command;
 
@@ -35,18 +36,50 @@ fn dockerfile_builds_every_binary_into_an_unprivileged_runtime() {
     assert_eq!(
         froms,
         [
-            format!("FROM rust:{}-bookworm AS build", workspace_rust_version()).as_str(),
+            format!("FROM rust:{}-bookworm AS chef", workspace_rust_version()).as_str(),
+            "FROM chef AS planner",
+            "FROM chef AS build",
             "FROM debian:bookworm-slim AS runtime",
         ],
         "build on the workspace's rust-version, run on the same Debian release"
     );
-    assert!(df.contains("cargo build --release --locked"));
-    for cache in ["target=/usr/local/cargo/registry", "target=/src/target"] {
-        assert!(
-            df.contains("--mount=type=cache,id=quarry-") && df.contains(cache),
-            "cache mount {cache}"
-        );
-    }
+    // The dependency layer: cargo-chef (a pinned version) cooks the recipe
+    // of the same packages and profile before the sources are copied, so a
+    // source change rebuilds only the workspace's crates; layers, unlike
+    // BuildKit cache mounts, are kept by the registry and CI caches.
+    let stage = |name: &str| {
+        let start = df.find(&format!(" AS {name}\n")).unwrap();
+        let rest = &df[start + 1..];
+        rest[..rest.find("\nFROM ").unwrap_or(rest.len())].to_string()
+    };
+    assert!(
+        stage("chef").contains("cargo install cargo-chef --version 0.1.")
+            && stage("chef").contains("--locked")
+    );
+    assert!(stage("planner").contains("cargo chef prepare --recipe-path recipe.json"));
+    let build = stage("build").replace("\\\n", " ");
+    let packages = |cmd: &str| -> Vec<String> {
+        let line = build
+            .lines()
+            .find(|l| l.contains(cmd))
+            .unwrap_or_else(|| panic!("build stage: no {cmd}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "-p")
+            .map(|w| w[1].to_string())
+            .collect()
+    };
+    let cook = "cargo chef cook --release --locked --recipe-path recipe.json";
+    let compile = "cargo build --release --locked";
+    assert_eq!(packages(cook), packages(compile), "cook what is built");
+    let at = |text: &str| build.find(text).unwrap_or_else(|| panic!("no {text}"));
+    assert!(at(cook) < at("COPY . .") && at("COPY . .") < at(compile));
+    assert!(!df.contains("--mount=type=cache"));
+    assert!(
+        build.contains("deploy/docker/run-as-owner.sh /out/quarry-run-as-owner"),
+        "the compose run's owner script is in the image"
+    );
     let runtime = &df[df.find("AS runtime").unwrap()..];
     for bin in binaries() {
         assert!(
@@ -79,7 +112,15 @@ fn dockerfile_builds_every_binary_into_an_unprivileged_runtime() {
     assert!(!df.contains("ENTRYPOINT"));
 
     let ignore = read(".dockerignore");
-    for entry in [".git", "target/", "output/", "cold/", "*.db", "data/"] {
+    for entry in [
+        ".git",
+        "target/",
+        "output/",
+        "cold/",
+        "*.db",
+        "data/",
+        "!deploy/docker/run-as-owner.sh",
+    ] {
         assert!(
             ignore.lines().any(|l| l.trim() == entry),
             ".dockerignore lacks {entry}"
