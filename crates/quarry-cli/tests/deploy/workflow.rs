@@ -149,7 +149,12 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
         "publish: the digest is reported"
     );
 
-    // The artifact only once the loader has stopped and checkpointed its WAL.
+    // The compose run as a user would start it: no ids exported, and the
+    // reports are the runner's own.
+    assert!(!runs("image").contains("QUARRY_UID"));
+    assert!(runs("image").contains("test -w output/quality_report.json"));
+    // The artifact only once the loader has stopped and checkpointed its WAL,
+    // copied out of the `warehouse` volume before the volumes are removed.
     let image = steps("image");
     // The index of the first step whose `key` ("run" or "uses") contains `text`.
     let at = |key: &str, text: &str| {
@@ -158,13 +163,25 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
             .position(|st| st[key].as_str().is_some_and(|v| v.contains(text)))
             .unwrap_or_else(|| panic!("image: no step with {key} {text:?}"))
     };
-    let down = at("run", "docker compose down");
-    let wal = at("run", "test ! -s agg_result.db-wal");
-    let upload = at("uses", "actions/upload-artifact@");
-    assert!(
-        down < wal && wal < upload,
-        "down {down}, WAL check {wal}, upload {upload}"
+    let stop = at("run", "docker compose stop");
+    let copy = at(
+        "run",
+        "docker compose cp loader:/srv/quarry/warehouse ./warehouse",
     );
+    let wal = at("run", "test ! -s warehouse/agg_result.db-wal");
+    let upload = at("uses", "actions/upload-artifact@");
+    let down = at("run", "docker compose down --volumes");
+    assert!(
+        stop < copy && copy < wal && wal < upload && upload < down,
+        "stop {stop}, copy {copy}, WAL check {wal}, upload {upload}, down {down}"
+    );
+    for step in [stop, copy, wal, down] {
+        assert_eq!(
+            s(&image[step]["if"]),
+            "always()",
+            "step {step} runs after a failure"
+        );
+    }
     let id = s(&image[wal]["id"]);
     assert!(
         s(&image[upload]["if"]).contains(&format!("steps.{id}.outcome == 'success'")),
@@ -175,7 +192,7 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
         .map(str::trim)
         .collect();
     assert!(
-        paths.contains(&"agg_result.db") && paths.contains(&"output/"),
+        paths.contains(&"warehouse/agg_result.db") && paths.contains(&"output/"),
         "{paths:?}"
     );
 }
