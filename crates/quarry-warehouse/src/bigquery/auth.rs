@@ -45,6 +45,10 @@ const GOOGLE_CREDENTIALS_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 /// (outside Google Cloud its address may lead nowhere).
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Attempts at a metadata server that cannot be reached, half a second
+/// apart and then a second.
+const METADATA_ATTEMPTS: u32 = 3;
+
 /// The credentials the configuration and the environment name (see the
 /// module documentation for the order).
 pub(super) fn from_config(config: &BigQueryConfig) -> Result<Arc<dyn Authenticator>> {
@@ -230,19 +234,42 @@ impl Flow {
         }
     }
 
+    /// An access token, from yup-oauth2's cache while it is fresh.
+    async fn token(&self, auth: &DefaultAuthenticator) -> std::result::Result<String, BQError> {
+        let mut attempt = 1;
+        loop {
+            match auth.token(&[SCOPE]).await {
+                Ok(token) => return token.token().map(str::to_string).ok_or(BQError::NoToken),
+                // GKE's metadata server may not answer in a pod's first
+                // seconds; Google's libraries ask again too, and the
+                // connection check at start makes one attempt only.
+                Err(e) if self.unreachable(&e) && attempt < METADATA_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.token_error(e)),
+            }
+        }
+    }
+
+    /// The metadata server could not be reached (rather than refusing).
+    fn unreachable(&self, e: &yup_oauth2::Error) -> bool {
+        matches!(self, Self::MetadataServer { .. })
+            && matches!(
+                e,
+                yup_oauth2::Error::HttpError(_) | yup_oauth2::Error::HttpClientError(_)
+            )
+    }
+
     /// A failed token request. The metadata server is the last resort: its
     /// error says what was tried before it.
     fn token_error(&self, e: yup_oauth2::Error) -> BQError {
+        // Not reachable stays worth another attempt later.
+        let transient = self.unreachable(&e);
         let Self::MetadataServer { url, tried } = self else {
             return e.into();
         };
         let host = url.split("/computeMetadata").next().unwrap_or(url);
-        // Not (yet) reachable is worth another attempt: on GKE the metadata
-        // server may need a few seconds after a pod starts.
-        let transient = matches!(
-            e,
-            yup_oauth2::Error::HttpError(_) | yup_oauth2::Error::HttpClientError(_)
-        );
         // yup-oauth2's text stops at "client error (Connect)": the causes
         // say what happened.
         let mut cause = e.to_string();
@@ -273,11 +300,7 @@ struct YupToken {
 impl Authenticator for YupToken {
     async fn access_token(&self) -> std::result::Result<String, BQError> {
         let auth = self.auth.get_or_try_init(|| self.flow.build()).await?;
-        let token = auth
-            .token(&[SCOPE])
-            .await
-            .map_err(|e| self.flow.token_error(e))?;
-        token.token().map(str::to_string).ok_or(BQError::NoToken)
+        self.flow.token(auth).await
     }
 }
 

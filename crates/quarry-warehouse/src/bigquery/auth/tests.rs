@@ -210,7 +210,11 @@ struct FakeHttp {
 
 impl FakeHttp {
     fn start(answer: fn(&str) -> (u16, String)) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_at(0, answer)
+    }
+
+    fn start_at(port: u16, answer: fn(&str) -> (u16, String)) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(vec![]));
         let seen = heads.clone();
@@ -355,6 +359,26 @@ async fn the_metadata_server_token_reaches_bigquery() {
         header(&heads[0], "Authorization"),
         Some("Bearer from-the-metadata-server")
     );
+}
+
+#[tokio::test]
+async fn a_metadata_server_that_starts_late_is_asked_again() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        FakeHttp::start_at(port, metadata_server)
+    });
+    let (_home, auth) =
+        metadata_credentials(&BigQueryConfig::default(), &format!("127.0.0.1:{port}"));
+    assert_eq!(
+        auth.access_token().await.unwrap(),
+        "from-the-metadata-server"
+    );
+    assert_eq!(late.join().unwrap().heads().len(), 1);
 }
 
 #[tokio::test]
