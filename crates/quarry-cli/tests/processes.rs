@@ -364,19 +364,28 @@ fn quarry_run_on_bigquery_matches_the_sqlite_run() {
     assert!(err.contains("cannot connect"), "{err}");
     assert!(!err.contains("PRIVATE KEY"), "{err}");
 
-    // No credentials at all: a configuration error before any request.
+    // No credentials at all (no key, no gcloud file, a metadata server that
+    // is not there): one line naming what was tried.
     let out = quarry()
         .args(["run", "-q", "--warehouse", "bigquery"])
         .env("QUARRY_WAREHOUSE__BIGQUERY__API_URL", &url)
         .env("QUARRY_WAREHOUSE__BIGQUERY__PROJECT", &project)
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("CLOUDSDK_CONFIG", dir.path().join("no-gcloud"))
+        .env("GCE_METADATA_HOST", format!("127.0.0.1:{}", free_port()))
         .current_dir(dir.path())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{err}");
+    for says in [
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "no-gcloud",
+        "metadata server",
+    ] {
+        assert!(err.contains(says), "{says}: {err}");
+    }
 
     // An endpoint that is not there: one line naming it.
     let dead = dead_endpoint();

@@ -75,12 +75,15 @@ pub struct BigQueryConfig {
     pub dataset: String,
     /// Location of the dataset and its jobs, e.g. US, EU, europe-west1.
     pub location: String,
-    /// Service-account JSON key file; empty: the file named by `credentials_env`.
+    /// JSON key file: a service-account key or `authorized_user` credentials.
+    /// Empty: the file named by `credentials_env`; if that is not set either,
+    /// gcloud's application_default_credentials.json, else the metadata
+    /// server (GKE Workload Identity, Compute Engine).
     pub credentials_file: PathBuf,
-    /// Environment variable naming the service-account key file.
+    /// Environment variable naming the key file.
     pub credentials_env: String,
     /// Environment variable holding an OAuth2 access token to use instead of
-    /// a key file (empty: off), e.g. from `gcloud auth print-access-token`.
+    /// any other credentials (empty: off), e.g. from `gcloud auth print-access-token`.
     pub access_token_env: String,
     /// REST API root (jobs, datasets, tables; uploads go to its /upload twin).
     pub api_url: String,

@@ -1,37 +1,306 @@
-//! Credentials: a service-account key (its tokens fetched and refreshed by
-//! the service-account flow) or an access token handed over in a variable.
-//! Neither is ever logged.
+//! Credentials, found in the order of Google's Application Default
+//! Credentials; the first source that is there is used:
+//!
+//! 1. an OAuth2 access token in the variable `access_token_env` names;
+//! 2. a key file: `credentials_file`, else the file the variable
+//!    `credentials_env` (GOOGLE_APPLICATION_CREDENTIALS) names; either a
+//!    service-account key or `authorized_user` credentials, by its `type`;
+//! 3. the file `gcloud auth application-default login` writes,
+//!    `$CLOUDSDK_CONFIG/application_default_credentials.json` (default
+//!    `~/.config/gcloud/`), if it exists;
+//! 4. the metadata server (GKE Workload Identity, Compute Engine), at
+//!    `GCE_METADATA_HOST` when that is set.
+//!
+//! yup-oauth2 fetches, caches and refreshes the tokens of 2–4. No token, key
+//! or secret is ever logged.
 
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::error::BQError;
 use gcp_bigquery_client::yup_oauth2;
+use gcp_bigquery_client::yup_oauth2::authenticator::{
+    ApplicationDefaultCredentialsTypes, DefaultAuthenticator,
+};
+use gcp_bigquery_client::yup_oauth2::authorized_user::AuthorizedUserSecret;
 use quarry_core::config::BigQueryConfig;
 use quarry_core::{Error, Result};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 
-/// Access tokens of a service account (JSON key), refreshed before they expire.
+/// The metadata server's name inside Google Cloud.
+const METADATA_HOST: &str = "metadata.google.internal";
+
+/// Overrides the metadata server's host[:port], as in Google's libraries.
+const METADATA_HOST_ENV: &str = "GCE_METADATA_HOST";
+
+/// The variable yup-oauth2's metadata-server client checks first.
+const GOOGLE_CREDENTIALS_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
+/// A metadata server that does not answer must not hold a run for long
+/// (outside Google Cloud its address may lead nowhere).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts at a metadata server that cannot be reached, half a second
+/// apart and then a second.
+const METADATA_ATTEMPTS: u32 = 3;
+
+/// The credentials the configuration and the environment name (see the
+/// module documentation for the order).
+pub(super) fn from_config(config: &BigQueryConfig) -> Result<Arc<dyn Authenticator>> {
+    authenticator(choose(config, &|name| std::env::var_os(name))?)
+}
+
+/// Where the credentials come from.
+enum Source {
+    /// An access token handed over in a variable.
+    Token(String),
+    /// A key file the configuration or `credentials_env` names.
+    KeyFile(PathBuf),
+    /// The file of `gcloud auth application-default login`.
+    Gcloud(PathBuf),
+    /// The metadata server's token URL, and what was tried before it (for
+    /// the error should it not answer).
+    MetadataServer { url: String, tried: String },
+}
+
+/// The first source that is there; `env` reads an environment variable.
+fn choose(config: &BigQueryConfig, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Source> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    if !config.access_token_env.is_empty() {
+        let token = var(&config.access_token_env)
+            .and_then(|t| t.into_string().ok())
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "warehouse.bigquery.access_token_env names {}, which is not set",
+                    config.access_token_env
+                ))
+            })?;
+        return Ok(Source::Token(token.trim().to_string()));
+    }
+    if !config.credentials_file.as_os_str().is_empty() {
+        return Ok(Source::KeyFile(config.credentials_file.clone()));
+    }
+    if let Some(path) = var(&config.credentials_env) {
+        return Ok(Source::KeyFile(path.into()));
+    }
+    let mut tried = vec![
+        "warehouse.bigquery.access_token_env and credentials_file (empty)".to_string(),
+        format!(
+            "the environment variable {} (not set)",
+            config.credentials_env
+        ),
+    ];
+    let gcloud_dir = var("CLOUDSDK_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|home| Path::new(&home).join(".config/gcloud")));
+    if let Some(dir) = gcloud_dir {
+        let file = dir.join("application_default_credentials.json");
+        if file.is_file() {
+            return Ok(Source::Gcloud(file));
+        }
+        tried.push(format!("{} (no such file)", file.display()));
+    }
+    let host = var(METADATA_HOST_ENV).map(|h| h.to_string_lossy().into_owned());
+    Ok(Source::MetadataServer {
+        url: metadata_token_url(host.as_deref())?,
+        tried: tried.join(", "),
+    })
+}
+
+/// The token URL of the metadata server at `host` (host[:port], from
+/// GCE_METADATA_HOST), or at its usual name.
+fn metadata_token_url(host: Option<&str>) -> Result<String> {
+    let host = host.map(str::trim).filter(|h| !h.is_empty());
+    if let Some(h) = host
+        && (h.contains(['/', '@', '?', '#']) || h.contains(char::is_whitespace))
+    {
+        return Err(Error::config(format!(
+            "{METADATA_HOST_ENV} = {h:?} is not a host or host:port"
+        )));
+    }
+    let host = host.unwrap_or(METADATA_HOST);
+    Ok(format!(
+        "http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+    ))
+}
+
+fn authenticator(source: Source) -> Result<Arc<dyn Authenticator>> {
+    let flow = match source {
+        Source::Token(token) => return Ok(Arc::new(EnvToken(token))),
+        Source::KeyFile(path) | Source::Gcloud(path) => read_key_file(&path)?,
+        Source::MetadataServer { url, tried } => Flow::MetadataServer { url, tried },
+    };
+    Ok(Arc::new(YupToken {
+        flow: Arc::new(flow),
+        auth: Arc::new(tokio::sync::OnceCell::new()),
+    }))
+}
+
+/// A service-account key or `authorized_user` credentials, told apart by
+/// their `type`.
+fn read_key_file(path: &Path) -> Result<Flow> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::config(format!(
+            "cannot read the BigQuery credentials file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::config(format!(
+            "{} is not a Google credentials file: {e}",
+            path.display()
+        ))
+    };
+    let kind = serde_json::from_slice::<Kind>(&bytes)
+        .map_err(|e| unreadable(&e))?
+        .kind;
+    match kind.as_deref() {
+        Some("service_account") => yup_oauth2::parse_service_account_key(&bytes)
+            .map(Flow::ServiceAccount)
+            .map_err(|e| unreadable(&e)),
+        Some("authorized_user") => serde_json::from_slice::<AuthorizedUserSecret>(&bytes)
+            .map(Flow::AuthorizedUser)
+            .map_err(|e| unreadable(&e)),
+        other => Err(Error::config(format!(
+            "{}: credentials of type {:?} are not supported; expected a \
+             \"service_account\" key or \"authorized_user\" credentials",
+            path.display(),
+            other.unwrap_or("(none)")
+        ))),
+    }
+}
+
+/// How yup-oauth2 gets the tokens.
+enum Flow {
+    ServiceAccount(yup_oauth2::ServiceAccountKey),
+    AuthorizedUser(AuthorizedUserSecret),
+    MetadataServer { url: String, tried: String },
+}
+
+impl Flow {
+    /// yup-oauth2's builders are async, opening the backend is not: built at
+    /// the first token.
+    async fn build(&self) -> std::result::Result<DefaultAuthenticator, BQError> {
+        match self {
+            Self::ServiceAccount(key) => {
+                yup_oauth2::ServiceAccountAuthenticator::builder(key.clone())
+                    .build()
+                    .await
+                    .map_err(BQError::InvalidServiceAccountAuthenticator)
+            }
+            Self::AuthorizedUser(secret) => {
+                yup_oauth2::AuthorizedUserAuthenticator::builder(secret.clone())
+                    .build()
+                    .await
+                    .map_err(BQError::InvalidAuthorizedUserAuthenticator)
+            }
+            Self::MetadataServer { url, tried } => {
+                let opts = yup_oauth2::ApplicationDefaultCredentialsFlowOpts {
+                    metadata_url: Some(url.clone()),
+                };
+                match yup_oauth2::ApplicationDefaultCredentialsAuthenticator::builder(opts).await {
+                    ApplicationDefaultCredentialsTypes::InstanceMetadata(builder) => builder
+                        .with_timeout(METADATA_TIMEOUT)
+                        .build()
+                        .await
+                        .map_err(BQError::InvalidApplicationDefaultCredentialsAuthenticator),
+                    // yup-oauth2 takes a key file instead whenever this
+                    // variable is set, even empty; here it is not the key
+                    // file chosen (empty, or credentials_env names another).
+                    ApplicationDefaultCredentialsTypes::ServiceAccount(_) => {
+                        Err(CredentialsError::bq(
+                            format!(
+                                "no BigQuery credentials: tried {tried}; the metadata server \
+                                 is not asked while the environment variable \
+                                 {GOOGLE_CREDENTIALS_ENV} is set: unset it, or name it in \
+                                 warehouse.bigquery.credentials_env"
+                            ),
+                            false,
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// An access token, from yup-oauth2's cache while it is fresh.
+    async fn token(&self, auth: &DefaultAuthenticator) -> std::result::Result<String, BQError> {
+        let mut attempt = 1;
+        loop {
+            match auth.token(&[SCOPE]).await {
+                Ok(token) => return token.token().map(str::to_string).ok_or(BQError::NoToken),
+                // GKE's metadata server may not answer in a pod's first
+                // seconds; Google's libraries ask again too, and the
+                // connection check at start makes one attempt only.
+                Err(e) if self.unreachable(&e) && attempt < METADATA_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.token_error(e)),
+            }
+        }
+    }
+
+    /// The metadata server could not be reached (rather than refusing).
+    fn unreachable(&self, e: &yup_oauth2::Error) -> bool {
+        matches!(self, Self::MetadataServer { .. })
+            && matches!(
+                e,
+                yup_oauth2::Error::HttpError(_) | yup_oauth2::Error::HttpClientError(_)
+            )
+    }
+
+    /// A failed token request. The metadata server is the last resort: its
+    /// error says what was tried before it.
+    fn token_error(&self, e: yup_oauth2::Error) -> BQError {
+        // Not reachable stays worth another attempt later.
+        let transient = self.unreachable(&e);
+        let Self::MetadataServer { url, tried } = self else {
+            return e.into();
+        };
+        let host = url.split("/computeMetadata").next().unwrap_or(url);
+        // yup-oauth2's text stops at "client error (Connect)": the causes
+        // say what happened.
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause = format!("{cause}: {s}");
+            source = s.source();
+        }
+        CredentialsError::bq(
+            format!(
+                "no BigQuery credentials: tried {tried}, and the metadata server at \
+                 {host} gave no token: {cause}"
+            ),
+            transient,
+        )
+    }
+}
+
+/// Tokens from yup-oauth2, which caches them and refreshes them before they
+/// expire.
 #[derive(Clone)]
-struct ServiceAccountToken {
-    key: Arc<yup_oauth2::ServiceAccountKey>,
-    auth: Arc<tokio::sync::OnceCell<yup_oauth2::authenticator::DefaultAuthenticator>>,
+struct YupToken {
+    flow: Arc<Flow>,
+    auth: Arc<tokio::sync::OnceCell<DefaultAuthenticator>>,
 }
 
 #[async_trait]
-impl Authenticator for ServiceAccountToken {
+impl Authenticator for YupToken {
     async fn access_token(&self) -> std::result::Result<String, BQError> {
-        let auth = self
-            .auth
-            .get_or_try_init(|| {
-                yup_oauth2::ServiceAccountAuthenticator::builder((*self.key).clone()).build()
-            })
-            .await
-            .map_err(BQError::InvalidServiceAccountAuthenticator)?;
-        let token = auth.token(&[SCOPE]).await?;
-        token.token().map(str::to_string).ok_or(BQError::NoToken)
+        let auth = self.auth.get_or_try_init(|| self.flow.build()).await?;
+        self.flow.token(auth).await
     }
 }
 
@@ -46,52 +315,34 @@ impl Authenticator for EnvToken {
     }
 }
 
-/// The credentials the configuration names: an access token from
-/// `access_token_env`, else the service-account key file
-/// (`credentials_file`, else the file `credentials_env` names).
-pub(super) fn from_config(config: &BigQueryConfig) -> Result<Arc<dyn Authenticator>> {
-    Ok(if !config.access_token_env.is_empty() {
-        let token = std::env::var(&config.access_token_env)
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "warehouse.bigquery.access_token_env names {}, which is not set",
-                    config.access_token_env
-                ))
-            })?;
-        Arc::new(EnvToken(token.trim().to_string()))
-    } else {
-        let path = if config.credentials_file.as_os_str().is_empty() {
-            std::env::var_os(&config.credentials_env)
-                .filter(|p| !p.is_empty())
-                .map(std::path::PathBuf::from)
-                .ok_or_else(|| {
-                    Error::config(format!(
-                        "no BigQuery credentials: set warehouse.bigquery.credentials_file, \
-                         the environment variable {} (a service-account key file), \
-                         or warehouse.bigquery.access_token_env",
-                        config.credentials_env
-                    ))
-                })?
-        } else {
-            config.credentials_file.clone()
-        };
-        let bytes = std::fs::read(&path).map_err(|e| {
-            Error::config(format!(
-                "cannot read the BigQuery service-account key {}: {e}",
-                path.display()
-            ))
-        })?;
-        let key = yup_oauth2::parse_service_account_key(bytes).map_err(|e| {
-            Error::config(format!(
-                "{} is not a service-account key: {e}",
-                path.display()
-            ))
-        })?;
-        Arc::new(ServiceAccountToken {
-            key: Arc::new(key),
-            auth: Arc::new(tokio::sync::OnceCell::new()),
-        })
-    })
+/// No credentials could be had: the message says why, and whether another
+/// attempt may do better. It travels inside a `BQError` (the authenticator
+/// trait's error type) to `client.rs`, which reads it back.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(super) struct CredentialsError {
+    message: String,
+    pub transient: bool,
 }
+
+impl CredentialsError {
+    fn bq(message: String, transient: bool) -> BQError {
+        BQError::InvalidApplicationDefaultCredentialsAuthenticator(std::io::Error::other(Self {
+            message,
+            transient,
+        }))
+    }
+
+    /// The error `e` carries, if it is one.
+    pub(super) fn of(e: &BQError) -> Option<&Self> {
+        match e {
+            BQError::InvalidApplicationDefaultCredentialsAuthenticator(io) => {
+                io.get_ref()?.downcast_ref()
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -19,6 +19,7 @@ use quarry_core::config::BigQueryConfig;
 use quarry_core::{Error, Result, Table};
 use serde::Serialize;
 
+use super::auth::CredentialsError;
 use super::sql::{backfill_days_sql, literal, tables_sql};
 use crate::retry::{RetryLogic, RetryPolicy};
 
@@ -130,8 +131,15 @@ impl From<BQError> for Fail {
                     ),
                 }
             }
-            // Credentials that do not work are not retried.
-            _ => Self::permanent(e.to_string()),
+            // Credentials that do not work are not retried; a metadata
+            // server not answering yet is.
+            _ => match CredentialsError::of(&e) {
+                Some(c) => Self {
+                    message: c.to_string(),
+                    transient: c.transient,
+                },
+                None => Self::permanent(e.to_string()),
+            },
         }
     }
 }
