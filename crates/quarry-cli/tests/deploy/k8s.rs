@@ -30,6 +30,7 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
     let r = render(dir);
     let configs = check_cluster(&r, dir, "quarry-dev");
     check_gcp_key_is_opt_in(&r, dir);
+    check_workload_identity(&r, dir, "quarry-dev");
     check_pod_monitor(&r, dir);
     let loader_cfg = &configs["loader"];
     assert_eq!(loader_cfg.warehouse.kind, WarehouseKind::Sqlite);
@@ -151,6 +152,7 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
         }
     }
     check_gcp_key_is_opt_in(&r, dir);
+    check_workload_identity(&r, dir, "quarry");
     check_pod_monitor(&r, dir);
 
     // More than one of each stateless service; the loaders never on one node.
@@ -245,7 +247,7 @@ fn check_cluster(r: &Rendered, dir: &str, namespace: &str) -> BTreeMap<&'static 
     check_transformer_targets(r, &configs["transformer"]);
     let root = check_extractor_data(r, &configs["extractor"]);
     check_cron_job(r, &ports, root);
-    super::network::check(r, namespace);
+    super::network::check(r, namespace, false);
 
     // Loader and archiver open the same warehouse.
     let (l, a) = (&configs["loader"].warehouse, &configs["archiver"].warehouse);
@@ -441,6 +443,31 @@ fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
     );
     let with_key = render_with_component(dir, "gcp-key");
     assert_eq!(keyed(&with_key), ["quarry-archiver", "quarry-loader"]);
+}
+
+/// The gke-workload-identity component: the ServiceAccount of every pod
+/// names a Google service account (a placeholder until set), and the loader
+/// and the archiver, no other pod, reach the metadata server; without it
+/// the account names none and nobody reaches it.
+fn check_workload_identity(r: &Rendered, dir: &str, namespace: &str) {
+    const ANNOTATION: &str = "iam.gke.io/gcp-service-account";
+    let annotation = |r: &Rendered| {
+        r.get("ServiceAccount", "quarry")["metadata"]["annotations"][ANNOTATION]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(annotation(r), None);
+    let with = render_with_component(dir, "gke-workload-identity");
+    let gsa = annotation(&with).expect("the Google service account annotation");
+    assert!(!gsa.contains('@'), "{gsa}: a placeholder, not an address");
+    for w in with
+        .all("Deployment")
+        .into_iter()
+        .chain(with.all("CronJob"))
+    {
+        assert_eq!(s(&pod_spec(w)["serviceAccountName"]), "quarry");
+    }
+    super::network::check(&with, namespace, true);
 }
 
 /// An overlay with one of `deploy/k8s/components` added: a kustomization of

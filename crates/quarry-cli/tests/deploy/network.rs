@@ -5,9 +5,12 @@
 //! isolated both ways; exactly the pipeline's flows reach each service's
 //! gRPC port; Prometheus (namespace `monitoring`) and nobody else reaches
 //! the metrics ports; every pod resolves names; only the services that talk
-//! to storage, sources or the warehouse leave the cluster, on their ports.
+//! to storage, sources or the warehouse leave the cluster, on their ports;
+//! the cloud's metadata server is reached only by the loader and the
+//! archiver, and only with the gke-workload-identity component.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use serde_norway::Value;
 
@@ -22,20 +25,56 @@ enum Peer<'a> {
     /// A pod in another namespace: that namespace's name and the pod's labels.
     Elsewhere(&'a str, &'a [(&'a str, &'a str)]),
     /// An address outside the cluster.
-    Outside,
+    Outside(Ipv4Addr),
 }
 
-/// Whether a label selector (`matchLabels` only) selects `labels`.
+/// Somewhere on the internet (TEST-NET-3): a bucket, a warehouse.
+const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+/// The GKE metadata server: where clients ask, and where GKE redirects them.
+const METADATA: [(Ipv4Addr, u16); 2] = [
+    (Ipv4Addr::new(169, 254, 169, 254), 80),
+    (Ipv4Addr::new(169, 254, 169, 252), 988),
+];
+
+/// Whether a label selector (`matchLabels`, and `matchExpressions` with
+/// `In`) selects `labels`.
 fn selects(selector: &Value, labels: &dyn Fn(&str) -> Option<String>) -> bool {
-    assert!(
-        selector["matchExpressions"].is_null(),
-        "the check reads matchLabels only: {selector:?}"
-    );
-    selector["matchLabels"]
-        .as_mapping()
+    let expressions = selector["matchExpressions"]
+        .as_sequence()
         .into_iter()
-        .flatten()
-        .all(|(k, v)| labels(s(k)).as_deref() == Some(s(v)))
+        .flatten();
+    let mut expressions_ok = true;
+    for e in expressions {
+        assert_eq!(s(&e["operator"]), "In", "the check reads In only: {e:?}");
+        let value = labels(s(&e["key"]));
+        expressions_ok &= super::strings(&e["values"])
+            .iter()
+            .any(|v| value.as_deref() == Some(v));
+    }
+    expressions_ok
+        && selector["matchLabels"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| labels(s(k)).as_deref() == Some(s(v)))
+}
+
+/// Whether an `ipBlock` holds `addr` (IPv4 CIDR, less its `except` blocks).
+fn holds(block: &Value, addr: Ipv4Addr) -> bool {
+    let within = |cidr: &str| {
+        let (net, bits) = cidr.split_once('/').expect("a CIDR");
+        let net: Ipv4Addr = net.parse().expect("an IPv4 CIDR");
+        let bits: u32 = bits.parse().unwrap();
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        u32::from(net) & mask == u32::from(addr) & mask
+    };
+    within(s(&block["cidr"]))
+        && !block["except"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|e| within(s(e)))
 }
 
 fn labels_of(peer: Peer<'_>) -> impl Fn(&str) -> Option<String> + '_ {
@@ -45,19 +84,19 @@ fn labels_of(peer: Peer<'_>) -> impl Fn(&str) -> Option<String> + '_ {
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v.to_string()),
-        Peer::Outside => None,
+        Peer::Outside(_) => None,
     }
 }
 
 /// Whether one entry of a rule's `from` or `to` covers `peer`.
 fn covers(entry: &Value, peer: Peer<'_>, namespace: &str) -> bool {
     if !entry["ipBlock"].is_null() {
-        return matches!(peer, Peer::Outside);
+        return matches!(peer, Peer::Outside(addr) if holds(&entry["ipBlock"], addr));
     }
     let peer_ns = match peer {
         Peer::Pod(_) => namespace,
         Peer::Elsewhere(ns, _) => ns,
-        Peer::Outside => return false,
+        Peer::Outside(_) => return false,
     };
     let (ns_sel, pod_sel) = (&entry["namespaceSelector"], &entry["podSelector"]);
     let ns_ok = if ns_sel.is_null() {
@@ -194,7 +233,9 @@ fn outside_ports(workload: &str) -> &'static [u16] {
     }
 }
 
-pub fn check(r: &Rendered, namespace: &str) {
+/// `metadata_server`: whether the loader and the archiver must reach the
+/// GKE metadata server (with the gke-workload-identity component).
+pub fn check(r: &Rendered, namespace: &str, metadata_server: bool) {
     let policies = Policies {
         all: r.all("NetworkPolicy"),
         namespace,
@@ -222,12 +263,28 @@ pub fn check(r: &Rendered, namespace: &str) {
                 "{name} cannot resolve names (DNS {protocol}/53)"
             );
         }
-        for port in [80, 443, 5432, 8123, 8443, 9000] {
+        for port in [80, 443, 988, 5432, 8123, 8443, 9000] {
             assert_eq!(
-                policies.allowed(Peer::Pod(w), Peer::Outside, port, "TCP"),
+                policies.allowed(Peer::Pod(w), Peer::Outside(INTERNET), port, "TCP"),
                 outside_ports(name).contains(&port),
                 "{name} -> outside :{port}"
             );
+        }
+        let needs_tokens = ["quarry-loader", "quarry-archiver"].contains(name);
+        // Exactly those two address:port pairs, not their neighbours.
+        for (addr, _) in METADATA {
+            for (_, port) in METADATA {
+                let neighbour = Ipv4Addr::from(u32::from(addr) + 1);
+                assert_eq!(
+                    policies.allowed(Peer::Pod(w), Peer::Outside(addr), port, "TCP"),
+                    metadata_server && needs_tokens && METADATA.contains(&(addr, port)),
+                    "{name} -> metadata server {addr}:{port}"
+                );
+                assert!(
+                    !policies.allowed(Peer::Pod(w), Peer::Outside(neighbour), port, "TCP"),
+                    "{name} -> {neighbour}:{port}"
+                );
+            }
         }
         for (to, dst) in &workloads {
             for port_name in ["grpc", "metrics"] {
