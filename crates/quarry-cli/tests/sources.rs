@@ -125,6 +125,35 @@ fn compressed_samples_give_the_tables_and_reports_of_the_plain_file() {
     assert_eq!(got, expected_rows);
 }
 
+/// A nightly run reads only its day's landing folder: `{yesterday}` in
+/// --source is the UTC date before today, and the folder of another day
+/// (holding a file that would fail the run) is not opened.
+#[test]
+fn a_day_placeholder_reads_only_that_days_landing_folder() {
+    let plain = Env::new();
+    write_sample(&plain, "trades.csv", |d| d.to_vec());
+    let expected = run_sample(&plain, "trades.csv");
+
+    let env = Env::new();
+    let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let yesterday = chrono::Utc::now().date_naive().pred_opt().unwrap();
+    let before = yesterday.pred_opt().unwrap();
+    for d in [yesterday, before] {
+        std::fs::create_dir_all(env.data.join("landing").join(day(d))).unwrap();
+    }
+    let file = format!("landing/{}/trades.csv", day(yesterday));
+    write_sample(&env, &file, |d| d.to_vec());
+    env.write(
+        &format!("landing/{}/trades.csv", day(before)),
+        "not a trades file\n",
+    );
+    quarry_ok(
+        env.dir.path(),
+        &["run", "-q", "--source", "data/landing/{yesterday}"],
+    );
+    assert_eq!(results(&env, &file), expected);
+}
+
 #[test]
 fn a_truncated_or_misnamed_file_fails_in_one_line_and_changes_nothing() {
     let env = Env::new();

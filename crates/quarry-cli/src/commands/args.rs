@@ -235,7 +235,8 @@ impl From<WarehouseArg> for WarehouseKind {
 pub(crate) struct RunArgs {
     /// What to read: a file, directory or glob, an s3:// or gs:// URL, or a
     /// postgresql:// table or query (default from config: [source.postgres]
-    /// when its url is set, else run.source, data/trades.csv).
+    /// when its url is set, else run.source, data/trades.csv). `{yesterday}`
+    /// and `{today}` in it become that UTC date, e.g. landing/{yesterday}/.
     #[arg(long)]
     pub(crate) source: Option<String>,
     /// Input format; by default taken from each file's extension.

@@ -20,6 +20,17 @@ use super::args::{FormatArg, RunArgs};
 use super::embedded_security;
 use crate::Interrupted;
 
+/// A source naming a day's delivery: `{today}` and `{yesterday}` become
+/// that UTC date, `YYYY-MM-DD` (`landing/{yesterday}/` in a nightly job reads
+/// only the files delivered for the day before). Other braces are left to
+/// the source (glob alternatives).
+fn with_days(source: &str, today: chrono::NaiveDate) -> String {
+    let yesterday = today.pred_opt().unwrap_or(today);
+    source
+        .replace("{today}", &today.format("%Y-%m-%d").to_string())
+        .replace("{yesterday}", &yesterday.format("%Y-%m-%d").to_string())
+}
+
 /// The directory that bounds a source: its parent, or a glob's fixed prefix.
 fn source_root(source: &str) -> PathBuf {
     let fixed: &str = match source.find(['*', '?', '[']) {
@@ -64,6 +75,7 @@ pub(crate) async fn run(config: &mut Config, args: RunArgs) -> anyhow::Result<()
         .clone()
         .or_else(|| config.source.postgres.source())
         .unwrap_or_else(|| config.run.source.clone());
+    let source = with_days(&source, chrono::Utc::now().date_naive());
     let output = args
         .output
         .clone()
@@ -407,5 +419,24 @@ fn print_summary(r: &RunRecord, wall: Duration) {
                 c["detail"].as_str().unwrap_or_default()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_placeholders_become_utc_dates_and_other_braces_stay() {
+        let day = chrono::NaiveDate::from_ymd_opt(2024, 3, 1).unwrap();
+        assert_eq!(
+            with_days("/srv/quarry/data/landing/{yesterday}", day),
+            "/srv/quarry/data/landing/2024-02-29"
+        );
+        assert_eq!(
+            with_days("s3://b/landing/{today}/*.{csv,parquet}", day),
+            "s3://b/landing/2024-03-01/*.{csv,parquet}"
+        );
+        assert_eq!(with_days("data/trades.csv", day), "data/trades.csv");
     }
 }

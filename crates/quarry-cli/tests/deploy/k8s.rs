@@ -747,9 +747,19 @@ fn check_cron_job(r: &Rendered, ports: &BTreeMap<&str, u16>, root: &str) {
             (format!("quarry-{target}"), ports[target])
         );
     }
+    // Incremental: yesterday's landing folder only, never the whole root
+    // (which holds days already loaded or archived).
+    let source = arg("--source");
+    assert_eq!(
+        Path::new(&source).strip_prefix(root).ok(),
+        Some(Path::new("landing/{yesterday}")),
+        "CronJob --source {source}: not the day's folder under {root}"
+    );
+    let limit = c["resources"]["limits"]["memory"].as_str().unwrap();
+    let mib: u64 = limit.strip_suffix("Mi").unwrap().parse().unwrap();
     assert!(
-        Path::new(&arg("--source")).starts_with(root),
-        "CronJob --source outside {root}"
+        mib >= 4 * 14,
+        "CronJob memory limit {limit}: the client's peak was 14 MiB"
     );
     let (out, ro) = volume_at(cron, c, &arg("--output")).expect("CronJob --output volume");
     assert!(out["emptyDir"].is_mapping() && !ro);
