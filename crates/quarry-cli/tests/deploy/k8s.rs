@@ -29,7 +29,9 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
     let dir = "deploy/k8s/overlays/dev";
     let r = render(dir);
     let configs = check_cluster(&r, dir, "quarry-dev");
-    check_gcp_key_is_opt_in(&r, dir);
+    // BigQuery is no dev warehouse: the gcp-key component patches the
+    // archiver's own Deployment, which dev does not have.
+    check_gcp_key_is_opt_in(&r, None);
     check_workload_identity(&r, dir, "quarry-dev");
     check_pod_monitor(&r, dir);
     let loader_cfg = &configs["loader"];
@@ -40,7 +42,15 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
     assert_eq!(loader["spec"]["replicas"].as_u64(), Some(1));
     assert_eq!(s(&loader["spec"]["strategy"]["type"]), "Recreate");
 
-    // The database's directory is the same claim in the loader and the archiver.
+    // The archiver opens the same SQLite file: it is a second container of
+    // the loader's pod, never a pod of its own, on the same claim, which no
+    // other pod can mount.
+    assert!(
+        r.all("Deployment")
+            .iter()
+            .all(|d| s(&d["metadata"]["name"]) != "quarry-archiver"),
+        "an archiver pod beside the loader's"
+    );
     let db_dir = loader_cfg
         .warehouse
         .sqlite
@@ -50,25 +60,38 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
         .to_str()
         .unwrap()
         .to_string();
-    let archiver = r.get("Deployment", "quarry-archiver");
     let mut claims = Vec::new();
-    for (deploy, name) in [(loader, "loader"), (archiver, "archiver")] {
-        let (v, ro) = volume_at(deploy, container(deploy, name), &db_dir)
+    for name in ["loader", "archiver"] {
+        let (v, ro) = volume_at(loader, container(loader, name), &db_dir)
             .unwrap_or_else(|| panic!("{name}: {db_dir} not mounted"));
         assert!(!ro, "{name}: the warehouse volume is writable");
         claims.push(s(&v["persistentVolumeClaim"]["claimName"]).to_string());
     }
     assert_eq!(claims[0], claims[1]);
     let pvc = r.get("PersistentVolumeClaim", &claims[0]);
-    assert_eq!(strings(&pvc["spec"]["accessModes"]), ["ReadWriteOnce"]);
-    // ReadWriteOnce: both pods on one node.
-    let term = &pod_spec(archiver)["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-        [0];
-    assert_eq!(s(&term["topologyKey"]), "kubernetes.io/hostname");
-    assert!(
-        selects_labels(&term["labelSelector"]["matchLabels"], pod_labels(loader)),
-        "archiver affinity selects the loader"
-    );
+    assert_eq!(strings(&pvc["spec"]["accessModes"]), ["ReadWriteOncePod"]);
+    let users: Vec<&str> = r
+        .all("Deployment")
+        .into_iter()
+        .chain(r.all("CronJob"))
+        .filter(|w| {
+            pod_spec(w)["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some(&claims[0]))
+        })
+        .map(|w| s(&w["metadata"]["name"]))
+        .collect();
+    assert_eq!(users, ["quarry-loader"], "one pod on the database's claim");
+    // The pod waits for the longer of the two shutdowns.
+    for name in ["loader", "archiver"] {
+        let (_, grace) = metrics_and_grace(&configs[name], name);
+        let kill_after = pod_spec(loader)["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30);
+        assert!(grace + quarry_core::grpc::SHUTDOWN_FINAL_WAIT.as_secs() + 10 <= kill_after);
+    }
 
     // Cold partitions on their own claim.
     let cold = &configs["archiver"].archiver.cold_root;
@@ -77,7 +100,7 @@ fn k8s_dev_overlay_sqlite_on_volumes() {
         "dev cold tier is a directory: {cold}"
     );
     let (v, ro) =
-        volume_at(archiver, container(archiver, "archiver"), cold).expect("cold root mounted");
+        volume_at(loader, container(loader, "archiver"), cold).expect("cold root mounted");
     assert!(!ro);
     let claim = s(&v["persistentVolumeClaim"]["claimName"]);
     assert_ne!(claim, claims[0]);
@@ -151,7 +174,7 @@ fn k8s_prod_overlay_clickhouse_and_s3_from_secrets() {
             );
         }
     }
-    check_gcp_key_is_opt_in(&r, dir);
+    check_gcp_key_is_opt_in(&r, Some(dir));
     check_workload_identity(&r, dir, "quarry");
     check_pod_monitor(&r, dir);
 
@@ -293,8 +316,11 @@ fn check_namespace(r: &Rendered, dir: &str, namespace: &str) {
 /// `claims`. Returns the configuration its container loads.
 fn check_deployment(r: &Rendered, service: &str, port: u16, claims: &[&str]) -> Config {
     let name = format!("quarry-{service}");
-    let ctx = format!("Deployment {name}");
-    let deploy = r.get("Deployment", &name);
+    let deploy = workload_of(r, service);
+    let ctx = format!(
+        "Deployment {}, container {service}",
+        s(&deploy["metadata"]["name"])
+    );
     let c = container(deploy, service);
     assert_eq!(strings(&c["command"]), [name.as_str()], "{ctx}: command");
     check_hardened(&ctx, deploy, c);
@@ -322,6 +348,24 @@ fn check_deployment(r: &Rendered, service: &str, port: u16, claims: &[&str]) -> 
     check_selectors(r, &name, &ctx, deploy, cport, port);
     check_strategy_and_claims(&ctx, deploy, claims);
     config
+}
+
+/// The Deployment that runs `service`: its own, or the one whose pod holds
+/// it as a second container (the dev archiver, in the loader's pod).
+fn workload_of<'a>(r: &'a Rendered, service: &str) -> &'a Value {
+    let found: Vec<&Value> = r
+        .all("Deployment")
+        .into_iter()
+        .filter(|d| {
+            pod_spec(d)["containers"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"].as_str() == Some(service))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one Deployment runs {service}");
+    found[0]
 }
 
 /// A probe of the service on `port`: the kubelet's native gRPC probe, or
@@ -413,10 +457,10 @@ fn check_auth_and_tls(r: &Rendered, configs: &BTreeMap<&'static str, Config>) {
 }
 
 /// No container of the overlay names a Google key file; with the gcp-key
-/// component added, the loader and the archiver (only) get
-/// `GOOGLE_APPLICATION_CREDENTIALS` pointing at `key.json` of the required
-/// Secret quarry-bigquery.
-fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
+/// component added to `dir` (if given), the loader and the archiver (only)
+/// get `GOOGLE_APPLICATION_CREDENTIALS` pointing at `key.json` of the
+/// required Secret quarry-bigquery.
+fn check_gcp_key_is_opt_in(r: &Rendered, dir: Option<&str>) {
     const VAR: &str = "GOOGLE_APPLICATION_CREDENTIALS";
     let keyed = |r: &Rendered| -> Vec<String> {
         let mut names = Vec::new();
@@ -430,7 +474,7 @@ fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
                         Some(("quarry-bigquery".to_string(), "key.json".to_string())),
                         "{VAR} = {path}"
                     );
-                    names.push(s(&w["metadata"]["name"]).to_string());
+                    names.push(s(&c["name"]).to_string());
                 }
             }
         }
@@ -441,8 +485,10 @@ fn check_gcp_key_is_opt_in(r: &Rendered, dir: &str) {
         Vec::<String>::new(),
         "{VAR} without the gcp-key component"
     );
-    let with_key = render_with_component(dir, "gcp-key");
-    assert_eq!(keyed(&with_key), ["quarry-archiver", "quarry-loader"]);
+    if let Some(dir) = dir {
+        let with_key = render_with_component(dir, "gcp-key");
+        assert_eq!(keyed(&with_key), ["archiver", "loader"]);
+    }
 }
 
 /// The gke-workload-identity component: the ServiceAccount of every pod
@@ -573,24 +619,26 @@ fn check_metrics_and_shutdown(
     service: &str,
 ) {
     let (metrics_listen, grace) = metrics_and_grace(config, service);
-    let metrics_port = c["ports"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"].as_str() == Some("metrics"))
-        .and_then(|p| p["containerPort"].as_u64());
     assert!(!metrics_listen.is_empty(), "{ctx}: metrics are off");
-    assert_eq!(
-        metrics_port,
-        Some(u64::from(port_of(metrics_listen))),
-        "{ctx}: metrics port"
+    let metrics_port = u64::from(port_of(metrics_listen));
+    assert!(
+        c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["containerPort"].as_u64() == Some(metrics_port)),
+        "{ctx}: no container port {metrics_port} for metrics"
     );
-    let annotations = &deploy["spec"]["template"]["metadata"]["annotations"];
-    assert_eq!(
-        annotations["prometheus.io/port"].as_str(),
-        metrics_port.map(|p| p.to_string()).as_deref(),
-        "{ctx}: scrape annotation"
-    );
+    // The scrape annotation names one port per pod: the pod's own service's
+    // (a second container is scraped through its Service or a PodMonitor).
+    if s(&deploy["metadata"]["name"]) == format!("quarry-{service}") {
+        let annotations = &deploy["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(
+            annotations["prometheus.io/port"].as_str(),
+            Some(metrics_port.to_string().as_str()),
+            "{ctx}: scrape annotation"
+        );
+    }
     // On SIGTERM the service waits shutdown_grace_secs, aborts what is
     // in flight and waits a little more: all before the kubelet kills it.
     let kill_after = pod_spec(deploy)["terminationGracePeriodSeconds"]
@@ -627,19 +675,21 @@ fn check_selectors(r: &Rendered, name: &str, ctx: &str, deploy: &Value, cport: &
         .iter()
         .find(|p| p["name"].as_str() == Some("metrics"))
         .unwrap_or_else(|| panic!("Service {name}: no metrics port"));
-    assert_eq!(s(&metrics["targetPort"]), "metrics", "Service {name}");
-    let container_metrics = pod_spec(deploy)["containers"][0]["ports"]
+    let target = s(&metrics["targetPort"]);
+    let container_metrics = pod_spec(deploy)["containers"]
         .as_sequence()
         .unwrap()
         .iter()
-        .find(|p| p["name"].as_str() == Some("metrics"))
+        .flat_map(|c| c["ports"].as_sequence().unwrap())
+        .find(|p| p["name"].as_str() == Some(target))
         .and_then(|p| p["containerPort"].as_u64());
     assert_eq!(
         metrics["port"].as_u64(),
         container_metrics,
-        "Service {name}"
+        "Service {name}: metrics port {target}"
     );
-    let pdb = r.get("PodDisruptionBudget", name);
+    // The budget is the pod's (a second container shares its pod's).
+    let pdb = r.get("PodDisruptionBudget", s(&deploy["metadata"]["name"]));
     assert!(
         selects(&pdb["spec"]["selector"]["matchLabels"]),
         "PDB {name} selects the pods"
