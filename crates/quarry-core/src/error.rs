@@ -3,6 +3,23 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// An error and its causes, e.g. `transport error: invalid peer certificate:
+/// UnknownIssuer` (many clients' own text stops at "error sending request");
+/// a cause whose text is already there is not repeated.
+pub fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(feature = "service")]
 /// Status metadata carrying the error category between services (several
 /// categories share a status code).

@@ -14,7 +14,7 @@ use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, with_sources};
 pub use crate::security::{AuthChannel, Security};
 
 /// Largest gRPC message a Quarry server or client accepts. Flight batches are
@@ -312,21 +312,6 @@ pub async fn query<T>(
             true,
         )),
     }
-}
-
-/// An error and its causes, e.g. `transport error: invalid peer certificate: UnknownIssuer`.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// A signal asking the process to stop.

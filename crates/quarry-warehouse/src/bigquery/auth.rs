@@ -30,6 +30,8 @@ use gcp_bigquery_client::yup_oauth2::authorized_user::AuthorizedUserSecret;
 use quarry_core::config::BigQueryConfig;
 use quarry_core::{Error, Result};
 
+use crate::retry::{RetryLogic, RetryPolicy};
+
 const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 
 /// The metadata server's name inside Google Cloud.
@@ -45,9 +47,13 @@ const GOOGLE_CREDENTIALS_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 /// (outside Google Cloud its address may lead nowhere).
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Attempts at a metadata server that cannot be reached, half a second
-/// apart and then a second.
-const METADATA_ATTEMPTS: u32 = 3;
+/// Attempts at a metadata server that cannot be reached, about half a
+/// second apart and then a second (with jitter).
+const METADATA_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    min_delay: Duration::from_millis(500),
+    max_delay: Duration::from_secs(1),
+};
 
 /// The credentials the configuration and the environment name (see the
 /// module documentation for the order).
@@ -236,20 +242,19 @@ impl Flow {
 
     /// An access token, from yup-oauth2's cache while it is fresh.
     async fn token(&self, auth: &DefaultAuthenticator) -> std::result::Result<String, BQError> {
-        let mut attempt = 1;
-        loop {
-            match auth.token(&[SCOPE]).await {
-                Ok(token) => return token.token().map(str::to_string).ok_or(BQError::NoToken),
-                // GKE's metadata server may not answer in a pod's first
-                // seconds; Google's libraries ask again too, and the
-                // connection check at start makes one attempt only.
-                Err(e) if self.unreachable(&e) && attempt < METADATA_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.token_error(e)),
-            }
-        }
+        // GKE's metadata server may not answer in a pod's first seconds;
+        // Google's libraries ask again too, and the connection check at
+        // start makes one attempt only.
+        let token = METADATA_RETRY
+            .run(
+                &MetadataUnreachable(self),
+                "bigquery",
+                "token from the metadata server",
+                || auth.token(&[SCOPE]),
+            )
+            .await
+            .map_err(|e| self.token_error(e))?;
+        token.token().map(str::to_string).ok_or(BQError::NoToken)
     }
 
     /// The metadata server could not be reached (rather than refusing).
@@ -272,12 +277,7 @@ impl Flow {
         let host = url.split("/computeMetadata").next().unwrap_or(url);
         // yup-oauth2's text stops at "client error (Connect)": the causes
         // say what happened.
-        let mut cause = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            cause = format!("{cause}: {s}");
-            source = s.source();
-        }
+        let cause = quarry_core::error::with_sources(&e);
         CredentialsError::bq(
             format!(
                 "no BigQuery credentials: tried {tried}, and the metadata server at \
@@ -285,6 +285,18 @@ impl Flow {
             ),
             transient,
         )
+    }
+}
+
+/// Only a metadata server that cannot be reached is asked again; errors of
+/// the other flows, and refusals, are final.
+struct MetadataUnreachable<'a>(&'a Flow);
+
+impl RetryLogic for MetadataUnreachable<'_> {
+    type Error = yup_oauth2::Error;
+
+    fn is_retriable(&self, e: &yup_oauth2::Error) -> bool {
+        self.0.unreachable(e)
     }
 }
 

@@ -4,7 +4,6 @@
 //! an `errors` array or a job whose status carries an `errorResult`: every
 //! response is checked.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,7 +111,7 @@ impl From<BQError> for Fail {
                     || r.is_request()
                     || r.status()
                         .is_some_and(|s| s.is_server_error() || s.as_u16() == 429),
-                message: request_error_text(r),
+                message: quarry_core::error::with_sources(r),
             },
             BQError::ResponseError { error } => {
                 let reasons: Vec<String> = error
@@ -148,21 +147,9 @@ impl From<reqwest::Error> for Fail {
     fn from(r: reqwest::Error) -> Self {
         Self {
             transient: r.is_connect() || r.is_timeout() || r.is_request(),
-            message: request_error_text(&r),
+            message: quarry_core::error::with_sources(&r),
         }
     }
-}
-
-/// A transport error with its causes (reqwest's own text is just "error
-/// sending request").
-fn request_error_text(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let _ = write!(text, ": {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// Failures BigQuery marks transient are retried.
