@@ -28,6 +28,13 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
             .collect::<Vec<_>>()
             .join("\n")
     };
+    // The first step of `job` using the action `action` (`owner/name@`).
+    let step_using = |job: &str, action: &str| -> Value {
+        steps(job)
+            .into_iter()
+            .find(|st| st["uses"].as_str().is_some_and(|u| u.starts_with(action)))
+            .unwrap_or_else(|| panic!("{job}: no step uses {action}"))
+    };
     let uses = |job: &str| -> Vec<String> {
         steps(job)
             .iter()
@@ -89,14 +96,7 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
         !target.starts_with('/') && !target.contains("${{"),
         "CARGO_TARGET_DIR {target}: relative to the checkout"
     );
-    let cached = steps("test")
-        .into_iter()
-        .find(|st| {
-            st["uses"]
-                .as_str()
-                .is_some_and(|u| u.starts_with("actions/cache@"))
-        })
-        .expect("virtualenv cache");
+    let cached = step_using("test", "actions/cache@");
     let cached = s(&cached["with"]["path"]).to_string();
     for venv in [
         "venv",
@@ -112,14 +112,7 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
             "{venv} is not cached"
         );
     }
-    let build = steps("image")
-        .into_iter()
-        .find(|st| {
-            st["uses"]
-                .as_str()
-                .is_some_and(|u| u.starts_with("docker/build-push-action@"))
-        })
-        .expect("image build step");
+    let build = step_using("image", "docker/build-push-action@");
     assert_eq!(s(&build["with"]["file"]), "deploy/docker/Dockerfile");
     assert!(runs("image").contains("docker compose up --no-build --exit-code-from run"));
     // The image goes to the registry from main only, after the suite and
@@ -129,14 +122,7 @@ fn workflow_runs_the_suite_builds_the_image_and_keeps_the_results() {
     assert!(s(&publish["if"]).contains("github.ref == 'refs/heads/main'"));
     assert_eq!(strings(&publish["needs"]), ["test", "image"]);
     assert_eq!(s(&publish["permissions"]["packages"]), "write");
-    let push = steps("publish")
-        .into_iter()
-        .find(|st| {
-            st["uses"]
-                .as_str()
-                .is_some_and(|u| u.starts_with("docker/build-push-action@"))
-        })
-        .expect("publish: image push");
+    let push = step_using("publish", "docker/build-push-action@");
     assert_eq!(push["with"]["push"].as_bool(), Some(true));
     assert!(s(&push["with"]["tags"]).contains("${{ github.sha }}"));
     let id = s(&push["id"]);
